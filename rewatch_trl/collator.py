@@ -1,0 +1,97 @@
+"""Rows of the seed's format (+ their sampled frames) → processor inputs. The one place that calls the processor
+on videos: generation, the log-prob passes, SFT and inference all build their inputs here.
+
+Example:
+```python
+>>> collator = VideoCollator(processor, VideoSettings(), video_root="runs/tiny-world/videos")  # doctest: +SKIP
+>>> batch = collator(rows)  # doctest: +SKIP
+>>> sorted(batch)  # doctest: +SKIP
+['attention_mask', 'input_ids', 'mm_token_type_ids', 'pixel_values_videos', 'second_per_grid_ts', 'video_grid_thw']
+```
+"""
+
+from pathlib import Path
+
+from rewatch_trl.prompts import VideoSettings, build_messages
+from rewatch_trl.video import SampledVideo, VideoCache, sample_video
+
+
+IGNORE_INDEX = -100
+
+
+class VideoCollator:
+    """Builds prompts (for generation) or prompt + answer with a label mask (for SFT) from seed-format rows."""
+
+    def __init__(
+        self, processor, settings: VideoSettings | None = None, video_root=None, cache: VideoCache | None = None
+    ):
+        self.processor = processor
+        self.settings = settings or VideoSettings()
+        self.video_root = Path(video_root) if video_root else None
+        self.cache = cache
+
+    def video_path(self, row: dict) -> str:
+        video = row["videos"]
+        if isinstance(video, (list, tuple)):
+            if len(video) != 1:
+                raise ValueError(f"row {row.get('problem_id')!r}: expected one video, got {len(video)}")
+            video = video[0]
+        path = Path(video)
+        return str(path if path.is_absolute() or self.video_root is None else self.video_root / path)
+
+    def messages(self, row: dict) -> list[dict]:
+        """The seed's chat messages of a row: system, then the video and the ReAct instruction."""
+        return build_messages(row["problem"], self.video_path(row), row["duration"], self.settings)
+
+    def videos(self, rows: list[dict]) -> list[SampledVideo]:
+        """The sampled frames of each row's video (each distinct video decoded once, through the cache)."""
+        return [sample_video(self.video_path(row), self.settings, self.cache) for row in rows]
+
+    def prompt_text(self, row: dict) -> str:
+        return self.processor.apply_chat_template(self.messages(row), tokenize=False, add_generation_prompt=True)
+
+    def encode(self, texts: list[str], videos: list[SampledVideo], **kwargs):
+        """Tokenize texts that hold one video placeholder each, with those videos' frames: the processor call."""
+        return self.processor(
+            text=texts,
+            videos=[video.frames for video in videos],
+            video_metadata=[video.metadata() for video in videos],
+            do_sample_frames=False,  # frames were sampled by qwen-vl-utils, the seed's way
+            do_resize=False,  # ... and resized by it too
+            cap_pixels_per_frame=True,  # qwen-vl-utils' (the reference) behaviour; frames are already within it
+            padding=True,
+            return_tensors="pt",
+            **kwargs,
+        )
+
+    def __call__(self, rows: list[dict], answers: list[str] | None = None):
+        """Prompts only, or with `answers` (assistant turns) and `labels` that cover the answer tokens alone."""
+        prompts = [self.prompt_text(row) for row in rows]
+        videos = self.videos(rows)
+        if answers is None:
+            return self.encode(prompts, videos)
+        end = "<|im_end|>\n"
+        batch = self.encode([p + a + end for p, a in zip(prompts, answers, strict=True)], videos)
+        # The answer is what follows the last `<|im_start|>assistant\n`: its tokens, and the closing <|im_end|>.
+        tokenizer = self.processor.tokenizer
+        header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+        labels = batch["input_ids"].clone()
+        labels[batch["attention_mask"] == 0] = IGNORE_INDEX
+        for i, ids in enumerate(batch["input_ids"].tolist()):
+            start = _last_index(ids, header)
+            if start < 0:
+                raise ValueError(f"row {i}: no assistant turn found in the collated text")
+            labels[i, : start + len(header)] = IGNORE_INDEX
+            tail = tokenizer("\n", add_special_tokens=False)["input_ids"]
+            last = max(j for j, m in enumerate(batch["attention_mask"][i].tolist()) if m)
+            if ids[last - len(tail) + 1 : last + 1] == tail:
+                labels[i, last - len(tail) + 1 : last + 1] = IGNORE_INDEX
+        batch["labels"] = labels
+        return batch
+
+
+def _last_index(sequence: list[int], pattern: list[int]) -> int:
+    for start in range(len(sequence) - len(pattern), -1, -1):
+        if sequence[start : start + len(pattern)] == pattern:
+            return start
+    return -1

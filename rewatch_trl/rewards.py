@@ -1,0 +1,418 @@
+"""Reward functions of ReWatch-R1, for `trl.GRPOTrainer` or any trainer that calls `f(completions, **columns)`.
+
+Pure Python: importing this module loads no torch and no transformers. Every function takes the completions
+(strings or chat messages) and the dataset columns it needs as keyword lists, ignores the rest, and returns
+one `float` per completion, or `None` where the reward does not apply to that row (TRL then ignores it).
+None of them raises on any completion text.
+
+Example:
+```python
+>>> from trl import GRPOTrainer  # doctest: +SKIP
+>>> from rewatch_trl.rewards import react_format_reward, mcq_accuracy_reward
+>>> trainer = GRPOTrainer(model=..., reward_funcs=[react_format_reward, mcq_accuracy_reward], ...)  # doctest: +SKIP
+```
+"""
+
+import functools
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from rewatch_trl.react import ReactTrace, Step, completion_text, overlapping, parse_captions, parse_react
+
+
+_OPTION = re.compile(r"^\s{0,8}\(?([A-Z])[\):.]\s{0,8}(\S.*?)\s*$")
+_LETTER = re.compile(r"^\s*(?:\(([A-Z])\)|([A-Z])(?:[.:)]|\s*$))")
+_ANSWER_IS = re.compile(r"\b(?:answer|option|choice)\s{0,3}(?:is|:)?\s{0,3}:?\s{0,3}\(?([A-Z])\b\)?", re.IGNORECASE)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_MAX_TOKENS = 2048
+
+
+@functools.lru_cache(maxsize=8192)
+def _trace(text: str) -> ReactTrace:
+    # TRL hands the same completions to every reward of a step: parse each text once.
+    return parse_react(text)
+
+
+def _traces(completions) -> list[ReactTrace]:
+    return [_trace(completion_text(c)) for c in completions]
+
+
+def _column(kwargs: dict, name: str, n: int) -> list:
+    values = kwargs.get(name)
+    return [None] * n if values is None else list(values)
+
+
+def normalize_text(text: str) -> list[str]:
+    """Lower-case tokens without punctuation or articles (SQuAD's normalisation), at most 2048 of them."""
+    text = _ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION))
+    return text.split()[:_MAX_TOKENS]
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Token-level F1 of two texts after `normalize_text`.
+
+    Example:
+    ```python
+    >>> token_f1("A silver chain.", "a silver chain")
+    1.0
+    >>> round(token_f1("silver necklace", "a silver chain"), 2)
+    0.5
+    ```
+    """
+    pred, ref = normalize_text(prediction), normalize_text(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def parse_options(problem: str | None) -> dict[str, str]:
+    """The lettered options of a multiple-choice `problem` (`A: text` / `(A) text` / `A. text`, one a line)."""
+    options = {}
+    for line in (problem or "").splitlines()[1:]:
+        match = _OPTION.match(line)
+        if match:
+            options[match.group(1)] = match.group(2)
+    return options
+
+
+def extract_choice(answer: str | None, options: dict[str, str] | None = None) -> str | None:
+    """The letter an answer chooses: `D`, `(D)`, `D.`, `D: text`, `The answer is D`, or an option's exact text.
+
+    Example:
+    ```python
+    >>> extract_choice("The answer is (D).")
+    'D'
+    >>> extract_choice("A silver chain", {"A": "A beaded necklace", "D": "A silver chain"})
+    'D'
+    ```
+    """
+    if not answer:
+        return None
+    answer = answer.strip()[:1000]
+    if options:
+        wanted = normalize_text(answer)
+        for letter, text in options.items():
+            if normalize_text(text) == wanted:
+                return letter
+    match = _LETTER.match(answer)
+    if match:
+        return match.group(1) or match.group(2)
+    match = _ANSWER_IS.search(answer)
+    return match.group(1).upper() if match else None
+
+
+def _is_mcq(flag, answer) -> bool:
+    if flag is None:
+        return isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().isalpha()
+    return bool(flag)
+
+
+def react_format_reward(completions, **kwargs) -> list[float]:
+    """1.0 when the completion is a ReAct trace: one or more `<action>` each followed by its `<observation>`,
+    then exactly one `<answer>` that closes the completion; else 0.0.
+
+    Example:
+    ```python
+    >>> react_format_reward(["<action>[00:01-00:03]</action><observation>red</observation><answer>A</answer>", "A"])
+    [1.0, 0.0]
+    ```
+    """
+    return [float(trace.well_formed) for trace in _traces(completions)]
+
+
+def mcq_accuracy_reward(completions, answer, multiple_choice=None, problem=None, **kwargs) -> list[float | None]:
+    """1.0 when the `<answer>` picks the right option (any letter form, or the option's exact text), 0.0 when
+    not, None on open-ended rows.
+
+    Example:
+    ```python
+    >>> problem = "Which jewelry?\\nA: A beaded necklace\\nD: A silver chain"
+    >>> mcq_accuracy_reward(["<answer>(D)</answer>", "<answer>A silver chain</answer>", "<answer>A</answer>"],
+    ...                     answer=["D"] * 3, multiple_choice=[True] * 3, problem=[problem] * 3)
+    [1.0, 1.0, 0.0]
+    ```
+    """
+    n = len(completions)
+    flags, problems = _column({"m": multiple_choice}, "m", n), _column({"p": problem}, "p", n)
+    rewards = []
+    for trace, truth, flag, text in zip(_traces(completions), answer, flags, problems, strict=True):
+        if not _is_mcq(flag, truth):
+            rewards.append(None)
+            continue
+        options = parse_options(text)
+        chosen = extract_choice(trace.answer, options)
+        rewards.append(float(chosen is not None and chosen == extract_choice(str(truth), options)))
+    return rewards
+
+
+def open_ended_accuracy_reward(completions, answer, multiple_choice=None, **kwargs) -> list[float | None]:
+    """Token F1 of the `<answer>` against the reference `answer` (offline, no judge); None on MCQ rows.
+
+    Example:
+    ```python
+    >>> open_ended_accuracy_reward(["<answer>A silver chain</answer>"], answer=["a silver chain"], multiple_choice=[False])
+    [1.0]
+    ```
+    """
+    flags = _column({"m": multiple_choice}, "m", len(completions))
+    return [
+        None if _is_mcq(flag, truth) else (token_f1(trace.answer, str(truth)) if trace.answer is not None else 0.0)
+        for trace, truth, flag in zip(_traces(completions), answer, flags, strict=True)
+    ]
+
+
+def accuracy_reward(completions, answer, multiple_choice=None, problem=None, **kwargs) -> list[float]:
+    """Offline accuracy of every row: `mcq_accuracy_reward` on MCQ rows, `open_ended_accuracy_reward` on the rest."""
+    mcq = mcq_accuracy_reward(completions, answer, multiple_choice, problem)
+    open_ended = open_ended_accuracy_reward(completions, answer, multiple_choice)
+    return [m if m is not None else o for m, o in zip(mcq, open_ended, strict=True)]
+
+
+def _step_grounded(step: Step, duration) -> bool:
+    if not step.clips:
+        return False
+    limit = float(duration) if isinstance(duration, (int, float)) and not isinstance(duration, bool) else None
+    return all(0 <= c.start < c.end and (limit is None or c.end <= limit) for c in step.clips)
+
+
+def temporal_grounding_reward(completions, duration=None, **kwargs) -> list[float]:
+    """Fraction of the `<action>`s whose clips parse, run forwards (start < end) and lie inside the video's
+    `duration` (seconds); 0.0 for a completion without actions.
+
+    Example:
+    ```python
+    >>> temporal_grounding_reward(["<action>[00:10-00:20]</action><action>[09:00-09:30]</action>"], duration=[60])
+    [0.5]
+    ```
+    """
+    durations = _column({"d": duration}, "d", len(completions))
+    rewards = []
+    for trace, limit in zip(_traces(completions), durations, strict=True):
+        steps = trace.steps
+        rewards.append(sum(_step_grounded(s, limit) for s in steps) / len(steps) if steps else 0.0)
+    return rewards
+
+
+OBSERVATION_PROMPT = """You check a video model's observation against the reference captions of the same clip.
+
+Clip: {clip}
+Reference captions of this clip:
+{captions}
+
+The model's observation:
+{observation}
+
+Does the observation agree with the captions (no invented objects, actions or events)? Reply with "Score: X" where X is between 0 and 1."""
+
+REASONING_PROMPT = """Answer the question using only the observations below, which were made while re-watching clips of a video.
+
+Question: {question}
+
+{steps}
+
+Reply with the final answer only."""
+
+ACCURACY_PROMPT = """Decide whether a predicted answer to a question about a video matches the ground-truth answer.
+
+Question: {question}
+Ground truth: {truth}
+Prediction: {prediction}
+
+Reply "yes" if they mean the same, otherwise "no"."""
+
+
+def _default_judge(judge):
+    if judge is not None:
+        return judge
+    from rewatch_trl.judge import JudgeClient
+
+    return JudgeClient()
+
+
+def _observed_pairs(trace: ReactTrace, segments) -> list[tuple[Step, list]]:
+    return [(s, [seg for c in s.clips for seg in overlapping(segments, c)]) for s in trace.steps if s.observation]
+
+
+def observation_reward(completions, captions=None, judge=None, **kwargs) -> list[float | None]:
+    """The paper's observation reward: each (re-watched clip, observation) pair scored against the captions of
+    that clip, then averaged. Without a `judge` the score is the token F1 of the observation and the overlapping
+    captions (offline); with a `JudgeClient` it is the judge's verdict. 0.0 without observations; None on rows
+    without captions.
+
+    Example:
+    ```python
+    >>> observation_reward(["<action>[00:00-00:05]</action><observation>a red square</observation>"],
+    ...                    captions=["[00:00-00:05] a red square\\n[00:05-00:10] a blue circle"])
+    [1.0]
+    ```
+    """
+    n = len(completions)
+    rows = []  # per completion: None (no captions) or a list of (prompt or score) per pair
+    prompts: list[str] = []
+    for trace, caption in zip(_traces(completions), _column({"c": captions}, "c", n), strict=True):
+        segments = parse_captions(caption)
+        if not segments:
+            rows.append(None)
+            continue
+        pairs = []
+        for step, hits in _observed_pairs(trace, segments):
+            if not hits:
+                pairs.append(0.0)
+            elif judge is None:
+                pairs.append(token_f1(step.observation, " ".join(seg.text for seg in hits)))
+            else:
+                prompts.append(
+                    OBSERVATION_PROMPT.format(
+                        clip=step.action,
+                        captions="\n".join(f"[{s.start}s-{s.end}s] {s.text}" for s in hits),
+                        observation=step.observation,
+                    )
+                )
+                pairs.append(len(prompts) - 1)
+        rows.append(pairs)
+    verdicts = judge.score(prompts) if prompts else []
+    rewards = []
+    for pairs in rows:
+        if pairs is None:
+            rewards.append(None)
+            continue
+        scores = [p if isinstance(p, float) else (verdicts[p] or 0.0) for p in pairs]
+        rewards.append(sum(scores) / len(scores) if scores else 0.0)
+    return rewards
+
+
+def _answers_match(predictions, problem, answer, multiple_choice, judge) -> list[float | None]:
+    """1.0/0.0 per row: MCQ rows by the chosen letter, open-ended rows by the judge; None where the judge failed."""
+    n = len(predictions)
+    problems, flags = _column({"p": problem}, "p", n), _column({"m": multiple_choice}, "m", n)
+    results: list[float | None] = []
+    asks: list[tuple[int, str]] = []
+    for i, (prediction, text, truth, flag) in enumerate(zip(predictions, problems, answer, flags, strict=True)):
+        if prediction is None:
+            results.append(0.0)
+        elif _is_mcq(flag, truth):
+            options = parse_options(text)
+            chosen = extract_choice(prediction, options)
+            results.append(float(chosen is not None and chosen == extract_choice(str(truth), options)))
+        else:
+            results.append(None)
+            asks.append((i, ACCURACY_PROMPT.format(question=text, truth=truth, prediction=prediction)))
+    if asks:
+        for (i, _), verdict in zip(asks, _default_judge(judge).score([p for _, p in asks]), strict=True):
+            results[i] = None if verdict is None else float(verdict >= 0.5)
+    return results
+
+
+def judge_accuracy_reward(
+    completions, problem, answer, multiple_choice=None, judge=None, **kwargs
+) -> list[float | None]:
+    """The paper's accuracy reward: MCQ answers by their letter, open-ended answers by an LLM judge that says
+    whether they match `answer`. None where the judge failed."""
+    predictions = [trace.answer for trace in _traces(completions)]
+    return _answers_match(predictions, problem, answer, multiple_choice, judge)
+
+
+def reasoning_reward(completions, problem, answer, multiple_choice=None, judge=None, **kwargs) -> list[float | None]:
+    """The paper's reasoning reward: the judge answers the question from the question and the completion's
+    action/observation pairs alone; 1.0 when that answer matches the ground truth, 0.0 when not or when
+    there is nothing to reason from, None where the judge failed."""
+    judge = _default_judge(judge)
+    traces = _traces(completions)
+    asks = []
+    for i, (trace, question) in enumerate(zip(traces, problem, strict=True)):
+        steps = [s for s in trace.steps if s.observation]
+        if steps:
+            lines = "\n".join(f"Re-watched: {s.action}\nObserved: {s.observation}" for s in steps)
+            asks.append((i, REASONING_PROMPT.format(question=question, steps=lines)))
+    predictions: list[str | None] = [None] * len(completions)
+    for (i, _), reply in zip(asks, judge.ask([p for _, p in asks]), strict=True):
+        predictions[i] = reply
+    matched = _answers_match(predictions, problem, answer, multiple_choice, judge)
+    failed = {i for (i, _) in asks if predictions[i] is None}
+    return [None if i in failed else m for i, m in enumerate(matched)]
+
+
+def rewatch_reward(
+    completions, answer, problem=None, multiple_choice=None, captions=None, judge=None, **kwargs
+) -> list[float | None]:
+    """The paper's Observation & Reasoning reward in one function: `acc · (1 + obs + rea) + fmt`.
+
+    With a `judge`, `acc`, `obs` and `rea` are the judge's (`judge_accuracy_reward`, `observation_reward`,
+    `reasoning_reward`). Without one everything is offline: `acc` is `accuracy_reward`, `obs` the token-F1
+    `observation_reward`, and `rea` is 0 (it needs a judge). A failed judge counts 0 for `obs`/`rea`; a row
+    whose `acc` the judge could not give is None.
+
+    Example:
+    ```python
+    >>> c = "<action>[00:00-00:05]</action><observation>a red square</observation><answer>B</answer>"
+    >>> rewatch_reward([c], answer=["B"], multiple_choice=[True], captions=["[00:00-00:05] a red square"])
+    [3.0]
+    ```
+    """
+    n = len(completions)
+    if judge is None:
+        acc = accuracy_reward(completions, answer, multiple_choice, problem)
+        rea = [0.0] * n
+    else:
+        acc = judge_accuracy_reward(completions, problem, answer, multiple_choice, judge)
+        rea = reasoning_reward(completions, problem, answer, multiple_choice, judge)
+    obs = observation_reward(completions, captions, judge)
+    fmt = react_format_reward(completions)
+    return [
+        None if a is None else a * (1.0 + (o or 0.0) + (r or 0.0)) + f
+        for a, o, r, f in zip(acc, obs, rea, fmt, strict=True)
+    ]
+
+
+# Registry: the names recipes use. Rewards marked True take a judge.
+REWARDS: dict[str, tuple[Callable, bool]] = {
+    "format": (react_format_reward, False),
+    "mcq_accuracy": (mcq_accuracy_reward, False),
+    "open_ended_accuracy": (open_ended_accuracy_reward, False),
+    "accuracy": (accuracy_reward, False),
+    "temporal_grounding": (temporal_grounding_reward, False),
+    "observation": (observation_reward, False),
+    "observation_judge": (observation_reward, True),
+    "judge_accuracy": (judge_accuracy_reward, True),
+    "reasoning": (reasoning_reward, True),
+    "rewatch": (rewatch_reward, False),
+    "rewatch_judge": (rewatch_reward, True),
+}
+
+
+def get_reward_funcs(names: Sequence[str], judge=None, **judge_options) -> list[Callable]:
+    """Reward functions by their recipe names (or function names). Judge rewards share one `JudgeClient`,
+    `judge` or one built from `judge_options` (`base_url`, `model`, `api_key`, ...) and the environment.
+
+    Example:
+    ```python
+    >>> [f.__name__ for f in get_reward_funcs(["format", "mcq_accuracy"])]
+    ['react_format_reward', 'mcq_accuracy_reward']
+    ```
+    """
+    by_function = {f.__name__: (f, j) for f, j in REWARDS.values() if not j}
+    funcs = []
+    for name in names:
+        entry = REWARDS.get(name) or by_function.get(name)
+        if entry is None:
+            known = ", ".join(sorted(REWARDS))
+            raise ValueError(f"unknown reward {name!r}; known rewards: {known}")
+        func, needs_judge = entry
+        if needs_judge:
+            if judge is None:
+                from rewatch_trl.judge import JudgeClient
+
+                judge = JudgeClient(**judge_options)
+            bound = functools.partial(func, judge=judge)
+            functools.update_wrapper(bound, func)
+            bound.__name__ = f"{func.__name__}_judge" if name.endswith("_judge") else func.__name__
+            func = bound
+        funcs.append(func)
+    return funcs

@@ -1,0 +1,275 @@
+"""The offline world: a tiny random Qwen2.5-VL, its tokenizer and processor, synthetic videos and seed-format rows.
+
+Nothing here downloads anything. `build_tiny_world(DIR)` writes a directory that loads with
+`AutoModelForImageTextToText.from_pretrained(DIR)` and `AutoProcessor.from_pretrained(DIR)`, plus
+`videos/*.mp4`, `qa.jsonl` (the seed's format) and `captions.jsonl`. Everything is deterministic for a seed.
+
+Example:
+```python
+>>> world = build_tiny_world("runs/tiny-world", seed=0)  # doctest: +SKIP
+>>> world.qa_path.name, len(world.rows)  # doctest: +SKIP
+('qa.jsonl', 8)
+```
+"""
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from rewatch_trl.prompts import VideoSettings, duration_string, seconds_to_timestamp
+
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+TAGS = ["<action>", "</action>", "<observation>", "</observation>", "<answer>", "</answer>"]
+
+# Qwen2.5-VL's chat template, except that it tests `content['type']`: `datasets` fills absent keys with None,
+# so a text block also carries `"video": None` and a `'video' in content` test would count it as a video.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}"
+    "{% endif %}"
+    "{% endfor %}<|im_end|>\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Small frames for the tiny world: 56x56 px (4 visual tokens a frame after the 2x2 merge), at most 8 frames.
+TINY_VIDEO_SETTINGS = VideoSettings(
+    video_fps=2.0,
+    video_max_frames=8,
+    video_min_pixels=56 * 56,
+    video_max_pixels=56 * 56,
+    video_total_pixels=8 * 56 * 56,
+)
+
+COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
+MOTIONS = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}
+
+
+@dataclass
+class TinyWorld:
+    """Paths of a built tiny world."""
+
+    root: Path
+    video_dir: Path
+    qa_path: Path
+    captions_path: Path
+    rows: list[dict]
+
+
+def _corpus() -> list[str]:
+    from rewatch_trl.prompts import REACT_PROMPT, SYSTEM_PROMPT
+
+    words = list(COLORS) + list(MOTIONS) + ["square", "moves", "the", "a", "is", "what", "color", "which", "way"]
+    lines = [REACT_PROMPT, SYSTEM_PROMPT, " ".join(TAGS), "0123456789 : - [ ] A B C D", " ".join(words)]
+    lines += [
+        f"<action>Re-watch [00:0{i}-00:0{i + 2}]</action><observation>a red square moves right</observation>"
+        for i in range(8)
+    ]
+    return lines * 4
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE tokenizer trained in code, with Qwen's special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=32768,
+        padding_side="left",  # as the seed loads Qwen2.5-VL's processor
+    )
+
+
+def build_tiny_processor(tokenizer=None):
+    """The stock `Qwen2_5_VLProcessor` with the stock image and video processors around the tiny tokenizer."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    tokenizer = tokenizer or build_tiny_tokenizer()
+    return Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def tiny_config(tokenizer):
+    """A Qwen2.5-VL config with hidden size 64, 2 layers and a 2-block vision tower, for `tokenizer`'s vocabulary."""
+    from transformers import Qwen2_5_VLConfig
+
+    ids = tokenizer.convert_tokens_to_ids
+    return Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 32768,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
+            "bos_token_id": ids("<|endoftext|>"),
+            "eos_token_id": ids("<|im_end|>"),
+            "pad_token_id": ids("<|endoftext|>"),
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 64,
+            "fullatt_block_indexes": [1],
+            "tokens_per_second": 2,
+        },
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+
+
+def build_tiny_model(tokenizer=None, seed: int = 0):
+    """A random tiny `Qwen2_5_VLForConditionalGeneration` (fp32, eval mode), the same weights for the same seed."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    tokenizer = tokenizer or build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer))
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()
+
+
+def write_synthetic_video(
+    path, seconds: float = 8.0, fps: int = 4, size: tuple[int, int] = (64, 48), segment: float = 2.0, seed: int = 0
+) -> list[dict]:
+    """Write an mp4 (H.264, PyAV) of a coloured square that changes colour and direction every `segment` seconds.
+    Returns the captions that describe it: `[{"start", "end", "text"}]` in seconds."""
+    import av
+    import numpy as np
+
+    if seconds <= 0 or fps <= 0:
+        raise ValueError(f"a synthetic video needs positive seconds and fps, got seconds={seconds}, fps={fps}")
+    rng = random.Random(seed)
+    width, height = size
+    side = max(4, min(width, height) // 4)
+    n_frames = round(seconds * fps)
+    n_segments = max(1, -(-n_frames // round(segment * fps)))
+    plan = [(rng.choice(list(COLORS)), rng.choice(list(MOTIONS))) for _ in range(n_segments)]
+    x, y = (width - side) / 2, (height - side) / 2
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "18", "preset": "ultrafast"}
+        for i in range(n_frames):
+            color, motion = plan[min(i // round(segment * fps), n_segments - 1)]
+            dx, dy = MOTIONS[motion]
+            x = min(max(x + dx * 2, 0), width - side)
+            y = min(max(y + dy * 2, 0), height - side)
+            frame = np.full((height, width, 3), 16, dtype=np.uint8)
+            frame[int(y) : int(y) + side, int(x) : int(x) + side] = COLORS[color]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return [
+        {
+            "start": round(k * segment),
+            "end": round(min((k + 1) * segment, seconds)),
+            "text": f"a {color} square moves {motion}",
+        }
+        for k, (color, motion) in enumerate(plan)
+    ]
+
+
+def captions_text(captions: list[dict]) -> str:
+    """Captions as the paper writes them: `[MM:SS-MM:SS] text`, one a line."""
+    return "\n".join(
+        f"[{seconds_to_timestamp(c['start'])}-{seconds_to_timestamp(c['end'])}] {c['text']}" for c in captions
+    )
+
+
+def synthetic_rows(video: str, captions: list[dict], duration: int, rng: random.Random) -> list[dict]:
+    """A multiple-choice and an open-ended question in the seed's format about one synthetic video."""
+    caption = rng.choice(captions)
+    color = caption["text"].split()[1]
+    span = f"{seconds_to_timestamp(caption['start'])} to {seconds_to_timestamp(caption['end'])}"
+    question = f"What color is the square from {span}?"
+    letters = "ABCD"
+    options = list(COLORS)
+    rng.shuffle(options)
+    letter = letters[options.index(color)]
+    problem = question + "".join(f"\n{letter_}: {option}" for letter_, option in zip(letters, options, strict=True))
+    common = {"question_type": "color", "data_type": "video", "videos": video, "answer_str": color}
+    common |= {"duration": duration, "duration_str": duration_string(duration)}
+    return [
+        {"problem_id": f"{video}_color_multiple_choice", "multiple_choice": True, "problem": problem, "answer": letter}
+        | common,
+        {"problem_id": f"{video}_color_open_end", "multiple_choice": False, "problem": question, "answer": color}
+        | common,
+    ]
+
+
+def build_tiny_world(
+    out,
+    num_videos: int = 4,
+    seconds: float = 8.0,
+    fps: int = 4,
+    size: tuple[int, int] = (64, 48),
+    seed: int = 0,
+) -> TinyWorld:
+    """Write the whole offline world under `out` (model, processor, videos, `qa.jsonl`, `captions.jsonl`)."""
+    root = Path(out)
+    video_dir = root / "videos"
+    video_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer()
+    build_tiny_model(tokenizer, seed=seed).save_pretrained(root)
+    build_tiny_processor(tokenizer).save_pretrained(root)
+    rng = random.Random(seed)
+    rows, caption_rows = [], []
+    for i in range(num_videos):
+        name = f"synthetic_{i:03d}.mp4"
+        captions = write_synthetic_video(video_dir / name, seconds=seconds, fps=fps, size=size, seed=seed * 1000 + i)
+        caption_rows.append({"videos": name, "captions": captions_text(captions)})
+        rows += synthetic_rows(name, captions, round(seconds), rng)
+    qa_path, captions_path = root / "qa.jsonl", root / "captions.jsonl"
+    qa_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    captions_path.write_text("".join(json.dumps(row) + "\n" for row in caption_rows))
+    return TinyWorld(root, video_dir, qa_path, captions_path, rows)

@@ -1,0 +1,181 @@
+"""Sample a video's frames once, the seed's way (qwen-vl-utils), and keep them for every later use.
+
+Generation, the log-prob passes, vLLM, SFT and inference all take their frames from `sample_video`, so the
+model sees the same pixels and the same fps everywhere.
+
+Example:
+```python
+>>> video = sample_video("runs/tiny-world/videos/synthetic_000.mp4")  # doctest: +SKIP
+>>> video.frames.shape, video.fps  # doctest: +SKIP
+(torch.Size([16, 3, 56, 56]), 2.0)
+```
+"""
+
+import dataclasses
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rewatch_trl.prompts import VideoSettings
+
+
+class VideoError(ValueError):
+    """A video that cannot be used: missing, empty, corrupt, or a clip outside it. The message names the file."""
+
+
+@dataclass
+class SampledVideo:
+    """Frames `(T, C, H, W)` (float, resized as qwen-vl-utils does) and where they came from."""
+
+    path: str
+    frames: torch.Tensor
+    frame_indices: list[int]
+    total_frames: int
+    video_fps: float
+    backend: str
+
+    @property
+    def fps(self) -> float:
+        """Frames per second of the sampled frames (what M-RoPE's `second_per_grid_ts` is made from)."""
+        return len(self.frame_indices) / max(self.total_frames, 1e-6) * self.video_fps
+
+    @property
+    def duration(self) -> float:
+        return self.total_frames / self.video_fps if self.video_fps else 0.0
+
+    def metadata(self) -> dict:
+        """The `video_metadata` transformers' video processor takes with pre-sampled frames."""
+        return {
+            "fps": self.video_fps,
+            "frames_indices": list(self.frame_indices),
+            "total_num_frames": self.total_frames,
+            "video_backend": self.backend,
+            "height": int(self.frames.shape[-2]),
+            "width": int(self.frames.shape[-1]),
+            "duration": self.duration,
+        }
+
+    @property
+    def nbytes(self) -> int:
+        return self.frames.numel() * self.frames.element_size()
+
+
+def _check_file(path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"video not found: {path}")
+    if path.stat().st_size == 0:
+        raise VideoError(f"video is empty: {path}")
+    return path
+
+
+def video_duration(path) -> float:
+    """A video's duration in seconds, read from its container (PyAV); a corrupt file raises `VideoError`."""
+    import av
+
+    path = _check_file(path)
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            if container.duration is not None:
+                return container.duration / av.time_base
+            return float(stream.frames / stream.average_rate)
+    except (av.FFmpegError, IndexError, ZeroDivisionError, TypeError) as error:
+        raise VideoError(f"cannot read video {path}: {error}") from error
+
+
+def _use_backend(backend: str) -> None:
+    # qwen-vl-utils picks its reader once per process from an environment variable; we choose it per call.
+    from qwen_vl_utils import vision_process
+
+    if backend not in vision_process.VIDEO_READER_BACKENDS:
+        known = ", ".join(sorted(vision_process.VIDEO_READER_BACKENDS))
+        raise ValueError(f"unknown video_backend {backend!r}; known: {known}")
+    if backend != vision_process.FORCE_QWENVL_VIDEO_READER:
+        vision_process.FORCE_QWENVL_VIDEO_READER = backend
+        vision_process.get_video_reader_backend.cache_clear()
+
+
+def decode_video(path, settings: VideoSettings, start: float | None = None, end: float | None = None) -> SampledVideo:
+    """Decode and sample one video (or the clip `[start, end]` seconds of it) with qwen-vl-utils, uncached."""
+    from qwen_vl_utils import fetch_video
+
+    path = _check_file(path)
+    block = settings.video_block(str(path))
+    if start is not None or end is not None:
+        duration = video_duration(path)
+        start, end = start or 0.0, duration if end is None else end
+        if not 0 <= start < end <= duration + 1e-3:
+            raise VideoError(f"clip [{start}, {end}] s is outside video {path} of {duration:.2f} s")
+        block |= {"video_start": start, "video_end": end}
+    _use_backend(settings.video_backend)
+    try:
+        (frames, meta), _ = fetch_video(block, return_video_sample_fps=True, return_video_metadata=True)
+    except Exception as error:  # decoders raise anything from RuntimeError to their own types
+        raise VideoError(f"cannot decode video {path} with {settings.video_backend}: {error}") from error
+    return SampledVideo(
+        path=str(path),
+        frames=frames,
+        frame_indices=[int(i) for i in meta["frames_indices"]],
+        total_frames=int(meta["total_num_frames"]),
+        video_fps=float(meta["fps"]),
+        backend=settings.video_backend,
+    )
+
+
+class VideoCache:
+    """Sampled videos by (file, mtime, size, settings, clip), least recently used first out, bounded in bytes.
+
+    `decodes` counts the decodes it had to do, so a test (or a benchmark) can see each video decoded once.
+    """
+
+    def __init__(self, max_bytes: int = 2 << 30):
+        self.max_bytes = max_bytes
+        self.decodes = 0
+        self._items: OrderedDict[tuple, SampledVideo] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, path, settings: VideoSettings, start: float | None = None, end: float | None = None) -> SampledVideo:
+        path = _check_file(path)
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, dataclasses.astuple(settings), start, end)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        video = decode_video(path, settings, start, end)
+        with self._lock:
+            self.decodes += 1
+            if key not in self._items:
+                self._items[key] = video
+                self._bytes += video.nbytes
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= old.nbytes
+        return video
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+_default_cache = VideoCache()
+
+
+def sample_video(path, settings: VideoSettings | None = None, cache: VideoCache | None = None) -> SampledVideo:
+    """The frames of a whole video with `settings` (the seed's by default), decoded once per process."""
+    return (cache or _default_cache).get(path, settings or VideoSettings())
+
+
+def sample_clip(
+    path, start: float, end: float, settings: VideoSettings | None = None, cache: VideoCache | None = None
+) -> SampledVideo:
+    """The frames of the clip `[start, end]` seconds (for re-watching); a clip outside the video raises."""
+    return (cache or _default_cache).get(path, settings or VideoSettings(), float(start), float(end))
