@@ -11,38 +11,64 @@ Example:
 ```
 """
 
+import functools
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from rewatch_trl.prompts import timestamp_to_seconds
 
 
-_TAG = re.compile(r"<(/?)(action|observation|answer)>", re.IGNORECASE)
-# A timestamp: H:MM:SS / HH:MM:SS or M:SS / MM:SS (bounded digits: no catastrophic backtracking).
-_TIME = re.compile(r"(?<![\d:])(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\d:])")
-# What may stand between the two ends of a clip: "01:00-01:10", "01:00 to 01:10", "01:00 ~ 01:10", ...
-_RANGE_JOIN = re.compile(r"\s{0,3}(?:-|–|—|~|to|until|till|and|through)\s{0,3}\]?\s{0,3}\[?\s{0,3}$", re.IGNORECASE)
+# The grammar, in C-speed regexes. Tags are lower case, as the seed's prompt writes them (a case-blind
+# match would be several times slower: no fast literal search). FREE is text without any ReAct tag; its quantifiers are possessive, so
+# matching never backtracks and stays linear in the completion's length.
+_TAG_WORD = r"(?:action|observation|answer)"
+_FREE = rf"[^<]*+(?:<(?!/?{_TAG_WORD}>)[^<]*+)*+"
+# A step: a closed action, and the observation that follows it if only free text stands between them.
+_STEP = re.compile(rf"<action>({_FREE})</action>(?:{_FREE}<observation>({_FREE})</observation>)?")
+_ANSWER = re.compile(rf"<answer>({_FREE})</answer>")
+# The format the paper rewards: action/observation pairs (free text around them), then one closing answer.
+_WELL_FORMED = re.compile(
+    rf"{_FREE}(?:<action>{_FREE}</action>{_FREE}<observation>{_FREE}</observation>{_FREE})++"
+    rf"<answer>{_FREE}</answer>\s*+"
+)
+# A clip: a timestamp (M:SS / MM:SS / H:MM:SS / HH:MM:SS), optionally joined to a second one by "-", "to", "~",
+# "until", ... (with brackets and spaces around). Bounded repeats only: no catastrophic backtracking.
+_TS = r"(?<![\d:])(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\d:])"
+_JOIN = r"\s{0,3}\]?\s{0,3}(?:-|–|—|~|(?i:to|until|till|and|through))\s{0,3}\[?\s{0,3}"
+_CLIP = re.compile(f"{_TS}(?:{_JOIN}{_TS})?")
 _CAPTION = re.compile(r"^\s*\[\s*([\d:]{4,8})\s*[-–~]\s*([\d:]{4,8})\s*\]\s*(.*)$")
 
 
-@dataclass(frozen=True)
-class Clip:
+class Clip(NamedTuple):
     """A span of the video in seconds; an instant has `start == end`."""
 
     start: int
     end: int
 
 
-@dataclass
 class Step:
-    """One `<action>` with the clips it names and the `<observation>` that follows it (None if none does)."""
+    """One `<action>` and the `<observation>` that follows it (None if none does). `clips` are the clips the
+    action names, parsed on first use: the format and accuracy rewards never pay for them."""
 
-    action: str
-    clips: list[Clip]
-    observation: str | None = None
+    __slots__ = ("_clips", "action", "observation")
+
+    def __init__(self, action: str, observation: str | None = None):
+        self.action = action
+        self.observation = observation
+        self._clips = None
+
+    @property
+    def clips(self) -> list[Clip]:
+        if self._clips is None:
+            self._clips = parse_clips(self.action) or []
+        return self._clips
+
+    def __repr__(self) -> str:
+        return f"Step(action={self.action!r}, observation={self.observation!r})"
 
 
-@dataclass
+@dataclass(slots=True)
 class ReactTrace:
     """A parsed completion. `well_formed` is the format the paper rewards: one or more action/observation
     pairs, then exactly one answer that closes the completion."""
@@ -52,8 +78,7 @@ class ReactTrace:
     well_formed: bool = False
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     """One timestamped caption of the video."""
 
     start: int
@@ -65,6 +90,11 @@ def completion_text(completion) -> str:
     """The text of a completion given as a string or as chat messages (`[{"role": "assistant", "content": ...}]`)."""
     if isinstance(completion, str):
         return completion
+    # TRL's usual form: one assistant message with string content.
+    if type(completion) is list and len(completion) == 1 and type(completion[0]) is dict:
+        content = completion[0].get("content")
+        if type(content) is str:
+            return content
     if isinstance(completion, dict):
         completion = [completion]
     parts = []
@@ -79,11 +109,19 @@ def completion_text(completion) -> str:
     return "".join(parts)
 
 
-def _seconds(match: re.Match) -> int | None:
-    first, second, third = (int(g) if g is not None else None for g in match.groups())
-    if third is None:
-        return first * 60 + second if second < 60 else None
-    return first * 3600 + second * 60 + third if second < 60 and third < 60 else None
+def _seconds(first: str, second: str, third: str) -> int:
+    """Seconds of a timestamp's parts (third is "" for M:SS); -1 when minutes or seconds reach 60."""
+    if not third:
+        return int(first) * 60 + int(second) if int(second) < 60 else -1
+    return int(first) * 3600 + int(second) * 60 + int(third) if int(second) < 60 and int(third) < 60 else -1
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _clip(h1: str, m1: str, s1: str, h2: str, m2: str, s2: str) -> Clip | None:
+    # Cached: completions name the same few timestamps over and over, and a Clip is immutable.
+    start = _seconds(h1, m1, s1)
+    end = _seconds(h2, m2, s2) if h2 else start
+    return Clip(start, end) if start >= 0 and end >= 0 else None
 
 
 def parse_clips(text: str) -> list[Clip] | None:
@@ -96,70 +134,19 @@ def parse_clips(text: str) -> list[Clip] | None:
     [Clip(start=300, end=310), Clip(start=450, end=450)]
     ```
     """
-    times = list(_TIME.finditer(text))
-    clips: list[Clip] = []
-    i = 0
-    while i < len(times):
-        start = _seconds(times[i])
-        if start is None:
-            return None
-        if i + 1 < len(times) and _RANGE_JOIN.match(text, times[i].end(), times[i + 1].start()):
-            end = _seconds(times[i + 1])
-            if end is None:
-                return None
-            clips.append(Clip(start, end))
-            i += 2
-        else:
-            clips.append(Clip(start, start))
-            i += 1
-    return clips
+    clips = [_clip(*groups) for groups in _CLIP.findall(text)]
+    return None if None in clips else clips
 
 
 def parse_react(completion) -> ReactTrace:
     """Parse a completion (string or chat messages) into its steps and answer; never raises."""
     text = completion_text(completion)
-    trace = ReactTrace()
-    # A flat walk over the tags: the expected next tag is a small state machine.
-    expect = "action|answer"
-    ok = True
-    open_at = None
-    answers = 0
-    for tag in _TAG.finditer(text):
-        closing, name = tag.group(1) == "/", tag.group(2).lower()
-        if not closing:
-            if open_at is not None or name not in expect.split("|"):
-                ok = False
-            open_at = (name, tag.end())
-            continue
-        if open_at is None or open_at[0] != name:
-            ok = False
-            open_at = None
-            continue
-        body = text[open_at[1] : tag.start()].strip()
-        open_at = None
-        if name == "action":
-            trace.steps.append(Step(action=body, clips=parse_clips(body) or []))
-            expect = "observation"
-        elif name == "observation":
-            if trace.steps and trace.steps[-1].observation is None:
-                trace.steps[-1].observation = body
-            else:
-                ok = False
-            expect = "action|answer"
-        else:
-            answers += 1
-            trace.answer = body if trace.answer is None else trace.answer
-            expect = ""
-            if text[tag.end() :].strip():
-                ok = False
-    trace.well_formed = (
-        ok
-        and open_at is None
-        and answers == 1
-        and bool(trace.steps)
-        and all(step.observation is not None for step in trace.steps)
+    answer = _ANSWER.search(text)
+    return ReactTrace(
+        steps=[Step(m[1].strip(), None if m[2] is None else m[2].strip()) for m in _STEP.finditer(text)],
+        answer=answer.group(1).strip() if answer else None,
+        well_formed=_WELL_FORMED.fullmatch(text) is not None,
     )
-    return trace
 
 
 def parse_captions(captions) -> list[Segment]:
@@ -200,5 +187,15 @@ def parse_captions(captions) -> list[Segment]:
 
 
 def overlapping(segments: list[Segment], clip: Clip) -> list[Segment]:
-    """The caption segments that overlap a clip (an instant overlaps the segment that contains it)."""
-    return [s for s in segments if s.start <= clip.end and clip.start <= s.end]
+    """The caption segments that share time with a clip; an instant falls in the segments that contain it.
+
+    Example:
+    ```python
+    >>> segments = parse_captions("[00:00-00:05] red\\n[00:05-00:10] blue")
+    >>> [s.text for s in overlapping(segments, Clip(0, 5))], [s.text for s in overlapping(segments, Clip(7, 7))]
+    (['red'], ['blue'])
+    ```
+    """
+    if clip.start == clip.end:
+        return [s for s in segments if s.start <= clip.start <= s.end]
+    return [s for s in segments if s.start < clip.end and clip.start < s.end]

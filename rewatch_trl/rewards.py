@@ -72,8 +72,10 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_options(problem: str | None) -> dict[str, str]:
-    """The lettered options of a multiple-choice `problem` (`A: text` / `(A) text` / `A. text`, one a line)."""
+    """The lettered options of a multiple-choice `problem` (`A: text` / `(A) text` / `A. text`, one a line).
+    Cached (the G completions of a prompt share it): treat the result as read-only."""
     options = {}
     for line in (problem or "").splitlines()[1:]:
         match = _OPTION.match(line)
@@ -96,16 +98,29 @@ def extract_choice(answer: str | None, options: dict[str, str] | None = None) ->
     if not answer:
         return None
     answer = answer.strip()[:1000]
+    # A letter form first: "A silver chain" is no letter form (a letter must stand alone or before . : or )),
+    # so trying it first cannot mistake an option's text for the letter A.
+    match = _LETTER.match(answer)
+    if match:
+        return match.group(1) or match.group(2)
     if options:
         wanted = normalize_text(answer)
         for letter, text in options.items():
             if normalize_text(text) == wanted:
                 return letter
-    match = _LETTER.match(answer)
-    if match:
-        return match.group(1) or match.group(2)
     match = _ANSWER_IS.search(answer)
     return match.group(1).upper() if match else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _right_choice(truth: str, problem: str | None) -> str | None:
+    return extract_choice(truth, parse_options(problem))
+
+
+def _choice_score(prediction: str | None, truth, problem: str | None) -> float:
+    """1.0 when a multiple-choice prediction picks the same option as the ground truth, else 0.0."""
+    chosen = extract_choice(prediction, parse_options(problem))
+    return float(chosen is not None and chosen == _right_choice(str(truth), problem))
 
 
 def _is_mcq(flag, answer) -> bool:
@@ -146,9 +161,7 @@ def mcq_accuracy_reward(completions, answer, multiple_choice=None, problem=None,
         if not _is_mcq(flag, truth):
             rewards.append(None)
             continue
-        options = parse_options(text)
-        chosen = extract_choice(trace.answer, options)
-        rewards.append(float(chosen is not None and chosen == extract_choice(str(truth), options)))
+        rewards.append(_choice_score(trace.answer, truth, text))
     return rewards
 
 
@@ -175,13 +188,6 @@ def accuracy_reward(completions, answer, multiple_choice=None, problem=None, **k
     return [m if m is not None else o for m, o in zip(mcq, open_ended, strict=True)]
 
 
-def _step_grounded(step: Step, duration) -> bool:
-    if not step.clips:
-        return False
-    limit = float(duration) if isinstance(duration, (int, float)) and not isinstance(duration, bool) else None
-    return all(0 <= c.start < c.end and (limit is None or c.end <= limit) for c in step.clips)
-
-
 def temporal_grounding_reward(completions, duration=None, **kwargs) -> list[float]:
     """Fraction of the `<action>`s whose clips parse, run forwards (start < end) and lie inside the video's
     `duration` (seconds); 0.0 for a completion without actions.
@@ -196,7 +202,21 @@ def temporal_grounding_reward(completions, duration=None, **kwargs) -> list[floa
     rewards = []
     for trace, limit in zip(_traces(completions), durations, strict=True):
         steps = trace.steps
-        rewards.append(sum(_step_grounded(s, limit) for s in steps) / len(steps) if steps else 0.0)
+        if not steps:
+            rewards.append(0.0)
+            continue
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)):
+            limit = float("inf")
+        grounded = 0
+        for step in steps:
+            clips = step.clips
+            if clips:
+                grounded += 1
+                for start, end in clips:
+                    if not 0 <= start < end <= limit:
+                        grounded -= 1
+                        break
+        rewards.append(grounded / len(steps))
     return rewards
 
 
@@ -298,9 +318,7 @@ def _answers_match(predictions, problem, answer, multiple_choice, judge) -> list
         if prediction is None:
             results.append(0.0)
         elif _is_mcq(flag, truth):
-            options = parse_options(text)
-            chosen = extract_choice(prediction, options)
-            results.append(float(chosen is not None and chosen == extract_choice(str(truth), options)))
+            results.append(_choice_score(prediction, truth, text))
         else:
             results.append(None)
             asks.append((i, ACCURACY_PROMPT.format(question=text, truth=truth, prediction=prediction)))

@@ -1,0 +1,122 @@
+"""The judge client against a real OpenAI-compatible HTTP server on 127.0.0.1, through the `openai` client."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from rewatch_trl import rewards as R
+from rewatch_trl.judge import JudgeClient, parse_verdict
+
+
+class JudgeHandler(BaseHTTPRequestHandler):
+    calls: dict = {}
+    lock = threading.Lock()
+
+    def log_message(self, *args):
+        pass
+
+    def _reply(self, status, body: bytes, content_type="application/json"):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert self.path == "/v1/chat/completions"
+        prompt = request["messages"][0]["content"]
+        with self.lock:
+            self.calls[prompt] = self.calls.get(prompt, 0) + 1
+            count = self.calls[prompt]
+        if "SLOW" in prompt:
+            time.sleep(1.0)
+        if "DOWN" in prompt or ("FLAKY" in prompt and count < 3):
+            return self._reply(503, b'{"error": {"message": "overloaded"}}')
+        if "GARBAGE" in prompt:
+            return self._reply(200, b"<html>not json</html>", "text/html")
+        text = "maybe" if "UNSURE" in prompt else ("Score: 0.75" if "Score" in prompt else "yes")
+        body = {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": request["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+        }
+        self._reply(200, json.dumps(body).encode())
+
+
+@pytest.fixture
+def server():
+    JudgeHandler.calls = {}
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), JudgeHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def make(url, **kwargs):
+    return JudgeClient(base_url=url, model="judge", api_key="k", backoff=0.01, **kwargs)
+
+
+def test_answers_in_order_and_concurrently(server):
+    judge = make(server, max_concurrency=8)
+    prompts = [f"question {i}: SLOW" for i in range(8)]
+    start = time.perf_counter()
+    assert judge.ask(prompts) == ["yes"] * 8
+    assert time.perf_counter() - start < 4.0  # 8 one-second replies, run side by side
+    assert judge.failures == 0
+
+
+def test_retries_then_succeeds(server):
+    judge = make(server, max_retries=3)
+    assert judge.score(["FLAKY Score"]) == [0.75]
+    assert JudgeHandler.calls["FLAKY Score"] == 3
+    assert judge.failures == 0
+
+
+def test_down_endpoint_garbage_and_timeouts_give_none_and_count(server):
+    judge = make(server, max_retries=1, timeout=0.3)
+    scores = judge.score(["DOWN", "GARBAGE", "SLOW", "UNSURE", "fine"])
+    assert scores == [None, None, None, None, 1.0]
+    assert judge.failures == 4
+    assert JudgeHandler.calls["DOWN"] == 2  # one try + one retry, bounded
+
+
+def test_unreachable_endpoint_gives_none():
+    judge = make("http://127.0.0.1:9/v1", max_retries=1, timeout=0.5)
+    assert judge.ask(["hello"]) == [None]
+    assert judge.failures == 1
+
+
+def test_reward_through_the_real_judge(server):
+    judge = make(server)
+    completion = "<action>[00:00-00:05]</action><observation>red</observation><answer>red</answer>"
+    columns = dict(answer=["red"], problem=["What colour?"], multiple_choice=[False])
+    (func,) = R.get_reward_funcs(["judge_accuracy"], judge=judge)
+    assert func([completion], **columns) == [1.0]
+    (obs,) = R.get_reward_funcs(["observation_judge"], judge=judge)
+    assert obs([completion], captions=["[00:00-00:05] a red square"]) == [0.75]
+
+
+@pytest.mark.parametrize(
+    ("reply", "score"),
+    [
+        ("Yes.", 1.0),
+        ("No, it does not.", 0.0),
+        ("Score: 0.3", 0.3),
+        ("score=1", 1.0),
+        ("Score: 7", None),
+        ("", None),
+        (None, None),
+        ("It is correct", 1.0),
+        ("incorrect", 0.0),
+    ],
+)
+def test_parse_verdict(reply, score):
+    assert parse_verdict(reply) == score
