@@ -21,7 +21,25 @@ from trl.rewards import think_format_reward  # noqa: E402
 from rewatch_trl import rewards as R  # noqa: E402
 
 
-WORDS = ["the", "red", "square", "moves", "right", "then", "a", "blue", "circle", "appears", "near", "the", "left", "edge", "while", "music", "plays"]
+WORDS = [
+    "the",
+    "red",
+    "square",
+    "moves",
+    "right",
+    "then",
+    "a",
+    "blue",
+    "circle",
+    "appears",
+    "near",
+    "the",
+    "left",
+    "edge",
+    "while",
+    "music",
+    "plays",
+]
 
 
 def make_completion(rng: random.Random) -> str:

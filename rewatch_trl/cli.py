@@ -17,6 +17,17 @@ def _demo(args) -> None:
     run_demo(args.out, seed=args.seed)
 
 
+def _data(args) -> None:
+    from rewatch_trl.data import load_qa, save_prepared
+
+    if not (args.save_to_disk or args.push_to_hub):
+        raise ValueError("say where the dataset goes: --save-to-disk DIR and/or --push-to-hub ID")
+    dataset, report = load_qa(args.qa, args.captions, args.video_root, skip_invalid=args.skip_invalid)
+    save_prepared(dataset, args.video_root, args.save_to_disk, args.push_to_hub, args.embed_videos)
+    print(report)
+    print(f"wrote {len(dataset)} rows to {' and '.join(filter(None, [args.save_to_disk, args.push_to_hub]))}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rewatch-trl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -28,6 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--fps", type=int, default=4, help="frame rate of each synthetic video")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_tiny)
+
+    data = commands.add_parser("data", help="validate the seed's QA JSONL (+ captions) and save or push a dataset")
+    data.add_argument("--qa", required=True, help="QA JSONL in the seed's format")
+    data.add_argument("--captions", help="captions JSONL: {videos, captions} a line")
+    data.add_argument("--video-root", required=True, help="directory the rows' `videos` are relative to")
+    data.add_argument("--save-to-disk", help="write the dataset here (datasets' save_to_disk)")
+    data.add_argument("--push-to-hub", help="push the dataset to this Hub id")
+    data.add_argument("--embed-videos", action="store_true", help="copy/upload the videos alongside")
+    data.add_argument("--skip-invalid", action="store_true", help="leave bad rows out (listed) instead of stopping")
+    data.set_defaults(func=_data)
 
     demo = commands.add_parser("demo", help="build the tiny world and run the CPU demo on it")
     demo.add_argument("--out", default="runs/tiny-world")

@@ -37,7 +37,8 @@ class VideoSettings:
     video_max_pixels: int = field(default=128 * 28 * 28, metadata={"help": "Most pixels per frame."})
     video_total_pixels: int = field(default=12288 * 28 * 28, metadata={"help": "Most pixels over all frames."})
     video_backend: str = field(
-        default="decord", metadata={"help": "qwen-vl-utils reader: decord, torchcodec or torchvision."}
+        default="decord",
+        metadata={"help": "Video reader: decord, pyav, torchcodec or torchvision (qwen-vl-utils' readers + PyAV)."},
     )
 
     def video_block(self, video: str) -> dict:

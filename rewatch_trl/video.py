@@ -89,10 +89,40 @@ def video_duration(path) -> float:
         raise VideoError(f"cannot read video {path}: {error}") from error
 
 
+def _read_video_pyav(ele: dict):
+    """A qwen-vl-utils reader on PyAV (FFmpeg), for where decord has no wheel: same contract and the same frame
+    choice (`calculate_video_frame_range`, `smart_nframes`, evenly spaced indices) as its decord reader."""
+    import av
+    import numpy as np
+    from qwen_vl_utils.vision_process import calculate_video_frame_range, smart_nframes
+
+    with av.open(ele["video"]) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        video_fps = float(stream.average_rate)
+        total = stream.frames or round(float(stream.duration * stream.time_base) * video_fps)
+        start, end, count = calculate_video_frame_range(ele, total, video_fps)
+        nframes = smart_nframes(ele, total_frames=count, video_fps=video_fps)
+        indices = torch.linspace(start, end, nframes).round().long().tolist()
+        wanted, frames = set(indices), {}
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                frames[i] = frame.to_ndarray(format="rgb24")
+            if i >= end:
+                break
+    if not frames:
+        raise ValueError(f"no frames decoded from {ele['video']}")
+    last = max(frames)  # a container may promise more frames than it holds
+    video = torch.from_numpy(np.stack([frames[min(i, last)] if i in frames else frames[last] for i in indices]))
+    metadata = {"fps": video_fps, "frames_indices": indices, "total_num_frames": count, "video_backend": "pyav"}
+    return video.permute(0, 3, 1, 2), metadata, nframes / max(count, 1e-6) * video_fps
+
+
 def _use_backend(backend: str) -> None:
     # qwen-vl-utils picks its reader once per process from an environment variable; we choose it per call.
     from qwen_vl_utils import vision_process
 
+    vision_process.VIDEO_READER_BACKENDS.setdefault("pyav", _read_video_pyav)
     if backend not in vision_process.VIDEO_READER_BACKENDS:
         known = ", ".join(sorted(vision_process.VIDEO_READER_BACKENDS))
         raise ValueError(f"unknown video_backend {backend!r}; known: {known}")

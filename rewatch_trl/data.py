@@ -1,0 +1,258 @@
+"""Load the seed's QA JSONL (+ captions) into a `datasets.Dataset`, validated row by row; load a prepared one
+from disk or the Hub; save or push one.
+
+Every problem names its file, line and field. By default the first bad row raises `DataError`; with
+`skip_invalid=True` bad rows are left out and listed in the `LoadReport`, and nothing else is dropped.
+
+Example:
+```python
+>>> dataset, report = load_qa("qa.jsonl", captions_path="captions.jsonl", video_root="videos")  # doctest: +SKIP
+>>> report.kept, report.skipped  # doctest: +SKIP
+(8, [])
+```
+"""
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rewatch_trl.prompts import duration_string, seconds_to_timestamp
+from rewatch_trl.react import parse_captions, parse_clips
+from rewatch_trl.rewards import parse_options
+
+
+logger = logging.getLogger(__name__)
+
+# The seed's fields and their types; `answer_str` and `duration_str` may be absent.
+FIELDS: dict[str, type | tuple[type, ...]] = {
+    "problem_id": str,
+    "question_type": str,
+    "multiple_choice": bool,
+    "problem": str,
+    "data_type": str,
+    "videos": str,
+    "answer": str,
+    "duration": (int, float),
+}
+OPTIONAL_FIELDS: dict[str, type] = {"answer_str": str, "duration_str": str}
+# A video may be a little shorter than the `duration` its rows give (containers round differently).
+DURATION_TOLERANCE = 2.0
+
+
+class DataError(ValueError):
+    """A problem with the input data. The message starts with `file:line:` and names the field."""
+
+
+@dataclass
+class LoadReport:
+    """What `load_qa` kept and what it left out (only with `skip_invalid=True`)."""
+
+    kept: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"kept {self.kept} rows, skipped {len(self.skipped)}"]
+        return "\n".join(lines + [f"  {problem}" for problem in self.skipped])
+
+
+def read_jsonl(path) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; a line that is not a JSON object raises naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{number}: invalid JSON: {error.msg} (column {error.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            rows.append((number, row))
+    return rows
+
+
+def load_captions(path) -> dict[str, str]:
+    """Captions by video: lines of `{"videos": NAME, "captions": "[MM:SS-MM:SS] text\\n..." or [{start, end, text}]}`.
+    Lists are turned into the paper's text form."""
+    captions = {}
+    for number, row in read_jsonl(path):
+        video, text = row.get("videos"), row.get("captions")
+        if not isinstance(video, str) or not video:
+            raise DataError(f"{path}:{number}: field 'videos': expected the video's file name, got {video!r}")
+        segments = parse_captions(text)
+        if not segments:
+            raise DataError(f"{path}:{number}: field 'captions': no '[MM:SS-MM:SS] text' caption found")
+        if video in captions:
+            raise DataError(f"{path}:{number}: field 'videos': captions of {video!r} given twice")
+        captions[video] = "\n".join(
+            f"[{seconds_to_timestamp(s.start)}-{seconds_to_timestamp(s.end)}] {s.text}" for s in segments
+        )
+    return captions
+
+
+def row_problems(row: dict, video_root=None, captions: str | None = None) -> list[str]:
+    """What is wrong with one seed-format row, each as `field 'NAME': message`; empty when it is valid."""
+    from rewatch_trl.video import VideoError, video_duration
+
+    problems = []
+    for name, kind in FIELDS.items():
+        value = row.get(name)
+        if value is None:
+            problems.append(f"field '{name}': missing")
+        elif not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            problems.append(f"field '{name}': expected {getattr(kind, '__name__', 'a number')}, got {value!r}")
+    for name, kind in OPTIONAL_FIELDS.items():
+        if row.get(name) is not None and not isinstance(row[name], kind):
+            problems.append(f"field '{name}': expected {kind.__name__}, got {row[name]!r}")
+    if problems:
+        return problems
+    if row["data_type"] != "video":
+        problems.append(f"field 'data_type': expected 'video', got {row['data_type']!r}")
+    duration = row["duration"]
+    if duration <= 0:
+        problems.append(f"field 'duration': must be positive, got {duration!r}")
+        return problems
+    if row.get("duration_str") is not None and row["duration_str"] != duration_string(duration):
+        problems.append(
+            f"field 'duration_str': {row['duration_str']!r} disagrees with duration {duration} "
+            f"({duration_string(duration)!r})"
+        )
+    if row["multiple_choice"]:
+        options = parse_options(row["problem"])
+        if not options:
+            problems.append("field 'problem': a multiple-choice problem needs options ('A: ...' lines)")
+        elif row["answer"].strip() not in options:
+            letters = ", ".join(options)
+            problems.append(f"field 'answer': {row['answer']!r} is not one of the options {letters} of 'problem'")
+    elif not row["answer"].strip():
+        problems.append("field 'answer': empty")
+    for clip in parse_clips(row["problem"]) or []:
+        if clip.end > duration:
+            problems.append(
+                f"field 'problem': timestamp {seconds_to_timestamp(clip.end)} is past the end of the video "
+                f"({seconds_to_timestamp(duration)})"
+            )
+            break
+    for segment in parse_captions(captions):
+        if segment.end > duration + DURATION_TOLERANCE:
+            problems.append(
+                f"field 'captions': caption [{seconds_to_timestamp(segment.start)}-{seconds_to_timestamp(segment.end)}]"
+                f" is past the end of the video ({seconds_to_timestamp(duration)})"
+            )
+            break
+    if video_root is not None:
+        path = Path(video_root) / row["videos"]
+        try:
+            real = video_duration(path)
+        except VideoError as error:
+            problems.append(f"field 'videos': {error}")
+        else:
+            if duration > real + DURATION_TOLERANCE:
+                problems.append(f"field 'duration': {duration} s, but video {path} lasts {real:.1f} s")
+    return problems
+
+
+def load_qa(
+    qa_path,
+    captions_path=None,
+    video_root=None,
+    skip_invalid: bool = False,
+    progress: bool = True,
+):
+    """The seed's QA JSONL as a validated `Dataset` (+ a `captions` column when a captions file is given).
+
+    `video_root`: where the `videos` files are; each must exist and be readable (None skips that check).
+    Returns `(dataset, report)`.
+    """
+    from datasets import Dataset
+    from tqdm.auto import tqdm
+
+    captions = load_captions(captions_path) if captions_path else None
+    lines = read_jsonl(qa_path)
+    report = LoadReport()
+    rows, seen = [], {}
+    for number, row in tqdm(lines, desc=f"validating {Path(qa_path).name}", unit="row", disable=not progress):
+        row_captions = captions.get(row.get("videos")) if captions is not None else None
+        problems = row_problems(row, video_root, row_captions)
+        if captions is not None and row_captions is None and isinstance(row.get("videos"), str):
+            problems.append(f"field 'videos': no captions for {row['videos']!r} in {captions_path}")
+        problem_id = row.get("problem_id")
+        if isinstance(problem_id, str) and problem_id in seen:
+            problems.append(f"field 'problem_id': {problem_id!r} repeats line {seen[problem_id]}")
+        if problems:
+            message = f"{qa_path}:{number}: " + "; ".join(problems)
+            if not skip_invalid:
+                raise DataError(message)
+            report.skipped.append(message)
+            continue
+        seen[problem_id] = number
+        row = {name: row.get(name) for name in [*FIELDS, *OPTIONAL_FIELDS]}
+        row["duration_str"] = row["duration_str"] or duration_string(row["duration"])
+        row["answer_str"] = row["answer_str"] or row["answer"]
+        if captions is not None:
+            row["captions"] = row_captions
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{qa_path}: no valid rows" + (f"\n{report}" if report.skipped else ""))
+    report.kept = len(rows)
+    if report.skipped:
+        logger.warning("%s", report)
+    return Dataset.from_list(rows), report
+
+
+def load_prepared(name_or_path, split: str = "train"):
+    """A prepared dataset: a `save_to_disk` directory, a QA JSONL file, or a Hub dataset id."""
+    from datasets import DatasetDict, load_dataset, load_from_disk
+
+    path = Path(name_or_path)
+    if path.is_dir():
+        dataset = load_from_disk(str(path))
+        if isinstance(dataset, DatasetDict):
+            if split not in dataset:
+                raise DataError(f"{path}: no split {split!r}; it has {', '.join(dataset)}")
+            dataset = dataset[split]
+        return dataset
+    if path.suffix in {".jsonl", ".json"}:
+        return load_qa(path, progress=False)[0]
+    return load_dataset(str(name_or_path), split=split)
+
+
+def video_root_of(name_or_path, video_root=None):
+    """Where a prepared dataset's videos are: `video_root` if given, else the `videos/` folder saved beside it."""
+    if video_root is not None:
+        return Path(video_root)
+    beside = Path(name_or_path) / "videos"
+    return beside if beside.is_dir() else None
+
+
+def save_prepared(dataset, video_root=None, save_to_disk=None, push_to_hub=None, embed_videos: bool = False) -> None:
+    """Write a prepared dataset to a directory and/or the Hub; with `embed_videos`, its videos go alongside
+    (copied into `OUT/videos/`, or uploaded to `videos/` of the Hub dataset repo)."""
+    names = sorted(set(dataset["videos"]))
+    if embed_videos and video_root is None:
+        raise DataError("--embed-videos needs --video-root")
+    if save_to_disk:
+        dataset.save_to_disk(str(save_to_disk))
+        if embed_videos:
+            target = Path(save_to_disk) / "videos"
+            for name in names:
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(Path(video_root) / name, target / name)
+    if push_to_hub:
+        dataset.push_to_hub(push_to_hub)
+        if embed_videos:
+            from huggingface_hub import HfApi
+
+            HfApi().upload_folder(
+                repo_id=push_to_hub,
+                repo_type="dataset",
+                folder_path=str(video_root),
+                path_in_repo="videos",
+                allow_patterns=names,
+            )

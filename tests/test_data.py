@@ -1,0 +1,131 @@
+import json
+
+import pytest
+
+from rewatch_trl.cli import main as cli
+from rewatch_trl.data import DataError, load_captions, load_prepared, load_qa, read_jsonl
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def rows(tiny_world):
+    return [dict(row) for row in tiny_world.rows]
+
+
+def test_valid_rows_load_with_captions_and_round_trip(tiny_world, tmp_path):
+    dataset, report = load_qa(tiny_world.qa_path, tiny_world.captions_path, tiny_world.video_dir, progress=False)
+    assert report.kept == len(tiny_world.rows) and report.skipped == []
+    assert dataset[0]["problem"] == tiny_world.rows[0]["problem"]
+    assert dataset[0]["captions"].startswith("[00:00-00:02] a ")
+    dataset.save_to_disk(str(tmp_path / "ds"))
+    again = load_prepared(tmp_path / "ds")
+    assert again.to_list() == dataset.to_list()
+
+
+def test_broken_json_line_names_its_line(tiny_world, rows, tmp_path):
+    qa = write_jsonl(tmp_path / "qa.jsonl", [rows[0], '{"problem_id": "x", broken', rows[1]])
+    with pytest.raises(DataError, match=r"qa.jsonl:2: invalid JSON"):
+        load_qa(qa, video_root=tiny_world.video_dir, progress=False)
+    with pytest.raises(DataError, match=r"qa.jsonl:2: invalid JSON"):
+        load_qa(qa, video_root=tiny_world.video_dir, skip_invalid=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"answer": "E"}, r"field 'answer': 'E' is not one of the options A, B, C, D"),
+        ({"videos": "nowhere.mp4"}, r"field 'videos': video not found: .*nowhere.mp4"),
+        ({"problem": "What happens at 00:30?\nA: red\nB: blue"}, r"field 'problem': timestamp 00:30 is past the end"),
+        ({"duration_str": "00:00-09:59"}, r"field 'duration_str': '00:00-09:59' disagrees with duration 8"),
+        ({"duration": 600, "duration_str": "00:00-10:00"}, r"field 'duration': 600 s, but video .* lasts 8.0 s"),
+        ({"duration": "ten"}, r"field 'duration': expected a number, got 'ten'"),
+        ({"multiple_choice": "yes"}, r"field 'multiple_choice': expected bool"),
+        ({"problem": None}, r"field 'problem': missing"),
+        ({"data_type": "image"}, r"field 'data_type': expected 'video'"),
+    ],
+)
+def test_bad_rows_name_file_line_and_field(tiny_world, rows, tmp_path, change, message):
+    bad = {**rows[0], **change}
+    qa = write_jsonl(tmp_path / "qa.jsonl", [rows[1], bad, rows[2]])
+    with pytest.raises(DataError, match=r"qa.jsonl:2: " + message):
+        load_qa(qa, video_root=tiny_world.video_dir, progress=False)
+
+
+def test_skip_invalid_keeps_every_good_row_and_lists_the_bad(tiny_world, rows, tmp_path):
+    bad_letter = {**rows[0], "answer": "Z"}
+    missing_video = {**rows[2], "problem_id": "other", "videos": "gone.mp4"}
+    qa = write_jsonl(tmp_path / "qa.jsonl", [bad_letter, *rows[1:], missing_video])
+    dataset, report = load_qa(qa, video_root=tiny_world.video_dir, skip_invalid=True, progress=False)
+    assert report.kept == len(rows) - 1 == len(dataset)
+    assert [p.split(": ")[0] for p in report.skipped] == [f"{qa}:1", f"{qa}:{len(rows) + 1}"]
+    assert [r["problem_id"] for r in dataset] == [r["problem_id"] for r in rows[1:]]
+
+
+def test_repeated_problem_id_is_an_error(tiny_world, rows, tmp_path):
+    qa = write_jsonl(tmp_path / "qa.jsonl", [rows[0], rows[0]])
+    with pytest.raises(DataError, match=r"qa.jsonl:2: field 'problem_id': .* repeats line 1"):
+        load_qa(qa, video_root=tiny_world.video_dir, progress=False)
+
+
+def test_captions_errors_and_forms(tmp_path):
+    good = write_jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {"videos": "a.mp4", "captions": "[00:00-00:05] red"},
+            {"videos": "b.mp4", "captions": [{"start": 0, "end": 3, "text": "blue"}]},
+        ],
+    )
+    assert load_captions(good) == {"a.mp4": "[00:00-00:05] red", "b.mp4": "[00:00-00:03] blue"}
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"videos": "a.mp4", "captions": "no timestamps"}])
+    with pytest.raises(DataError, match=r"bad.jsonl:1: field 'captions'"):
+        load_captions(bad)
+
+
+def test_captions_past_the_end_and_missing_captions(tiny_world, rows, tmp_path):
+    captions = [json.loads(line) for line in tiny_world.captions_path.read_text().splitlines()]
+    captions[0]["captions"] += "\n[00:20-00:30] nothing"
+    path = write_jsonl(tmp_path / "c.jsonl", captions)
+    with pytest.raises(DataError, match=r"qa.jsonl:1: field 'captions': caption \[00:20-00:30\] is past the end"):
+        load_qa(tiny_world.qa_path, path, tiny_world.video_dir, progress=False)
+    path = write_jsonl(tmp_path / "c2.jsonl", captions[1:])
+    with pytest.raises(DataError, match=r"qa.jsonl:1: field 'videos': no captions for 'synthetic_000.mp4'"):
+        load_qa(tiny_world.qa_path, path, tiny_world.video_dir, progress=False)
+
+
+def test_empty_and_missing_files(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        read_jsonl(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match="no valid rows"):
+        load_qa(write_jsonl(tmp_path / "empty.jsonl", []), progress=False)
+
+
+def test_data_command_writes_a_dataset_with_its_videos(tiny_world, tmp_path, capsys):
+    out = tmp_path / "prepared"
+    code = cli(
+        [
+            "data",
+            "--qa", str(tiny_world.qa_path),
+            "--captions", str(tiny_world.captions_path),
+            "--video-root", str(tiny_world.video_dir),
+            "--save-to-disk", str(out),
+            "--embed-videos",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    assert f"wrote {len(tiny_world.rows)} rows" in capsys.readouterr().out
+    dataset = load_prepared(out)
+    assert len(dataset) == len(tiny_world.rows)
+    assert sorted(p.name for p in (out / "videos").iterdir()) == sorted({r["videos"] for r in tiny_world.rows})
+
+
+def test_data_command_reports_bad_input_and_exits_2(tiny_world, rows, tmp_path, capsys):
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{**rows[0], "answer": "Q"}])
+    code = cli(
+        ["data", "--qa", str(qa), "--video-root", str(tiny_world.video_dir), "--save-to-disk", str(tmp_path / "o")]
+    )
+    assert code == 2
+    assert "qa.jsonl:1: field 'answer'" in capsys.readouterr().err

@@ -1,0 +1,115 @@
+import pytest
+import torch
+from qwen_vl_utils import process_vision_info
+
+from rewatch_trl.collator import VideoCollator
+from rewatch_trl.prompts import VideoSettings, build_messages
+from rewatch_trl.tiny import TINY_VIDEO_SETTINGS, write_synthetic_video
+from rewatch_trl.video import VideoCache, VideoError, decode_video, sample_clip, sample_video, video_duration
+
+
+@pytest.fixture(scope="module")
+def clip_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("videos") / "ten_seconds.mp4"
+    write_synthetic_video(path, seconds=10, fps=6, size=(96, 64), seed=1)
+    return path
+
+
+def test_duration_from_container(clip_path):
+    assert video_duration(clip_path) == pytest.approx(10.0, abs=0.2)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_frames_equal_qwen_vl_utils_own(clip_path, backend):
+    settings = VideoSettings(
+        video_max_frames=16, video_min_pixels=28 * 28 * 4, video_max_pixels=56 * 84, video_backend="decord"
+    )
+    messages = build_messages("q?", str(clip_path), 10, settings)
+    _, videos, _ = process_vision_info(messages, return_video_kwargs=True, return_video_metadata=True)
+    (reference, reference_meta) = videos[0]
+    ours = decode_video(clip_path, VideoSettings(**{**settings.__dict__, "video_backend": backend}))
+    assert ours.frames.shape == reference.shape
+    assert ours.frame_indices == reference_meta["frames_indices"]
+    # decord and PyAV both decode with FFmpeg: the same pixels, up to the decoders' colour conversion
+    tolerance = 0 if backend == "decord" else 3.0
+    assert (ours.frames - reference).abs().mean() <= tolerance
+    assert ours.fps == pytest.approx(len(ours.frame_indices) / 60 * 6)
+
+
+def test_collator_frames_and_grid_times_match_sampling(clip_path, tiny_model_and_processor):
+    _, processor = tiny_model_and_processor
+    settings = TINY_VIDEO_SETTINGS
+    cache = VideoCache()
+    collator = VideoCollator(processor, settings, cache=cache)
+    row = {"problem": "What colour?", "videos": str(clip_path), "duration": 10}
+    batch = collator([row])
+    video = sample_video(clip_path, settings, cache)
+    # the processor's own pixels of the frames qwen-vl-utils sampled, through the same message
+    _, reference, _ = process_vision_info(collator.messages(row), return_video_kwargs=True, return_video_metadata=True)
+    frames, meta = reference[0]
+    assert torch.equal(video.frames, frames)
+    expected = processor.video_processor(
+        videos=[frames],
+        video_metadata=[meta],
+        do_sample_frames=False,
+        do_resize=False,
+        cap_pixels_per_frame=True,
+        return_tensors="pt",
+    )
+    assert torch.equal(batch["pixel_values_videos"], expected["pixel_values_videos"])
+    t, _, h, w = video.frames.shape
+    assert batch["video_grid_thw"].tolist() == [[t // 2, h // 14, w // 14]]
+    # 8 frames (the cap) from 60 frames at 6 fps: sampled at 0.8 fps, so one 2-frame grid step is 2.5 s
+    assert video.fps == pytest.approx(8 / 60 * 6)
+    assert batch["second_per_grid_ts"].tolist() == [pytest.approx(2 / video.fps)]
+
+
+def test_a_video_used_n_times_is_decoded_once(tiny_world, tiny_model_and_processor):
+    _, processor = tiny_model_and_processor
+    cache = VideoCache()
+    collator = VideoCollator(processor, TINY_VIDEO_SETTINGS, video_root=tiny_world.video_dir, cache=cache)
+    rows = [r for r in tiny_world.rows if r["videos"] == tiny_world.rows[0]["videos"]] * 4
+    collator(rows)
+    collator(rows)
+    assert cache.decodes == 1
+    other = next(r for r in tiny_world.rows if r["videos"] != rows[0]["videos"])
+    collator([other, *rows])
+    assert cache.decodes == 2
+
+
+def test_cache_is_bounded_in_bytes(tiny_world):
+    one = sample_video(tiny_world.video_dir / "synthetic_000.mp4", TINY_VIDEO_SETTINGS, VideoCache())
+    cache = VideoCache(max_bytes=one.nbytes * 2)
+    for name in ["synthetic_000.mp4", "synthetic_001.mp4", "synthetic_002.mp4", "synthetic_000.mp4"]:
+        cache.get(tiny_world.video_dir / name, TINY_VIDEO_SETTINGS)
+    assert cache.decodes == 4  # the first was evicted before it came back
+    assert cache._bytes <= cache.max_bytes
+
+
+def test_clip_frames(clip_path):
+    clip = sample_clip(clip_path, 2, 6, TINY_VIDEO_SETTINGS, VideoCache())
+    assert min(clip.frame_indices) >= 12 and max(clip.frame_indices) <= 36
+    assert clip.frames.shape[0] == 8
+
+
+@pytest.mark.parametrize(("start", "end"), [(5, 30), (8, 4), (-1, 3)])
+def test_clip_outside_the_video_raises_naming_it(clip_path, start, end):
+    with pytest.raises(VideoError, match="ten_seconds.mp4"):
+        sample_clip(clip_path, start, end, TINY_VIDEO_SETTINGS, VideoCache())
+
+
+def test_missing_empty_and_corrupt_videos_raise_naming_the_file(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    for path, message in [(tmp_path / "missing.mp4", "not found"), (empty, "empty"), (corrupt, "corrupt.mp4")]:
+        with pytest.raises(VideoError, match=message):
+            sample_video(path, TINY_VIDEO_SETTINGS, VideoCache())
+        with pytest.raises(VideoError, match=path.name):
+            video_duration(path)
+
+
+def test_unknown_backend_names_the_known_ones(clip_path):
+    with pytest.raises(ValueError, match="known: decord"):
+        decode_video(clip_path, VideoSettings(video_backend="nope"))
