@@ -17,6 +17,26 @@ from rewatch_trl.video import SampledVideo, VideoCache, sample_video
 
 
 IGNORE_INDEX = -100
+# How the processor (and vLLM's copy of it) must treat frames that qwen-vl-utils already sampled and resized.
+PROCESSOR_VIDEO_KWARGS = {
+    "do_sample_frames": False,
+    "do_resize": False,
+    "cap_pixels_per_frame": True,  # qwen-vl-utils' (the reference) behaviour; frames are already within it
+}
+
+
+def video_block(messages: list[dict]) -> dict:
+    """The one `{"type": "video", ...}` block of a chat prompt; an error if there is none or more than one."""
+    blocks = [
+        block
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for block in message["content"]
+        if isinstance(block, dict) and block.get("type") == "video"
+    ]
+    if len(blocks) != 1:
+        raise ValueError(f"a prompt must hold exactly one video block, found {len(blocks)}")
+    return blocks[0]
 
 
 class VideoCollator:
@@ -30,14 +50,18 @@ class VideoCollator:
         self.video_root = Path(video_root) if video_root else None
         self.cache = cache
 
+    def _resolve(self, video: str) -> str:
+        # Absolute, so that resolving a prompt's (already resolved) path again changes nothing.
+        path = Path(video)
+        return str((path if path.is_absolute() or self.video_root is None else self.video_root / path).absolute())
+
     def video_path(self, row: dict) -> str:
         video = row["videos"]
         if isinstance(video, (list, tuple)):
             if len(video) != 1:
                 raise ValueError(f"row {row.get('problem_id')!r}: expected one video, got {len(video)}")
             video = video[0]
-        path = Path(video)
-        return str(path if path.is_absolute() or self.video_root is None else self.video_root / path)
+        return self._resolve(video)
 
     def messages(self, row: dict) -> list[dict]:
         """The seed's chat messages of a row: system, then the video and the ReAct instruction."""
@@ -47,8 +71,8 @@ class VideoCollator:
         """The sampled frames of each row's video (each distinct video decoded once, through the cache)."""
         return [sample_video(self.video_path(row), self.settings, self.cache) for row in rows]
 
-    def prompt_text(self, row: dict) -> str:
-        return self.processor.apply_chat_template(self.messages(row), tokenize=False, add_generation_prompt=True)
+    def prompt_text(self, messages: list[dict]) -> str:
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def encode(self, texts: list[str], videos: list[SampledVideo], **kwargs):
         """Tokenize texts that hold one video placeholder each, with those videos' frames: the processor call."""
@@ -56,17 +80,23 @@ class VideoCollator:
             text=texts,
             videos=[video.frames for video in videos],
             video_metadata=[video.metadata() for video in videos],
-            do_sample_frames=False,  # frames were sampled by qwen-vl-utils, the seed's way
-            do_resize=False,  # ... and resized by it too
-            cap_pixels_per_frame=True,  # qwen-vl-utils' (the reference) behaviour; frames are already within it
             padding=True,
             return_tensors="pt",
+            **PROCESSOR_VIDEO_KWARGS,
             **kwargs,
         )
 
+    def encode_messages(self, conversations: list[list[dict]]):
+        """Chat prompts that each hold one video block → (processor inputs, the sampled videos in order)."""
+        videos = [
+            sample_video(self._resolve(video_block(messages)["video"]), self.settings, self.cache)
+            for messages in conversations
+        ]
+        return self.encode([self.prompt_text(messages) for messages in conversations], videos), videos
+
     def __call__(self, rows: list[dict], answers: list[str] | None = None):
         """Prompts only, or with `answers` (assistant turns) and `labels` that cover the answer tokens alone."""
-        prompts = [self.prompt_text(row) for row in rows]
+        prompts = [self.prompt_text(self.messages(row)) for row in rows]
         videos = self.videos(rows)
         if answers is None:
             return self.encode(prompts, videos)

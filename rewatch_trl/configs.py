@@ -1,0 +1,61 @@
+"""The dataclasses a recipe fills, parsed by `TrlParser` (open-r1 style): script, training, model, video.
+
+An unknown key in a recipe is an error that names it (`TrlParser` with `fail_with_unknown_args`).
+"""
+
+from dataclasses import dataclass, field
+
+import trl
+
+from rewatch_trl.prompts import VideoSettings
+
+
+@dataclass
+class ScriptArguments(trl.ScriptArguments):
+    """Where the data is, which rewards score it, and the judge they may ask.
+
+    `dataset_name` is a `save_to_disk` directory, a QA JSONL in the seed's format, or a Hub dataset id.
+    """
+
+    captions: str | None = field(
+        default=None, metadata={"help": "Captions JSONL ({videos, captions} a line), when dataset_name is a QA JSONL."}
+    )
+    video_root: str | None = field(
+        default=None,
+        metadata={"help": "Directory the rows' `videos` are relative to (default: `videos/` beside the dataset)."},
+    )
+    skip_invalid: bool = field(
+        default=False, metadata={"help": "Leave invalid rows of a QA JSONL out (listed) instead of stopping."}
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["format", "accuracy"],
+        metadata={"help": "Reward names (see rewatch_trl.rewards.REWARDS); weights go in `reward_weights`."},
+    )
+    judge_base_url: str | None = field(
+        default=None, metadata={"help": "OpenAI-compatible endpoint of the judge (else REWATCH_JUDGE_BASE_URL)."}
+    )
+    judge_model: str | None = field(default=None, metadata={"help": "Judge model name (else REWATCH_JUDGE_MODEL)."})
+    judge_max_concurrency: int = field(default=16, metadata={"help": "Judge requests in flight at once."})
+
+
+@dataclass
+class GRPOConfig(trl.GRPOConfig):
+    """`trl.GRPOConfig` with the defaults a video run needs: the rewards read the dataset's columns."""
+
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep every column: the rewards read `answer`, `problem`, `captions`, ..."}
+    )
+
+
+@dataclass
+class SFTConfig(trl.SFTConfig):
+    """`trl.SFTConfig` for video conversations: our collator builds the batches."""
+
+    remove_unused_columns: bool = field(default=False, metadata={"help": "The collator needs every column."})
+    dataset_kwargs: dict | None = field(
+        default_factory=lambda: {"skip_prepare_dataset": True},
+        metadata={"help": "Rows are raw seed rows; the video collator tokenizes them."},
+    )
+
+
+__all__ = ["GRPOConfig", "SFTConfig", "ScriptArguments", "VideoSettings"]

@@ -1,0 +1,199 @@
+"""`VideoGRPOTrainer`: TRL's `GRPOTrainer` with videos in every pass.
+
+Stock TRL 1.16 takes video prompts without error but generates and computes the loss without the video (its
+multimodal path collects images only). Four small overrides wire the video through, each calling `super()`:
+
+- `_tokenize_prompts`: prompts go through the `VideoCollator` (frames from `video.py`, the seed's sampling),
+  and the video inputs are kept per sample for the log-prob passes;
+- `_get_per_token_logps_and_entropies`: the model is called with those video inputs (policy, old policy and
+  reference passes alike);
+- `_generate_and_score_completions` / `_compute_loss`: carry the per-sample video inputs through TRL's
+  shuffle and split of the generation batch, to the loss pass;
+- with `use_vllm` (colocate), TRL's `LLM.generate` requests get the same frames (`vllm_video_requests`).
+
+Example:
+```python
+>>> trainer = VideoGRPOTrainer(model="runs/tiny-world", reward_funcs=get_reward_funcs(["format"]),
+...                            args=GRPOConfig(...), train_dataset=dataset, video_settings=VideoSettings())  # doctest: +SKIP
+```
+"""
+
+import functools
+
+import torch
+from trl import GRPOTrainer
+
+from rewatch_trl.collator import PROCESSOR_VIDEO_KWARGS, VideoCollator
+from rewatch_trl.prompts import VideoSettings
+from rewatch_trl.video import SampledVideo, VideoCache
+
+
+VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+def split_video_inputs(batch) -> list[dict[str, torch.Tensor]]:
+    """Processor video inputs of a batch (one video per sample) → one dict per sample, so that TRL's shuffle and
+    split of a generation batch (which index lists and tensors by sample) keep each video with its sample."""
+    grids = batch["video_grid_thw"]
+    rows = torch.split(batch["pixel_values_videos"], grids.prod(-1).tolist())
+    seconds = torch.as_tensor(batch["second_per_grid_ts"]).reshape(-1)
+    return [
+        {"pixel_values_videos": pixels, "video_grid_thw": grid[None], "second_per_grid_ts": second[None]}
+        for pixels, grid, second in zip(rows, grids, seconds, strict=True)
+    ]
+
+
+def video_forward_kwargs(samples: list[dict[str, torch.Tensor]], input_ids: torch.Tensor, config) -> dict:
+    """The model's video keyword arguments for rows `input_ids` whose samples are `samples` (in order)."""
+    mm_token_type_ids = torch.zeros_like(input_ids)
+    mm_token_type_ids[input_ids == config.image_token_id] = 1
+    mm_token_type_ids[input_ids == config.video_token_id] = 2
+    kwargs = {key: torch.cat([sample[key] for sample in samples]) for key in VIDEO_KEYS}
+    return kwargs | {"mm_token_type_ids": mm_token_type_ids}
+
+
+def vllm_video_requests(requests: list[dict], videos: list[SampledVideo]) -> list[dict]:
+    """TRL's vLLM requests (`{"prompt_token_ids": ...}`, one per prompt, prompts already repeated G times) with
+    the frames of each prompt's video: the same frames, fps and processor settings as the loss pass, so that
+    vLLM's M-RoPE temporal positions (`second_per_grid_ts`) agree with the trainer's.
+
+    Example:
+    ```python
+    >>> vllm_video_requests([{"prompt_token_ids": [1, 2]}], [video])[0]["mm_processor_kwargs"]  # doctest: +SKIP
+    {'do_sample_frames': False, 'do_resize': False, 'cap_pixels_per_frame': True}
+    ```
+    """
+    if len(requests) != len(videos):
+        raise ValueError(f"{len(requests)} vLLM requests for {len(videos)} videos")
+    return [
+        {
+            **request,
+            "multi_modal_data": {"video": (video.frames, video.metadata())},
+            "mm_processor_kwargs": dict(PROCESSOR_VIDEO_KWARGS),
+        }
+        for request, video in zip(requests, videos, strict=True)
+    ]
+
+
+def suppressed_token_ids(config) -> list[int]:
+    """Tokens a completion must never hold: a sampled `<|video_pad|>`, `<|image_pad|>` or `<|vision_start|>`
+    would make the next forward pass look for visual features that do not exist."""
+    return sorted({config.video_token_id, config.image_token_id, config.vision_start_token_id})
+
+
+class _VideoLLM:
+    """TRL's colocated vLLM `LLM`, whose `generate` adds the current batch's videos to TRL's requests."""
+
+    def __init__(self, llm, trainer: "VideoGRPOTrainer"):
+        self._llm = llm
+        self._trainer = trainer
+
+    def generate(self, prompts, sampling_params=None, **kwargs):
+        videos = self._trainer._pending_videos
+        if videos is not None:
+            prompts = vllm_video_requests(prompts, videos)
+            banned = dict.fromkeys(suppressed_token_ids(self._trainer._vision_config), -100.0)
+            sampling_params.logit_bias = {**(sampling_params.logit_bias or {}), **banned}
+        return self._llm.generate(prompts, sampling_params=sampling_params, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._llm, name)
+
+
+class VideoGRPOTrainer(GRPOTrainer):
+    """`GRPOTrainer` for prompts that hold one video each (a `{"type": "video", "video": PATH}` block).
+
+    Args:
+        video_settings: how frames are sampled (the seed's settings by default).
+        video_root: directory relative video paths are resolved against.
+        video_cache: where sampled videos are kept (a process-wide cache by default).
+        Everything else: as `trl.GRPOTrainer`.
+    """
+
+    _tag_names = ["trl", "grpo", "rewatch-trl", "video"]
+
+    def __init__(
+        self,
+        *args,
+        video_settings: VideoSettings | None = None,
+        video_root=None,
+        video_cache: VideoCache | None = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.video_collator = VideoCollator(self.processing_class, video_settings, video_root, video_cache)
+        self._vision_config = self.model.config
+        self._video_inputs: list[dict] | None = None  # per sample, for the log-prob passes of the batch at hand
+        self._pending_videos: list[SampledVideo] | None = None  # per prompt, for vLLM
+        suppressed = suppressed_token_ids(self._vision_config)
+        if self.use_vllm:
+            if self.vllm_generation.mode != "colocate" or self.vllm_generation.tensor_parallel_size != 1:
+                raise NotImplementedError(
+                    "video generation with vLLM needs vllm_mode='colocate' and vllm_tensor_parallel_size=1"
+                )
+            self.vllm_generation.llm = _VideoLLM(self.vllm_generation.llm, self)
+        else:
+            known = list(self.generation_kwargs.get("suppress_tokens") or [])
+            self.generation_kwargs["suppress_tokens"] = sorted(set(known) | set(suppressed))
+            self.generation_config.suppress_tokens = self.generation_kwargs["suppress_tokens"]
+
+    def _tokenize_prompts(self, prompts: list):
+        batch, videos = self.video_collator.encode_messages(prompts)
+        device = self.accelerator.device
+        keep = batch["attention_mask"].bool()
+        prompt_ids = [ids[row].tolist() for ids, row in zip(batch["input_ids"], keep, strict=True)]
+        self._video_inputs = [
+            {key: value.to(device) for key, value in sample.items()} for sample in split_video_inputs(batch)
+        ]
+        self._pending_videos = videos
+        fields = {key: batch[key] for key in VIDEO_KEYS}
+        # a per-token field: TRL left-pads lists of lists like the prompt ids
+        fields["mm_token_type_ids"] = [
+            t[row].tolist() for t, row in zip(batch["mm_token_type_ids"], keep, strict=True)
+        ]
+        return prompt_ids, None, fields
+
+    def _generate_and_score_completions(self, inputs):
+        try:
+            output = super()._generate_and_score_completions(inputs)
+            output["video_inputs"] = self._video_inputs
+        finally:
+            self._video_inputs, self._pending_videos = None, None
+        return output
+
+    def _compute_loss(self, model, inputs):
+        self._video_inputs = inputs.get("video_inputs")
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._video_inputs = None
+
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, **kwargs
+    ):
+        samples = self._video_inputs
+        if samples is None:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, **kwargs
+            )
+        if len(samples) != input_ids.size(0):
+            raise RuntimeError(f"{len(samples)} videos for {input_ids.size(0)} sequences")
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies, aux_losses = [], [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            rows = slice(start, start + batch_size)
+            # TRL's pass runs `model(**its_inputs)`: bind this chunk's videos to the call.
+            video_model = functools.partial(
+                model, **video_forward_kwargs(samples[rows], input_ids[rows], self._vision_config)
+            )
+            chunk = super()._get_per_token_logps_and_entropies(
+                video_model, input_ids[rows], attention_mask[rows], logits_to_keep, batch_size, **kwargs
+            )
+            logps.append(chunk[0])
+            entropies.append(chunk[1])
+            aux_losses.append(chunk[2])
+        return (
+            torch.cat(logps),
+            None if entropies[0] is None else torch.cat(entropies),
+            None if aux_losses[0] is None else torch.stack(aux_losses).mean(),
+        )

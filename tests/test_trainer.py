@@ -1,0 +1,208 @@
+"""VideoGRPOTrainer sees the video in every pass, on the tiny world."""
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from trl import GRPOTrainer
+
+from rewatch_trl.collator import VideoCollator
+from rewatch_trl.configs import GRPOConfig
+from rewatch_trl.grpo import add_prompts
+from rewatch_trl.rewards import get_reward_funcs
+from rewatch_trl.tiny import TINY_VIDEO_SETTINGS
+from rewatch_trl.trainer import VideoGRPOTrainer, split_video_inputs, video_forward_kwargs, vllm_video_requests
+from rewatch_trl.video import VideoCache
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def letter_share(completions, **kwargs):
+    """A reward with spread on random text, so that advantages are non-zero."""
+    texts = [c[0]["content"] for c in completions]
+    return [sum(ch.isalpha() for ch in t) / max(len(t), 1) for t in texts]
+
+
+def make_trainer(world, tmp_path, rows=None, **config):
+    from datasets import Dataset
+
+    processor = AutoProcessor.from_pretrained(world.root)
+    model = AutoModelForImageTextToText.from_pretrained(world.root)
+    collator = VideoCollator(processor, TINY_VIDEO_SETTINGS, world.video_dir)
+    dataset = add_prompts(Dataset.from_list(rows or world.rows), collator)
+    settings = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=8,
+        max_steps=2,
+        logging_steps=1,
+        learning_rate=1e-2,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,  # TRL's default is bf16 autocast, also on CPU: the exactness checks are in fp32
+        save_strategy="no",
+        seed=0,
+    )
+    args = GRPOConfig(**(settings | config))
+    return VideoGRPOTrainer(
+        model=model,
+        reward_funcs=[letter_share, *get_reward_funcs(["format", "accuracy"])],
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        video_settings=TINY_VIDEO_SETTINGS,
+        video_root=world.video_dir,
+        video_cache=VideoCache(),
+    ), dataset
+
+
+def direct_logps(model, collator, rows, completion_ids, completion_mask, pixel_transform=None):
+    """Log-probs of the completions from a plain forward of the model with each row's video."""
+    batch = collator(rows)
+    if pixel_transform is not None:
+        batch["pixel_values_videos"] = pixel_transform(batch["pixel_values_videos"])
+    ids = torch.cat([batch["input_ids"], completion_ids], 1)
+    mask = torch.cat([batch["attention_mask"], completion_mask], 1)
+    mm = torch.cat([batch["mm_token_type_ids"], torch.zeros_like(completion_ids)], 1)
+    with torch.no_grad():
+        logits = model(
+            input_ids=ids,
+            attention_mask=mask,
+            mm_token_type_ids=mm,
+            pixel_values_videos=batch["pixel_values_videos"],
+            video_grid_thw=batch["video_grid_thw"],
+            second_per_grid_ts=batch["second_per_grid_ts"],
+        ).logits
+    k = completion_ids.size(1)
+    logps = logits[:, -k - 1 : -1].float().log_softmax(-1)
+    return logps.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+
+
+def test_every_logp_pass_sees_the_video(tiny_world, tmp_path):
+    trainer, dataset = make_trainer(tiny_world, tmp_path, beta=0.1, num_iterations=2)
+    rows = [dataset[i] for i in (0, 0, 1, 1)]  # two prompts, G = 2, of different lengths (left padding)
+    trainer.model.train()
+    output = trainer._generate_and_score_completions(rows)
+    completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
+    collator = trainer.video_collator
+    assert torch.equal(output["prompt_ids"], collator(rows)["input_ids"])
+    expected = direct_logps(trainer.model, collator, rows, completion_ids, completion_mask)
+    kept = completion_mask.bool()
+    for key, model in [("old_per_token_logps", trainer.model), ("ref_per_token_logps", trainer.ref_model)]:
+        reference = (
+            expected
+            if model is trainer.model
+            else direct_logps(model, collator, rows, completion_ids, completion_mask)
+        )
+        assert (output[key][kept] - reference[kept]).abs().max() <= 1e-5, key
+    # other frames, other log-probs: the video is really used
+    flipped = direct_logps(trainer.model, collator, rows, completion_ids, completion_mask, lambda p: p.flip(0))
+    assert (flipped[kept] - expected[kept]).abs().max() > 1e-4
+    # and what stock TRL computes for the same sequences (no video): not the model's log-probs with the video
+    ids = torch.cat([output["prompt_ids"], completion_ids], 1)
+    mask = torch.cat([output["prompt_mask"], completion_mask], 1)
+    with torch.no_grad():
+        try:
+            stock, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(
+                trainer, trainer.model, ids, mask, completion_ids.size(1)
+            )
+        except Exception:  # stock may even fail outright on video tokens without features; either way it is wrong
+            stock = None
+    assert stock is None or (stock[kept] - expected[kept]).abs().max() > 1e-3
+
+
+def test_loss_pass_log_probs_follow_the_shuffled_batch(tiny_world, tmp_path):
+    # questions tagged with their id, so that a sample's prompt text tells which row (and video) it came from
+    tagged = [row | {"problem": f"[{row['problem_id']}] {row['problem']}"} for row in tiny_world.rows]
+    trainer, dataset = make_trainer(
+        tiny_world, tmp_path, tagged, steps_per_generation=2, gradient_accumulation_steps=1
+    )
+    trainer.model.train()
+    seen = []
+    original = trainer._get_per_token_logps_and_entropies
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        seen.append(result[0].detach())
+        return result
+
+    trainer._get_per_token_logps_and_entropies = spy
+    generation_batch = [dataset[i] for i in (0, 0, 1, 1, 2, 2, 3, 3)]
+    inputs = trainer._prepare_inputs(generation_batch)  # generates, shuffles and splits into 2 batches of 4
+    seen.clear()
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, read by the loss
+    trainer._compute_loss(trainer.model, inputs)
+    (policy_logps,) = seen
+    # each sample of the shuffled half still carries its own video: rebuild the rows from the prompt tokens
+    texts = trainer.processing_class.batch_decode(inputs["prompt_ids"], skip_special_tokens=False)
+    rows = [next(r for r in dataset if f"[{r['problem_id']}]" in t) for t in texts]
+    for row, video in zip(rows, inputs["video_inputs"], strict=True):
+        expected = split_video_inputs(trainer.video_collator([row]))[0]["pixel_values_videos"]
+        assert torch.equal(video["pixel_values_videos"], expected)
+    expected = direct_logps(
+        trainer.model, trainer.video_collator, rows, inputs["completion_ids"], inputs["completion_mask"]
+    )
+    kept = inputs["completion_mask"].bool()
+    assert (policy_logps[kept] - expected[kept]).abs().max() <= 1e-5
+
+
+def test_two_grpo_steps_learn_and_log_rewards(tiny_world, tmp_path):
+    trainer, _ = make_trainer(tiny_world, tmp_path, save_strategy="steps", save_steps=2)
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "rewards/letter_share/mean" in entry]
+    assert len(logs) == 2
+    for entry in logs:
+        assert 0.0 < entry["rewards/letter_share/mean"] <= 1.0
+        assert entry["rewards/react_format_reward/mean"] == 0.0  # random text is never a ReAct trace
+        assert entry["reward_std"] > 0  # so the advantages are non-zero ...
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p.detach())]
+    assert any("lm_head" in n for n in changed)  # ... and the policy moved
+    assert any("visual" in n for n in changed)  # the vision tower got gradients: the loss saw the video
+    assert (tmp_path / "checkpoint-2" / "model.safetensors").is_file()
+    assert trainer.state.global_step == 2
+
+
+def test_video_tokens_are_never_generated(tiny_world, tmp_path):
+    trainer, _ = make_trainer(tiny_world, tmp_path)
+    config = trainer.model.config
+    suppressed = set(trainer.generation_config.suppress_tokens)
+    assert {config.video_token_id, config.image_token_id, config.vision_start_token_id} <= suppressed
+
+
+def test_vllm_requests_carry_the_loss_pass_frames(tiny_world, tmp_path):
+    trainer, dataset = make_trainer(tiny_world, tmp_path)
+    rows = [dataset[0], dataset[0], dataset[2], dataset[2]]
+    prompt_ids, _, fields = trainer._tokenize_prompts([row["prompt"] for row in rows])
+    requests = vllm_video_requests([{"prompt_token_ids": ids} for ids in prompt_ids], trainer._pending_videos)
+    loss_inputs = trainer._video_inputs
+    processor = trainer.processing_class
+    for request, ids, loss_video in zip(requests, prompt_ids, loss_inputs, strict=True):
+        assert request["prompt_token_ids"] == ids
+        frames, metadata = request["multi_modal_data"]["video"]
+        assert request["mm_processor_kwargs"] == {
+            "do_sample_frames": False,
+            "do_resize": False,
+            "cap_pixels_per_frame": True,
+        }
+        # what vLLM's copy of the processor makes of these frames is exactly the loss pass's pixels and timing
+        again = processor.video_processor(
+            videos=[frames], video_metadata=[metadata], return_tensors="pt", **request["mm_processor_kwargs"]
+        )
+        assert torch.equal(again["pixel_values_videos"], loss_video["pixel_values_videos"])
+        assert torch.equal(again["video_grid_thw"], loss_video["video_grid_thw"])
+        sampled_fps = len(metadata["frames_indices"]) / metadata["total_num_frames"] * metadata["fps"]
+        assert processor.video_processor.temporal_patch_size / sampled_fps == pytest.approx(
+            loss_video["second_per_grid_ts"].item()
+        )
+    with pytest.raises(ValueError, match="2 vLLM requests for 4 videos"):
+        vllm_video_requests(requests[:2], trainer._pending_videos)
+
+
+def test_video_forward_kwargs_mark_video_tokens(tiny_world, tmp_path):
+    trainer, dataset = make_trainer(tiny_world, tmp_path)
+    batch = trainer.video_collator([dataset[0], dataset[1]])
+    kwargs = video_forward_kwargs(split_video_inputs(batch), batch["input_ids"], trainer.model.config)
+    assert torch.equal(kwargs["mm_token_type_ids"], batch["mm_token_type_ids"])
+    assert torch.equal(kwargs["pixel_values_videos"], batch["pixel_values_videos"])
