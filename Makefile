@@ -25,8 +25,14 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# The paper's two stages on the tiny offline world, on CPU: SFT cold start, then GRPO from it. Fresh each time.
 demo: install
-	$(BIN)/rewatch-trl demo --out $(TINY_DIR)
+	rm -rf runs/tiny-sft runs/tiny-grpo
+	$(BIN)/rewatch-trl tiny --out $(TINY_DIR)
+	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml -m rewatch_trl.sft --config recipes/tiny/sft.yaml
+	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml -m rewatch_trl.grpo --config recipes/tiny/grpo.yaml
+	$(BIN)/rewatch-trl summary runs/tiny-grpo
+	@echo "trained checkpoint: runs/tiny-grpo"
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests

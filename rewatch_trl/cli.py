@@ -11,10 +11,34 @@ def _tiny(args) -> None:
     print(f"tiny world written to {world.root}: model + processor, {len(world.rows)} rows in {world.qa_path.name}")
 
 
-def _demo(args) -> None:
-    from rewatch_trl.demo import run_demo
+def reward_summary(run_dir) -> str:
+    """A table of the rewards a training run logged per step (from its `trainer_state.json`)."""
+    import json
+    from pathlib import Path
 
-    run_demo(args.out, seed=args.seed)
+    path = Path(run_dir) / "trainer_state.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no trainer state (has the run finished or saved a checkpoint?)")
+    logs = [entry for entry in json.loads(path.read_text())["log_history"] if "reward" in entry]
+    if not logs:
+        raise ValueError(f"{path}: no rewards were logged")
+    names = sorted(
+        {key.split("/")[1] for entry in logs for key in entry if key.startswith("rewards/") and key.endswith("/mean")}
+    )
+    short = [name.removesuffix("_reward") for name in names]
+    lines = ["step  reward  " + "  ".join(f"{name:>18}" for name in short)]
+    for entry in logs:
+        values = "  ".join(f"{entry.get(f'rewards/{name}/mean', float('nan')):>18.3f}" for name in names)
+        lines.append(f"{entry['step']:>4}  {entry['reward']:>6.3f}  {values}")
+    half = max(1, len(logs) // 2)
+    first = sum(entry["reward"] for entry in logs[:half]) / half
+    last = sum(entry["reward"] for entry in logs[-half:]) / half
+    lines.append(f"mean reward: first {half} steps {first:.3f} -> last {half} steps {last:.3f}")
+    return "\n".join(lines)
+
+
+def _summary(args) -> None:
+    print(reward_summary(args.run_dir))
 
 
 def _data(args) -> None:
@@ -50,10 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--skip-invalid", action="store_true", help="leave bad rows out (listed) instead of stopping")
     data.set_defaults(func=_data)
 
-    demo = commands.add_parser("demo", help="build the tiny world and run the CPU demo on it")
-    demo.add_argument("--out", default="runs/tiny-world")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
+    summary = commands.add_parser("summary", help="print the rewards a training run logged per step")
+    summary.add_argument("run_dir", help="the run's output_dir")
+    summary.set_defaults(func=_summary)
     return parser
 
 

@@ -27,6 +27,10 @@ class ScriptArguments(trl.ScriptArguments):
     skip_invalid: bool = field(
         default=False, metadata={"help": "Leave invalid rows of a QA JSONL out (listed) instead of stopping."}
     )
+    response_field: str = field(
+        default="response",
+        metadata={"help": "SFT: the column holding the assistant target (ReAct trace, caption, answer)."},
+    )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["format", "accuracy"],
         metadata={"help": "Reward names (see rewatch_trl.rewards.REWARDS); weights go in `reward_weights`."},

@@ -192,7 +192,10 @@ def load_qa(
             report.skipped.append(message)
             continue
         seen[problem_id] = number
-        row = {name: row.get(name) for name in [*FIELDS, *OPTIONAL_FIELDS]}
+        # The seed's fields in their order, then any others the file carries (e.g. an SFT `response`), as they are.
+        row = {name: row.get(name) for name in [*FIELDS, *OPTIONAL_FIELDS]} | {
+            key: value for key, value in row.items() if key not in FIELDS and key not in OPTIONAL_FIELDS
+        }
         row["duration_str"] = row["duration_str"] or duration_string(row["duration"])
         row["answer_str"] = row["answer_str"] or row["answer"]
         if captions is not None:

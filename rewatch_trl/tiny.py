@@ -227,7 +227,8 @@ def captions_text(captions: list[dict]) -> str:
 
 
 def synthetic_rows(video: str, captions: list[dict], duration: int, rng: random.Random) -> list[dict]:
-    """A multiple-choice and an open-ended question in the seed's format about one synthetic video."""
+    """A multiple-choice and an open-ended question in the seed's format about one synthetic video, each with the
+    ReAct `response` an SFT cold start learns from: re-watch the asked clip, say what is there, answer."""
     caption = rng.choice(captions)
     color = caption["text"].split()[1]
     span = f"{seconds_to_timestamp(caption['start'])} to {seconds_to_timestamp(caption['end'])}"
@@ -239,11 +240,15 @@ def synthetic_rows(video: str, captions: list[dict], duration: int, rng: random.
     problem = question + "".join(f"\n{letter_}: {option}" for letter_, option in zip(letters, options, strict=True))
     common = {"question_type": "color", "data_type": "video", "videos": video, "answer_str": color}
     common |= {"duration": duration, "duration_str": duration_string(duration)}
+    clip = f"[{seconds_to_timestamp(caption['start'])}-{seconds_to_timestamp(caption['end'])}]"
+    trace = f"<action>Re-watch {clip}</action>\n<observation>{caption['text']}</observation>\n<answer>{{}}</answer>"
     return [
         {"problem_id": f"{video}_color_multiple_choice", "multiple_choice": True, "problem": problem, "answer": letter}
-        | common,
+        | common
+        | {"response": trace.format(letter)},
         {"problem_id": f"{video}_color_open_end", "multiple_choice": False, "problem": question, "answer": color}
-        | common,
+        | common
+        | {"response": trace.format(color)},
     ]
 
 

@@ -11,7 +11,7 @@ def test_world_has_seed_format_rows_and_captions(tiny_world):
     assert rows == tiny_world.rows
     assert {row["multiple_choice"] for row in rows} == {True, False}
     seed_keys = {"problem_id", "question_type", "multiple_choice", "problem", "data_type", "videos", "answer"}
-    seed_keys |= {"answer_str", "duration", "duration_str"}
+    seed_keys |= {"answer_str", "duration", "duration_str", "response"}  # + the SFT target
     for row in rows:
         assert set(row) == seed_keys
         assert (tiny_world.video_dir / row["videos"]).is_file()

@@ -1,0 +1,68 @@
+"""SFT cold start on video conversations (TRL `SFTTrainer`), from a YAML recipe:
+
+    accelerate launch --config_file accelerate_configs/zero3.yaml -m rewatch_trl.sft --config recipes/sft.yaml
+
+A row is a seed-format row plus its assistant target (`response`: a ReAct trace, a caption or a direct
+answer). The loss covers the assistant tokens only; the batches come from the `VideoCollator`.
+"""
+
+import logging
+import sys
+
+from transformers import set_seed
+from trl import ModelConfig, SFTTrainer, TrlParser, get_peft_config
+
+from rewatch_trl.collator import VideoCollator
+from rewatch_trl.configs import ScriptArguments, SFTConfig
+from rewatch_trl.prompts import VideoSettings
+
+
+logger = logging.getLogger(__name__)
+
+
+class SFTVideoCollator:
+    """Seed-format rows → prompt + `response_field` with labels on the response tokens only."""
+
+    def __init__(self, collator: VideoCollator, response_field: str = "response"):
+        self.collator = collator
+        self.response_field = response_field
+
+    def __call__(self, rows: list[dict]):
+        missing = [row.get("problem_id") for row in rows if not isinstance(row.get(self.response_field), str)]
+        if missing:
+            raise ValueError(f"rows {missing} have no {self.response_field!r} (the SFT target): set `response_field`")
+        return self.collator(rows, answers=[row[self.response_field] for row in rows])
+
+
+def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig, video_args: VideoSettings):
+    from rewatch_trl.data import video_root_of
+    from rewatch_trl.training import load_model, load_processor, load_train_dataset, train_and_save
+
+    set_seed(training_args.seed)
+    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
+    processor = load_processor(model_args, padding_side="right")
+    video_root = video_root_of(script_args.dataset_name, script_args.video_root)
+    dataset = load_train_dataset(script_args)
+    if script_args.response_field not in dataset.column_names:
+        raise ValueError(
+            f"the dataset has no {script_args.response_field!r} column (the SFT target); it has "
+            f"{', '.join(dataset.column_names)}"
+        )
+    trainer = SFTTrainer(
+        model=load_model(model_args),
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=processor,
+        data_collator=SFTVideoCollator(VideoCollator(processor, video_args, video_root), script_args.response_field),
+        peft_config=get_peft_config(model_args),
+    )
+    train_and_save(trainer, processor, script_args)
+    return trainer
+
+
+def parse_args(argv: list[str] | None = None):
+    return TrlParser((ScriptArguments, SFTConfig, ModelConfig, VideoSettings)).parse_args_and_config(args=argv)
+
+
+if __name__ == "__main__":
+    main(*parse_args(sys.argv[1:]))

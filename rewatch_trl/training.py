@@ -1,0 +1,85 @@
+"""What the GRPO and SFT entry points share: model, processor and data loading, resuming, and finishing a run."""
+
+import logging
+import os
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerState
+from transformers.trainer_utils import get_last_checkpoint
+from trl import ModelConfig
+
+from rewatch_trl.configs import ScriptArguments
+
+
+logger = logging.getLogger(__name__)
+
+
+def load_model(model_args: ModelConfig):
+    """The policy (a Qwen2.5-VL-style image-text-to-text model) as the recipe names it."""
+    if model_args.model_name_or_path is None:
+        raise ValueError("the recipe needs `model_name_or_path`")
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    return AutoModelForImageTextToText.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+    )
+
+
+def load_processor(model_args: ModelConfig, padding_side: str):
+    if model_args.model_name_or_path is None:
+        raise ValueError("the recipe needs `model_name_or_path`")
+    return AutoProcessor.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision, padding_side=padding_side
+    )
+
+
+def load_train_dataset(script_args: ScriptArguments):
+    """The training rows, validated: a QA JSONL (+ captions), a prepared directory, or a Hub dataset id."""
+    from rewatch_trl.data import load_prepared, load_qa
+
+    name = script_args.dataset_name
+    if name is None:
+        raise ValueError("the recipe needs `dataset_name`: a prepared dataset directory, a QA JSONL or a Hub id")
+    if str(name).endswith((".jsonl", ".json")):
+        dataset, _ = load_qa(name, script_args.captions, script_args.video_root, script_args.skip_invalid)
+        return dataset
+    return load_prepared(name, script_args.dataset_train_split)
+
+
+def resume_checkpoint(training_args) -> str | None:
+    """The checkpoint to resume from: the one the recipe names, else the last in `output_dir` (a killed run
+    picks up where it stopped when launched again)."""
+    if training_args.resume_from_checkpoint:
+        return training_args.resume_from_checkpoint
+    if os.path.isdir(training_args.output_dir):
+        return get_last_checkpoint(training_args.output_dir)
+    return None
+
+
+def train_and_save(trainer, processor, script_args: ScriptArguments) -> None:
+    """Train (resuming where a killed run stopped), then save the model, its processor (left-padded, ready for
+    generation) and the state; push to the Hub if asked."""
+    args = trainer.args
+    checkpoint = resume_checkpoint(args)
+    done = None
+    if checkpoint:
+        logger.info("resuming from %s", checkpoint)
+        done = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    if done is not None and 0 < args.max_steps <= done.global_step:
+        # The run was killed after its last checkpoint: finish it from there (transformers would take one step
+        # past `max_steps` when resumed at it).
+        trainer._load_from_checkpoint(checkpoint)
+        trainer.state = done
+    else:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    trainer.save_model(args.output_dir)
+    if trainer.accelerator.is_main_process:
+        processor.tokenizer.padding_side = "left"
+        processor.save_pretrained(args.output_dir)
+    if args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name, tags=["rewatch-trl"])
