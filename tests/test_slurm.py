@@ -1,0 +1,56 @@
+"""slurm/train.slurm builds one accelerate launch per node from Slurm's variables (srun/scontrol faked)."""
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fake(bin_dir: Path, name: str, body: str) -> None:
+    path = bin_dir / name
+    path.write_text(f"#!/bin/bash\n{body}\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+def test_slurm_script_launches_each_node_with_its_rank(tmp_path):
+    fake(tmp_path, "scontrol", "echo node-a; echo node-b")
+    # srun runs the per-node command twice, as two nodes would, with their own SLURM_PROCID
+    fake(tmp_path, "srun", 'for r in 0 1; do SLURM_PROCID=$r "${@: -3}"; done')
+    fake(tmp_path, "accelerate", 'echo "accelerate $*"')
+    env = os.environ | {
+        "PATH": f"{tmp_path}:{os.environ['PATH']}",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_NODELIST": "node-[a-b]",
+    }
+    out = subprocess.run(
+        ["bash", "slurm/train.slurm", "grpo", "recipes/grpo.yaml", "zero3"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for rank, line in enumerate(lines):
+        words = line.split()
+        assert words[words.index("--machine_rank") + 1] == str(rank)
+        assert words[words.index("--num_machines") + 1] == "2"
+        assert words[words.index("--num_processes") + 1] == "16"
+        assert words[words.index("--main_process_ip") + 1] == "node-a"
+        assert words[words.index("--config_file") + 1] == "accelerate_configs/zero3.yaml"
+        assert line.endswith("-m rewatch_trl.grpo --config recipes/grpo.yaml")
+
+
+def test_slurm_script_rejects_bad_arguments(tmp_path):
+    env = os.environ | {"SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "n"}
+    for args, message in [
+        (["train", "recipes/grpo.yaml"], "unknown stage"),
+        (["grpo", "recipes/nope.yaml"], "recipe not found"),
+        (["grpo", "recipes/grpo.yaml", "zero9"], "no accelerate_configs/zero9.yaml"),
+    ]:
+        out = subprocess.run(["bash", "slurm/train.slurm", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert out.returncode == 2 and message in out.stderr
