@@ -52,6 +52,58 @@ def _data(args) -> None:
     print(f"wrote {len(dataset)} rows to {' and '.join(filter(None, [args.save_to_disk, args.push_to_hub]))}")
 
 
+def _video_settings(args):
+    from rewatch_trl.prompts import VideoSettings
+
+    return VideoSettings(
+        video_fps=args.fps,
+        video_max_frames=args.max_frames,
+        video_min_pixels=args.min_pixels,
+        video_max_pixels=args.max_pixels,
+        video_total_pixels=args.total_pixels,
+        video_backend=args.video_backend,
+    )
+
+
+def _infer(args) -> None:
+    from rewatch_trl.infer import dumps, format_result, infer
+
+    result = infer(args.model, args.video, args.question, _video_settings(args), args.max_new_tokens, args.backend)
+    print(dumps(result) if args.json else format_result(result))
+
+
+def _eval(args) -> None:
+    from rewatch_trl.data import load_prepared, video_root_of
+    from rewatch_trl.eval import check_rows, evaluate
+    from rewatch_trl.infer import Predictor
+
+    dataset = load_prepared(args.data, args.split)
+    check_rows(dataset)
+    root = video_root_of(args.data, args.video_root)
+    predictor = Predictor(args.model, _video_settings(args), root, args.max_new_tokens, args.backend)
+    result = evaluate(predictor, dataset, args.out, args.batch_size, args.limit)
+    overall = result["overall"]
+    print(
+        f"{overall['n']} rows: accuracy {overall['accuracy']:.3f}, format {overall['format_rate']:.3f}; report: {args.out}"
+    )
+
+
+def _add_generation_options(parser) -> None:
+    from rewatch_trl.prompts import VideoSettings
+
+    parser.add_argument("--model", required=True, help="a trained model directory or Hub id")
+    parser.add_argument("--max-new-tokens", type=int, default=4096)
+    parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
+    # The seed's video settings by default; a model is best used with those it was trained with.
+    defaults = VideoSettings()
+    parser.add_argument("--fps", type=float, default=defaults.video_fps)
+    parser.add_argument("--max-frames", type=int, default=defaults.video_max_frames)
+    parser.add_argument("--min-pixels", type=int, default=defaults.video_min_pixels, help="per frame")
+    parser.add_argument("--max-pixels", type=int, default=defaults.video_max_pixels, help="per frame")
+    parser.add_argument("--total-pixels", type=int, default=defaults.video_total_pixels, help="over all frames")
+    parser.add_argument("--video-backend", default=defaults.video_backend)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rewatch-trl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +125,23 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--embed-videos", action="store_true", help="copy/upload the videos alongside")
     data.add_argument("--skip-invalid", action="store_true", help="leave bad rows out (listed) instead of stopping")
     data.set_defaults(func=_data)
+
+    infer = commands.add_parser("infer", help="answer a question about a video, as the seed's inference does")
+    _add_generation_options(infer)
+    infer.add_argument("video", help="a video file")
+    infer.add_argument("question")
+    infer.add_argument("--json", action="store_true", help="print the prompt, frames, trace, answer and timings")
+    infer.set_defaults(func=_infer)
+
+    evaluate = commands.add_parser("eval", help="evaluate a model on seed-format rows (resumable)")
+    _add_generation_options(evaluate)
+    evaluate.add_argument("--data", required=True, help="a prepared dataset directory, a QA JSONL or a Hub id")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--video-root", help="where the rows' videos are (default: videos/ beside --data)")
+    evaluate.add_argument("--limit", type=int, help="evaluate the first N rows only")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--out", required=True, help="report JSON; predictions go beside it")
+    evaluate.set_defaults(func=_eval)
 
     summary = commands.add_parser("summary", help="print the rewards a training run logged per step")
     summary.add_argument("run_dir", help="the run's output_dir")

@@ -1,0 +1,151 @@
+"""Inference as in the seed: the video's duration in the prompt, the seed's frames, greedy decoding.
+
+    rewatch-trl infer --model runs/rewatch-grpo videos/example.mp4 "What happened from [05:00] to [05:10]?" --json
+
+Example:
+```python
+>>> predictor = Predictor("runs/tiny-grpo", VideoSettings())  # doctest: +SKIP
+>>> predictor.generate([{"problem": "What happened?", "videos": "clip.mp4", "duration": 600}])  # doctest: +SKIP
+['<action>...</action><observation>...</observation><answer>...</answer>']
+```
+"""
+
+import json
+import time
+from pathlib import Path
+
+from rewatch_trl.collator import VideoCollator
+from rewatch_trl.prompts import VideoSettings, duration_string
+from rewatch_trl.react import parse_react
+from rewatch_trl.trainer import suppressed_token_ids, vllm_video_requests
+from rewatch_trl.video import VideoCache, sample_video, video_duration
+
+
+class Predictor:
+    """A trained model (a directory or a Hub id) that answers seed-format rows, in batches.
+
+    `backend="transformers"` generates with `model.generate`; `backend="vllm"` with a vLLM `LLM` fed the same
+    frames (`vllm_video_requests`).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        settings: VideoSettings | None = None,
+        video_root=None,
+        max_new_tokens: int = 4096,
+        backend: str = "transformers",
+        dtype: str = "auto",
+    ):
+        from transformers import AutoProcessor
+
+        if Path(model).exists() and not (Path(model) / "config.json").is_file():
+            raise FileNotFoundError(f"model not found: {model} has no config.json")
+        self.settings = settings or VideoSettings()
+        try:
+            self.processor = AutoProcessor.from_pretrained(model, padding_side="left")
+        except OSError as error:  # neither a local directory nor a reachable Hub id
+            raise FileNotFoundError(f"model not found: {model} ({str(error).splitlines()[0]})") from error
+        self.collator = VideoCollator(self.processor, self.settings, video_root, VideoCache())
+        self.max_new_tokens = max_new_tokens
+        self.backend = backend
+        if backend == "transformers":
+            import torch
+            from transformers import AutoModelForImageTextToText
+
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                model, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
+            ).eval()
+            if torch.cuda.is_available():
+                self.model = self.model.cuda()
+            self.config = self.model.config
+        elif backend == "vllm":
+            try:
+                from vllm import LLM
+            except ImportError as error:
+                raise ImportError("backend='vllm' needs vLLM: pip install 'rewatch-trl[vllm]'") from error
+            from transformers import AutoConfig
+
+            self.config = AutoConfig.from_pretrained(model)
+            self.model = LLM(model=model, dtype=dtype, limit_mm_per_prompt={"video": 1, "image": 0})
+        else:
+            raise ValueError(f"unknown backend {backend!r}: transformers or vllm")
+
+    def generate(self, rows: list[dict]) -> list[str]:
+        """Greedy completions of rows (`problem`, `videos`, `duration`), in order."""
+        batch = self.collator(rows)
+        if self.backend == "vllm":
+            from vllm import SamplingParams
+
+            keep = batch["attention_mask"].bool()
+            requests = [{"prompt_token_ids": ids[m].tolist()} for ids, m in zip(batch["input_ids"], keep, strict=True)]
+            params = SamplingParams(
+                temperature=0.0,
+                max_tokens=self.max_new_tokens,
+                logit_bias=dict.fromkeys(suppressed_token_ids(self.config), -100.0),
+            )
+            outputs = self.model.generate(vllm_video_requests(requests, self.collator.videos(rows)), params)
+            return [output.outputs[0].text for output in outputs]
+        import torch
+
+        batch = batch.to(self.model.device)
+        with torch.no_grad():
+            output = self.model.generate(
+                **batch,
+                do_sample=False,
+                max_new_tokens=self.max_new_tokens,
+                suppress_tokens=suppressed_token_ids(self.config),
+            )
+        return self.processor.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def infer(
+    model: str,
+    video: str,
+    question: str,
+    settings: VideoSettings | None = None,
+    max_new_tokens: int = 4096,
+    backend="transformers",
+) -> dict:
+    """Answer one question about one video file: the prompt, the frames used, the parsed trace and timings."""
+    start = time.perf_counter()
+    duration = round(video_duration(video))
+    predictor = Predictor(model, settings, max_new_tokens=max_new_tokens, backend=backend)
+    loaded = time.perf_counter()
+    row = {"problem": question, "videos": str(Path(video).absolute()), "duration": duration}
+    frames = sample_video(row["videos"], predictor.settings, predictor.collator.cache)
+    decoded = time.perf_counter()
+    (completion,) = predictor.generate([row])
+    done = time.perf_counter()
+    trace = parse_react(completion)
+    return {
+        "prompt": predictor.collator.prompt_text(predictor.collator.messages(row)),
+        "video": str(video),
+        "duration": duration,
+        "duration_str": duration_string(duration),
+        "frames": {
+            "count": len(frames.frame_indices),
+            "fps": frames.fps,
+            "indices": frames.frame_indices,
+            "size": list(frames.frames.shape[-2:]),
+        },
+        "completion": completion,
+        "actions": [step.action for step in trace.steps],
+        "clips": [[list(clip) for clip in step.clips] for step in trace.steps],
+        "observations": [step.observation for step in trace.steps],
+        "answer": trace.answer,
+        "well_formed": trace.well_formed,
+        "timings": {"load_s": loaded - start, "decode_s": decoded - loaded, "generate_s": done - decoded},
+    }
+
+
+def format_result(result: dict) -> str:
+    """The human-readable form `rewatch-trl infer` prints."""
+    lines = [f"video: {result['video']} ({result['duration_str']}, {result['frames']['count']} frames)", ""]
+    lines.append(result["completion"])
+    lines += ["", f"answer: {result['answer']}", f"re-watch steps: {len(result['actions'])}"]
+    return "\n".join(lines)
+
+
+def dumps(result: dict) -> str:
+    return json.dumps(result, indent=2, ensure_ascii=False)
