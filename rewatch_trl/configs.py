@@ -49,6 +49,20 @@ class GRPOConfig(trl.GRPOConfig):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep every column: the rewards read `answer`, `problem`, `captions`, ..."}
     )
+    share_video_features: bool = field(
+        default=True,
+        metadata={
+            "help": "Run the vision tower once per distinct video of a pass (generation, old, reference, policy) and "
+            "hand its features to the G completions of that video, instead of once per completion."
+        },
+    )
+    freeze_vision_tower: bool = field(
+        default=False,
+        metadata={
+            "help": "Do not train the vision tower; its features are then computed once per video per generation "
+            "batch and reused by every pass."
+        },
+    )
 
 
 @dataclass

@@ -81,6 +81,61 @@ def suppressed_token_ids(config) -> list[int]:
     return sorted({config.video_token_id, config.image_token_id, config.vision_start_token_id})
 
 
+class SharedVideoFeatures:
+    """Stands in for a Qwen2.5-VL model's `get_video_features`: runs the vision tower once per distinct video of a
+    call and hands every row the features of its video, so the G completions of a prompt share one encoding.
+
+    `keys` (set by the trainer around each call, one per video of the call) says which videos are the same;
+    with `frozen`, the features are also kept on the sample (`sample["video_features"]`, no grad) and reused
+    by every later pass over it. `videos_encoded` counts the videos that went through the tower.
+    """
+
+    def __init__(self, base_model, frozen: bool = False):
+        self.get_video_features = base_model.get_video_features
+        self.merge = base_model.visual.spatial_merge_size**2
+        self.frozen = frozen
+        self.samples: list[dict] | None = None
+        self.videos_encoded = 0
+
+    def __call__(self, pixel_values_videos, video_grid_thw=None, **kwargs):
+        samples = self.samples
+        if samples is None or len(samples) != len(video_grid_thw):
+            self.videos_encoded += len(video_grid_thw)
+            return self.get_video_features(pixel_values_videos, video_grid_thw, **kwargs)
+        chunks = torch.split(pixel_values_videos, video_grid_thw.prod(-1).tolist())
+        first = {}  # distinct sample -> its first row in this call
+        for row, sample in enumerate(samples):
+            first.setdefault(id(sample), row)
+        todo = [row for row in first.values() if "video_features" not in samples[row]]
+        features = {}
+        output = None
+        if todo:
+            output = self.get_video_features(torch.cat([chunks[row] for row in todo]), video_grid_thw[todo], **kwargs)
+            self.videos_encoded += len(todo)
+            for row, feature in zip(todo, output.pooler_output, strict=True):
+                features[id(samples[row])] = feature
+                if self.frozen:
+                    samples[row]["video_features"] = feature.detach()
+        for row in first.values():
+            features.setdefault(id(samples[row]), samples[row].get("video_features"))
+        pooled = tuple(features[id(sample)] for sample in samples)
+        if output is None:
+            from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+            output = BaseModelOutputWithPooling(last_hidden_state=None)
+        output.pooler_output = pooled
+        return output
+
+
+def install_shared_video_features(model, frozen: bool = False) -> SharedVideoFeatures:
+    """Put a `SharedVideoFeatures` in place of the `get_video_features` of a (PEFT-wrapped or not) Qwen2.5-VL."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base.model  # Qwen2_5_VLModel: its forward calls self.get_video_features
+    shared = SharedVideoFeatures(inner, frozen=frozen)
+    inner.get_video_features = shared
+    return shared
+
+
 class _VideoLLM:
     """TRL's colocated vLLM `LLM`, whose `generate` adds the current batch's videos to TRL's requests."""
 
@@ -123,6 +178,14 @@ class VideoGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.video_collator = VideoCollator(self.processing_class, video_settings, video_root, video_cache)
         self._vision_config = self.model.config
+        self._shared_features = []
+        if getattr(self.args, "freeze_vision_tower", False):
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            base.model.visual.requires_grad_(False)
+        if getattr(self.args, "share_video_features", False):
+            frozen = getattr(self.args, "freeze_vision_tower", False)
+            models = [self.model] + ([self.ref_model] if self.ref_model is not None else [])
+            self._shared_features = [install_shared_video_features(m, frozen) for m in models]
         self._video_inputs: list[dict] | None = None  # per sample, for the log-prob passes of the batch at hand
         self._pending_videos: list[SampledVideo] | None = None  # per prompt, for vLLM
         suppressed = suppressed_token_ids(self._vision_config)
@@ -142,8 +205,11 @@ class VideoGRPOTrainer(GRPOTrainer):
         device = self.accelerator.device
         keep = batch["attention_mask"].bool()
         prompt_ids = [ids[row].tolist() for ids, row in zip(batch["input_ids"], keep, strict=True)]
+        # The G copies of a prompt share one sample dict: that is how the passes know which videos are the same.
+        shared: dict[str, dict] = {}
         self._video_inputs = [
-            {key: value.to(device) for key, value in sample.items()} for sample in split_video_inputs(batch)
+            shared.setdefault(f"{video.path}\0{ids}", {key: value.to(device) for key, value in sample.items()})
+            for video, ids, sample in zip(videos, prompt_ids, split_video_inputs(batch), strict=True)
         ]
         self._pending_videos = videos
         fields = {key: batch[key] for key in VIDEO_KEYS}
@@ -152,6 +218,20 @@ class VideoGRPOTrainer(GRPOTrainer):
             t[row].tolist() for t, row in zip(batch["mm_token_type_ids"], keep, strict=True)
         ]
         return prompt_ids, None, fields
+
+    def _sharing(self, samples: list[dict] | None):
+        """Tell the shared video features which videos of the next model call are the same."""
+        for shared in self._shared_features:
+            shared.samples = samples
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
+        self._sharing(self._video_inputs)
+        try:
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs
+            )
+        finally:
+            self._sharing(None)
 
     def _generate_and_score_completions(self, inputs):
         try:
@@ -186,9 +266,13 @@ class VideoGRPOTrainer(GRPOTrainer):
             video_model = functools.partial(
                 model, **video_forward_kwargs(samples[rows], input_ids[rows], self._vision_config)
             )
-            chunk = super()._get_per_token_logps_and_entropies(
-                video_model, input_ids[rows], attention_mask[rows], logits_to_keep, batch_size, **kwargs
-            )
+            self._sharing(samples[rows])
+            try:
+                chunk = super()._get_per_token_logps_and_entropies(
+                    video_model, input_ids[rows], attention_mask[rows], logits_to_keep, batch_size, **kwargs
+                )
+            finally:
+                self._sharing(None)
             logps.append(chunk[0])
             entropies.append(chunk[1])
             aux_losses.append(chunk[2])

@@ -1,0 +1,110 @@
+"""Sharing the video across the G completions of a prompt: exact, and counted."""
+
+import pytest
+import torch
+
+from test_trainer import make_trainer
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def rows_of(dataset, indices, g):
+    # MCQ (long) and open-ended (short) prompts together: left padding of different lengths in one batch
+    return [dataset[i] for i in indices for _ in range(g)]
+
+
+def logps(trainer, inputs, sharing: bool):
+    shared, trainer._shared_features = trainer._shared_features, trainer._shared_features if sharing else []
+    try:
+        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+        mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+        trainer._video_inputs = inputs["video_inputs"]
+        with torch.no_grad():
+            return trainer._get_per_token_logps_and_entropies(
+                trainer.model, ids, mask, inputs["completion_ids"].size(1)
+            )[0]
+    finally:
+        trainer._shared_features, trainer._video_inputs = shared, None
+
+
+def loss_grads(trainer, inputs, sharing: bool):
+    shared, trainer._shared_features = trainer._shared_features, trainer._shared_features if sharing else []
+    try:
+        trainer.model.zero_grad()
+        trainer._compute_loss(trainer.model, inputs).backward()
+        return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    finally:
+        trainer._shared_features = shared
+
+
+@pytest.mark.parametrize(("g", "beta"), [(2, 0.0), (4, 0.0), (2, 0.1), (4, 0.1)])
+def test_sharing_is_exact(tiny_world, tmp_path, g, beta):
+    trainer, dataset = make_trainer(
+        tiny_world, tmp_path, num_generations=g, per_device_train_batch_size=2 * g, beta=beta, num_iterations=2
+    )
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    inputs = trainer._generate_and_score_completions(rows_of(dataset, [0, 1], g))
+    assert inputs["prompt_mask"][:, 0].tolist().count(0) == g  # the short prompts are left-padded
+    assert len({id(s) for s in inputs["video_inputs"]}) == 2  # G copies share one sample
+    kept = inputs["completion_mask"].bool()
+    on, off = logps(trainer, inputs, True), logps(trainer, inputs, False)
+    assert (on[kept] - off[kept]).abs().max() <= 1e-5
+    # the old-policy (and reference) log-probs the trainer stored were made with sharing on: the same again
+    assert (inputs["old_per_token_logps"][kept] - off[kept]).abs().max() <= 1e-5
+    if beta:
+        assert "ref_per_token_logps" in inputs
+    # advantages must be non-zero for gradients to mean anything
+    inputs["advantages"] = torch.linspace(-1, 1, inputs["advantages"].numel())
+    grads_on, grads_off = loss_grads(trainer, inputs, True), loss_grads(trainer, inputs, False)
+    assert grads_on.keys() == grads_off.keys()
+    assert any("visual" in n for n in grads_on)
+    for name, grad in grads_off.items():
+        scale = grad.abs().max().clamp_min(1e-12)
+        assert (grads_on[name] - grad).abs().max() / scale <= 1e-4, name
+
+
+def count_step(trainer, rows):
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    inputs = trainer._generate_and_score_completions(rows)
+    trainer._compute_loss(trainer.model, inputs).backward()
+    return [shared.videos_encoded for shared in trainer._shared_features]
+
+
+def test_vision_tower_runs_once_per_distinct_video_per_pass(tiny_world, tmp_path):
+    g = 4
+    trainer, dataset = make_trainer(
+        tiny_world, tmp_path, num_generations=g, per_device_train_batch_size=2 * g, beta=0.1, num_iterations=2
+    )
+    policy, reference = count_step(trainer, rows_of(dataset, [0, 2], g))
+    assert (policy, reference) == (2 * 3, 2)  # 2 videos x (generation, old policy, loss) ; 2 videos x reference
+    assert trainer.video_collator.cache.decodes == 2  # each video decoded once
+
+
+def test_frozen_vision_tower_runs_once_per_video_per_step(tiny_world, tmp_path):
+    g = 4
+    trainer, dataset = make_trainer(
+        tiny_world, tmp_path, num_generations=g, per_device_train_batch_size=2 * g, beta=0.1, num_iterations=2,
+        freeze_vision_tower=True,
+    )  # fmt: skip
+    assert not any(p.requires_grad for p in trainer.model.model.visual.parameters())
+    policy, reference = count_step(trainer, rows_of(dataset, [0, 2], g))
+    assert (policy, reference) == (2, 0)  # once, in generation; every later pass reuses the features
+
+
+def test_without_sharing_the_tower_runs_per_completion(tiny_world, tmp_path):
+    g = 4
+    trainer, dataset = make_trainer(
+        tiny_world, tmp_path, num_generations=g, per_device_train_batch_size=2 * g, share_video_features=False
+    )
+    assert trainer._shared_features == []
+    videos = []
+
+    def count(module, args, kwargs):
+        videos.append(len(kwargs["grid_thw"]))
+
+    trainer.model.model.visual.register_forward_pre_hook(count, with_kwargs=True)
+    count_step(trainer, rows_of(dataset, [0, 2], g))
+    assert videos == [2 * g, 2 * g]  # generation and loss each encode all 8 rows' videos (2 distinct)
