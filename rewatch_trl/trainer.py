@@ -19,6 +19,7 @@ Example:
 """
 
 import functools
+import json
 
 import torch
 from trl import GRPOTrainer
@@ -201,23 +202,23 @@ class VideoGRPOTrainer(GRPOTrainer):
             self.generation_config.suppress_tokens = self.generation_kwargs["suppress_tokens"]
 
     def _tokenize_prompts(self, prompts: list):
-        batch, videos = self.video_collator.encode_messages(prompts)
+        # The G copies of a prompt are encoded once and share one sample dict: that is how the later passes
+        # know which rows hold the same video.
+        keys = [json.dumps(prompt, sort_keys=True, default=str) for prompt in prompts]
+        distinct = list(dict.fromkeys(keys))
+        batch, videos = self.video_collator.encode_messages([prompts[keys.index(key)] for key in distinct])
         device = self.accelerator.device
         keep = batch["attention_mask"].bool()
-        prompt_ids = [ids[row].tolist() for ids, row in zip(batch["input_ids"], keep, strict=True)]
-        # The G copies of a prompt share one sample dict: that is how the passes know which videos are the same.
-        shared: dict[str, dict] = {}
-        self._video_inputs = [
-            shared.setdefault(f"{video.path}\0{ids}", {key: value.to(device) for key, value in sample.items()})
-            for video, ids, sample in zip(videos, prompt_ids, split_video_inputs(batch), strict=True)
-        ]
-        self._pending_videos = videos
-        fields = {key: batch[key] for key in VIDEO_KEYS}
+        ids = [row_ids[row].tolist() for row_ids, row in zip(batch["input_ids"], keep, strict=True)]
+        mm = [row_mm[row].tolist() for row_mm, row in zip(batch["mm_token_type_ids"], keep, strict=True)]
+        samples = [{key: value.to(device) for key, value in sample.items()} for sample in split_video_inputs(batch)]
+        rows = [distinct.index(key) for key in keys]
+        self._video_inputs = [samples[i] for i in rows]
+        self._pending_videos = [videos[i] for i in rows]
+        fields = {key: torch.cat([samples[i][key] for i in rows]).to(batch[key].device) for key in VIDEO_KEYS}
         # a per-token field: TRL left-pads lists of lists like the prompt ids
-        fields["mm_token_type_ids"] = [
-            t[row].tolist() for t, row in zip(batch["mm_token_type_ids"], keep, strict=True)
-        ]
-        return prompt_ids, None, fields
+        fields["mm_token_type_ids"] = [mm[i] for i in rows]
+        return [ids[i] for i in rows], None, fields
 
     def _sharing(self, samples: list[dict] | None):
         """Tell the shared video features which videos of the next model call are the same."""

@@ -1,0 +1,155 @@
+"""Where the time of a video GRPO step goes, with the video shared across the G completions and without.
+
+    python benchmarks/step_cost.py [--steps 4] [--generations 8]
+
+One run, the same seed and weights for every mode: a vision-heavy tiny world (16 frames of 112x112 px per
+video: 1,024 patches, 256 visual tokens per prompt), short completions (8 tokens), G = 8, beta > 0 (a
+reference pass) and two iterations per generation (an old-policy pass). Phases are timed by wrapping the
+trainer's own methods; "overhead" is everything but generation, the forward passes and the backward.
+"""
+
+import argparse
+import os
+import tempfile
+import time
+from collections import defaultdict
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
+
+from rewatch_trl import video as video_module  # noqa: E402
+from rewatch_trl.collator import VideoCollator  # noqa: E402
+from rewatch_trl.configs import GRPOConfig  # noqa: E402
+from rewatch_trl.grpo import add_prompts  # noqa: E402
+from rewatch_trl.prompts import VideoSettings  # noqa: E402
+from rewatch_trl.rewards import get_reward_funcs  # noqa: E402
+from rewatch_trl.tiny import build_tiny_world  # noqa: E402
+from rewatch_trl.trainer import VideoGRPOTrainer  # noqa: E402
+from rewatch_trl.video import VideoCache  # noqa: E402
+
+
+SETTINGS = VideoSettings(
+    video_fps=1.0,
+    video_max_frames=16,
+    video_min_pixels=112 * 112,
+    video_max_pixels=112 * 112,
+    video_total_pixels=16 * 112 * 112,
+)
+MODES = {
+    "per completion (TRL-style)": {"share_video_features": False},
+    "shared per prompt": {"share_video_features": True},
+    "shared + frozen tower": {"share_video_features": True, "freeze_vision_tower": True},
+}
+
+
+def timed(times: dict, phase: str, func):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            times[phase] += time.perf_counter() - start
+
+    return wrapper
+
+
+def run(world, mode: dict, steps: int, generations: int, out: str) -> dict:
+    torch.manual_seed(0)
+    processor = AutoProcessor.from_pretrained(world.root)
+    collator = VideoCollator(processor, SETTINGS, world.video_dir)
+    dataset = add_prompts(Dataset.from_list(world.rows), collator)
+    args = GRPOConfig(
+        output_dir=out,
+        per_device_train_batch_size=2 * generations,
+        num_generations=generations,
+        max_completion_length=8,
+        max_steps=steps + 1,
+        num_iterations=2,
+        beta=0.04,
+        learning_rate=1e-5,
+        logging_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+        **mode,
+    )
+    trainer = VideoGRPOTrainer(
+        model=AutoModelForImageTextToText.from_pretrained(world.root),
+        reward_funcs=get_reward_funcs(["format", "accuracy", "temporal_grounding"]),
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        video_settings=SETTINGS,
+        video_root=world.video_dir,
+        video_cache=VideoCache(),
+    )
+    times = defaultdict(float)
+    trainer._generate_single_turn = timed(times, "generate", trainer._generate_single_turn)
+    trainer._calculate_rewards = timed(times, "rewards", trainer._calculate_rewards)
+    video_module.decode_video = timed(times, "decode", original_decode)
+    logps = trainer._get_per_token_logps_and_entropies
+    in_loss = {"on": False}
+
+    def logps_phase(*a, **k):
+        phase = "loss forward" if in_loss["on"] else "old/ref log-probs"
+        return timed(times, phase, logps)(*a, **k)
+
+    trainer._get_per_token_logps_and_entropies = logps_phase
+    compute_loss = trainer._compute_loss
+
+    def loss(*a, **k):
+        in_loss["on"] = True
+        try:
+            return compute_loss(*a, **k)
+        finally:
+            in_loss["on"] = False
+
+    trainer._compute_loss = loss
+    trainer.accelerator.backward = timed(times, "backward", trainer.accelerator.backward)
+    trainer.training_step = timed(times, "step", trainer.training_step)
+    trainer.train()
+    return {phase: value / (steps + 1) for phase, value in times.items()}
+
+
+original_decode = video_module.decode_video
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--generations", type=int, default=8)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        world = build_tiny_world(f"{tmp}/world", num_videos=4, seconds=16, fps=4, size=(224, 224), seed=0)
+        results = {}
+        for name, mode in MODES.items():
+            results[name] = run(world, mode, args.steps, args.generations, f"{tmp}/{len(results)}")
+    model_phases = ["generate", "old/ref log-probs", "loss forward", "backward"]
+    for result in results.values():
+        result["overhead"] = result["step"] - sum(result.get(p, 0.0) for p in model_phases)
+    names = list(results)
+    print(
+        f"G = {args.generations}, {args.steps + 1} steps, 2 prompts a step, 256 visual tokens a prompt; seconds a step"
+    )
+    print(f"{'phase':<20}" + "".join(f"{n:>28}" for n in names))
+    for phase in ["decode", *model_phases, "rewards", "overhead", "step"]:
+        print(f"{phase:<20}" + "".join(f"{results[n].get(phase, 0.0):>28.3f}" for n in names))
+    base = results[names[0]]["step"]
+    print(f"{'step speed-up':<20}" + "".join(f"{base / results[n]['step']:>27.2f}x" for n in names))
+    shared = results[names[1]]
+    print(
+        f"trainer overhead (all but generate, forward and backward), shared: {shared['overhead'] / shared['step']:.1%} of the step"
+    )
+    print(f"step speed-up: {base / shared['step']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
