@@ -56,6 +56,14 @@ class GRPOConfig(trl.GRPOConfig):
             "hand its features to the G completions of that video, instead of once per completion."
         },
     )
+    share_prompt_prefix: bool = field(
+        default=True,
+        metadata={
+            "help": "In the log-prob passes, run each distinct prompt through the language model once and let its G "
+            "completions attend to the cached prompt, instead of G full sequences (off under gradient "
+            "checkpointing for the policy pass)."
+        },
+    )
     freeze_vision_tower: bool = field(
         default=False,
         metadata={

@@ -128,13 +128,101 @@ class SharedVideoFeatures:
         return output
 
 
-def install_shared_video_features(model, frozen: bool = False) -> SharedVideoFeatures:
-    """Put a `SharedVideoFeatures` in place of the `get_video_features` of a (PEFT-wrapped or not) Qwen2.5-VL."""
+def _backbone(model):
+    """The Qwen2_5_VLModel inside a (PEFT-wrapped or not) Qwen2.5-VL for conditional generation."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner = base.model  # Qwen2_5_VLModel: its forward calls self.get_video_features
+    return base.model
+
+
+def install_shared_video_features(model, frozen: bool = False) -> SharedVideoFeatures:
+    """Put a `SharedVideoFeatures` in place of the `get_video_features` of a Qwen2.5-VL."""
+    inner = _backbone(model)  # its forward calls self.get_video_features
     shared = SharedVideoFeatures(inner, frozen=frozen)
     inner.get_video_features = shared
     return shared
+
+
+def install_shared_prefix(model, shared_features: SharedVideoFeatures | None = None) -> "SharedPrefix":
+    """Put a `SharedPrefix` in place of the `forward` of a Qwen2.5-VL's backbone."""
+    inner = _backbone(model)
+    shared = SharedPrefix(inner, shared_features)
+    inner.forward = shared
+    return shared
+
+
+class SharedPrefix:
+    """Stands in for a Qwen2.5-VL backbone's `forward` in the log-prob passes: the prompt of each distinct sample
+    goes through the model once (video included), and the G completions of that prompt attend to its cached keys
+    and values, instead of G full sequences. M-RoPE positions come from the full sequences, so every token sits
+    where it would have; the hidden states returned are those of the full sequences.
+
+    The trainer sets `samples` (one per row) and `completion_length` around each pass. Where gradient
+    checkpointing is on (the policy pass of a checkpointed run), it steps aside: checkpointed layers keep no cache.
+    `prefix_rows` counts the prompt rows that went through the language model.
+    """
+
+    def __init__(self, base_model, shared_features: "SharedVideoFeatures | None" = None):
+        self.inner = base_model
+        self.forward = base_model.forward
+        self.shared_features = shared_features
+        self.samples: list[dict] | None = None
+        self.completion_length = 0
+        self.prefix_rows = 0
+
+    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+        samples, length = self.samples, self.completion_length
+        # checkpointed layers keep no cache (TRL switches checkpointing off for its no-grad passes)
+        checkpointed = self.inner.training and self.inner.language_model.is_gradient_checkpointing
+        if samples is None or input_ids is None or position_ids is not None or checkpointed or not length:
+            return self.forward(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        kwargs.pop("use_cache", None)
+        pixels, grid = kwargs.pop("pixel_values_videos"), kwargs.pop("video_grid_thw")
+        seconds, mm = kwargs.pop("second_per_grid_ts"), kwargs.pop("mm_token_type_ids")
+        prompt = input_ids.size(1) - length
+        first: dict[int, int] = {}
+        for row, sample in enumerate(samples):
+            first.setdefault(id(sample), row)
+        distinct = list(first.values())
+        where = {key: i for i, key in enumerate(first)}
+        index = torch.tensor([where[id(sample)] for sample in samples], device=input_ids.device)
+        positions, _ = self.inner.get_rope_index(
+            input_ids, mm, video_grid_thw=grid, second_per_grid_ts=seconds, attention_mask=attention_mask
+        )
+        chunks = torch.split(pixels, grid.prod(-1).tolist())
+        if self.shared_features is not None:
+            self.shared_features.samples = [samples[row] for row in distinct]
+        try:
+            prefix = self.forward(
+                input_ids=input_ids[distinct, :prompt],
+                attention_mask=attention_mask[distinct, :prompt],
+                position_ids=positions[:, distinct, :prompt],
+                pixel_values_videos=torch.cat([chunks[row] for row in distinct]),
+                video_grid_thw=grid[distinct],
+                second_per_grid_ts=seconds[distinct],
+                mm_token_type_ids=mm[distinct, :prompt],
+                use_cache=True,
+                **kwargs,
+            )
+        finally:
+            if self.shared_features is not None:
+                self.shared_features.samples = samples
+        self.prefix_rows += len(distinct)
+        cache = prefix.past_key_values
+        cache.batch_select_indices(index)
+        completion = self.inner.language_model(
+            inputs_embeds=self.inner.get_input_embeddings()(input_ids[:, prompt:]),
+            attention_mask=attention_mask,
+            position_ids=positions[:, :, prompt:],
+            past_key_values=cache,
+            use_cache=True,
+            **kwargs,
+        )
+        hidden = torch.cat([prefix.last_hidden_state[index], completion.last_hidden_state], dim=1)
+        return type(prefix)(last_hidden_state=hidden)
 
 
 class _VideoLLM:
@@ -180,6 +268,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         self.video_collator = VideoCollator(self.processing_class, video_settings, video_root, video_cache)
         self._vision_config = self.model.config
         self._shared_features = []
+        self._shared_prefixes = []
         if getattr(self.args, "freeze_vision_tower", False):
             base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
             base.model.visual.requires_grad_(False)
@@ -187,6 +276,10 @@ class VideoGRPOTrainer(GRPOTrainer):
             frozen = getattr(self.args, "freeze_vision_tower", False)
             models = [self.model] + ([self.ref_model] if self.ref_model is not None else [])
             self._shared_features = [install_shared_video_features(m, frozen) for m in models]
+        if getattr(self.args, "share_prompt_prefix", False):
+            models = [self.model] + ([self.ref_model] if self.ref_model is not None else [])
+            features = self._shared_features or [None] * len(models)
+            self._shared_prefixes = [install_shared_prefix(m, f) for m, f in zip(models, features, strict=True)]
         self._video_inputs: list[dict] | None = None  # per sample, for the log-prob passes of the batch at hand
         self._pending_videos: list[SampledVideo] | None = None  # per prompt, for vLLM
         suppressed = suppressed_token_ids(self._vision_config)
@@ -268,12 +361,16 @@ class VideoGRPOTrainer(GRPOTrainer):
                 model, **video_forward_kwargs(samples[rows], input_ids[rows], self._vision_config)
             )
             self._sharing(samples[rows])
+            for prefix in self._shared_prefixes:
+                prefix.samples, prefix.completion_length = samples[rows], logits_to_keep
             try:
                 chunk = super()._get_per_token_logps_and_entropies(
                     video_model, input_ids[rows], attention_mask[rows], logits_to_keep, batch_size, **kwargs
                 )
             finally:
                 self._sharing(None)
+                for prefix in self._shared_prefixes:
+                    prefix.samples = None
             logps.append(chunk[0])
             entropies.append(chunk[1])
             aux_losses.append(chunk[2])

@@ -14,28 +14,41 @@ def rows_of(dataset, indices, g):
     return [dataset[i] for i in indices for _ in range(g)]
 
 
+class Sharing:
+    """Switch both kinds of sharing (vision features, prompt prefix) on or off for a block."""
+
+    def __init__(self, trainer, on: bool):
+        self.trainer, self.on = trainer, on
+
+    def __enter__(self):
+        t = self.trainer
+        self.saved = t._shared_features, t._shared_prefixes
+        if not self.on:
+            t._shared_features, t._shared_prefixes = [], []
+
+    def __exit__(self, *exc):
+        self.trainer._shared_features, self.trainer._shared_prefixes = self.saved
+
+
 def logps(trainer, inputs, sharing: bool):
-    shared, trainer._shared_features = trainer._shared_features, trainer._shared_features if sharing else []
-    try:
+    with Sharing(trainer, sharing):
         ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
         mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
         trainer._video_inputs = inputs["video_inputs"]
-        with torch.no_grad():
-            return trainer._get_per_token_logps_and_entropies(
-                trainer.model, ids, mask, inputs["completion_ids"].size(1)
-            )[0]
-    finally:
-        trainer._shared_features, trainer._video_inputs = shared, None
+        try:
+            with torch.no_grad():
+                return trainer._get_per_token_logps_and_entropies(
+                    trainer.model, ids, mask, inputs["completion_ids"].size(1)
+                )[0]
+        finally:
+            trainer._video_inputs = None
 
 
 def loss_grads(trainer, inputs, sharing: bool):
-    shared, trainer._shared_features = trainer._shared_features, trainer._shared_features if sharing else []
-    try:
+    with Sharing(trainer, sharing):
         trainer.model.zero_grad()
         trainer._compute_loss(trainer.model, inputs).backward()
         return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    finally:
-        trainer._shared_features = shared
 
 
 @pytest.mark.parametrize(("g", "beta"), [(2, 0.0), (4, 0.0), (2, 0.1), (4, 0.1)])
@@ -97,9 +110,10 @@ def test_frozen_vision_tower_runs_once_per_video_per_step(tiny_world, tmp_path):
 def test_without_sharing_the_tower_runs_per_completion(tiny_world, tmp_path):
     g = 4
     trainer, dataset = make_trainer(
-        tiny_world, tmp_path, num_generations=g, per_device_train_batch_size=2 * g, share_video_features=False
-    )
-    assert trainer._shared_features == []
+        tiny_world, tmp_path, num_generations=g, per_device_train_batch_size=2 * g,
+        share_video_features=False, share_prompt_prefix=False,
+    )  # fmt: skip
+    assert trainer._shared_features == [] and trainer._shared_prefixes == []
     videos = []
 
     def count(module, args, kwargs):
@@ -108,3 +122,33 @@ def test_without_sharing_the_tower_runs_per_completion(tiny_world, tmp_path):
     trainer.model.model.visual.register_forward_pre_hook(count, with_kwargs=True)
     count_step(trainer, rows_of(dataset, [0, 2], g))
     assert videos == [2 * g, 2 * g]  # generation and loss each encode all 8 rows' videos (2 distinct)
+
+
+def test_each_prompt_goes_through_the_language_model_once_per_pass(tiny_world, tmp_path):
+    g = 4
+    trainer, dataset = make_trainer(
+        tiny_world, tmp_path, num_generations=g, per_device_train_batch_size=2 * g, beta=0.1, num_iterations=2
+    )
+    count_step(trainer, rows_of(dataset, [0, 2], g))
+    policy, reference = (prefix.prefix_rows for prefix in trainer._shared_prefixes)
+    assert (policy, reference) == (2 * 2, 2)  # 2 prompts x (old policy, loss) ; 2 prompts x reference
+
+
+def test_gradient_checkpointing_steps_aside_and_stays_exact(tiny_world, tmp_path):
+    g = 2
+    trainer, dataset = make_trainer(
+        tiny_world, tmp_path, num_generations=g, per_device_train_batch_size=2 * g, gradient_checkpointing=True,
+        num_iterations=2,
+    )  # fmt: skip
+    trainer.model.gradient_checkpointing_enable({"use_reentrant": False})  # as Trainer.train() does
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    inputs = trainer._generate_and_score_completions(rows_of(dataset, [0, 1], g))
+    inputs["advantages"] = torch.linspace(-1, 1, inputs["advantages"].numel())
+    # TRL runs its no-grad passes (here the old policy's) with checkpointing off: the prefix was shared there
+    before = trainer._shared_prefixes[0].prefix_rows
+    assert before == 2
+    grads_on, grads_off = loss_grads(trainer, inputs, True), loss_grads(trainer, inputs, False)
+    assert trainer._shared_prefixes[0].prefix_rows == before  # the checkpointed policy pass took the full path
+    for name, grad in grads_off.items():
+        assert (grads_on[name] - grad).abs().max() / grad.abs().max().clamp_min(1e-12) <= 1e-4, name
