@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from test_trainer import make_trainer
 
 
