@@ -2,8 +2,8 @@
 
     python benchmarks/step_cost.py [--steps 4] [--generations 8]
 
-One run, the same seed and weights for every mode: a vision-heavy tiny world (16 frames of 112x112 px per
-video: 1,024 patches, 256 visual tokens per prompt), short completions (8 tokens), G = 8, beta > 0 (a
+One run, the same seed and weights for every mode: a vision-heavy tiny world (32 frames of 112x112 px per
+video: 2,048 patches, 256 visual tokens per prompt), short completions (8 tokens), G = 8, beta > 0 (a
 reference pass) and two iterations per generation (an old-policy pass). Phases are timed by wrapping the
 trainer's own methods; "overhead" is everything but generation, the forward passes and the backward.
 """
@@ -32,17 +32,22 @@ from rewatch_trl.trainer import VideoGRPOTrainer  # noqa: E402
 from rewatch_trl.video import VideoCache  # noqa: E402
 
 
-SETTINGS = VideoSettings(
-    video_fps=1.0,
-    video_max_frames=16,
-    video_min_pixels=112 * 112,
-    video_max_pixels=112 * 112,
-    video_total_pixels=16 * 112 * 112,
-)
+def video_settings(frames: int) -> VideoSettings:
+    """`frames` frames of 112x112 px a video: 64 patches a frame, 16 visual tokens per 2 frames."""
+    return VideoSettings(
+        video_fps=1.0,
+        video_max_frames=frames,
+        video_min_pixels=112 * 112,
+        video_max_pixels=112 * 112,
+        video_total_pixels=frames * 112 * 112,
+    )
+
+
 MODES = {
-    "per completion (TRL-style)": {"share_video_features": False},
-    "shared per prompt": {"share_video_features": True},
-    "shared + frozen tower": {"share_video_features": True, "freeze_vision_tower": True},
+    "per completion (stock)": {"share_video_features": False, "share_prompt_prefix": False},
+    "vision shared": {"share_video_features": True, "share_prompt_prefix": False},
+    "vision + prefix shared": {"share_video_features": True, "share_prompt_prefix": True},
+    "+ frozen tower": {"share_video_features": True, "share_prompt_prefix": True, "freeze_vision_tower": True},
 }
 
 
@@ -57,10 +62,10 @@ def timed(times: dict, phase: str, func):
     return wrapper
 
 
-def run(world, mode: dict, steps: int, generations: int, out: str) -> dict:
+def run(world, settings: VideoSettings, mode: dict, steps: int, generations: int, out: str) -> dict:
     torch.manual_seed(0)
     processor = AutoProcessor.from_pretrained(world.root)
-    collator = VideoCollator(processor, SETTINGS, world.video_dir)
+    collator = VideoCollator(processor, settings, world.video_dir)
     dataset = add_prompts(Dataset.from_list(world.rows), collator)
     args = GRPOConfig(
         output_dir=out,
@@ -86,7 +91,7 @@ def run(world, mode: dict, steps: int, generations: int, out: str) -> dict:
         args=args,
         train_dataset=dataset,
         processing_class=processor,
-        video_settings=SETTINGS,
+        video_settings=settings,
         video_root=world.video_dir,
         video_cache=VideoCache(),
     )
@@ -125,26 +130,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--generations", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=32, help="frames a video (32: 256 visual tokens a prompt)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory() as tmp:
-        world = build_tiny_world(f"{tmp}/world", num_videos=4, seconds=16, fps=4, size=(224, 224), seed=0)
+        world = build_tiny_world(f"{tmp}/world", num_videos=4, seconds=args.frames, fps=2, size=(224, 224), seed=0)
+        settings = video_settings(args.frames)
         results = {}
         for name, mode in MODES.items():
-            results[name] = run(world, mode, args.steps, args.generations, f"{tmp}/{len(results)}")
+            results[name] = run(world, settings, mode, args.steps, args.generations, f"{tmp}/{len(results)}")
     model_phases = ["generate", "old/ref log-probs", "loss forward", "backward"]
     for result in results.values():
         result["overhead"] = result["step"] - sum(result.get(p, 0.0) for p in model_phases)
     names = list(results)
     print(
-        f"G = {args.generations}, {args.steps + 1} steps, 2 prompts a step, 256 visual tokens a prompt; seconds a step"
+        f"G = {args.generations}, {args.steps + 1} steps, 2 prompts a step, {args.frames // 2 * 16} visual tokens "
+        "a prompt; seconds a step"
     )
-    print(f"{'phase':<20}" + "".join(f"{n:>28}" for n in names))
+    print(f"{'phase':<20}" + "".join(f"{n:>24}" for n in names))
     for phase in ["decode", *model_phases, "rewards", "overhead", "step"]:
-        print(f"{phase:<20}" + "".join(f"{results[n].get(phase, 0.0):>28.3f}" for n in names))
+        print(f"{phase:<20}" + "".join(f"{results[n].get(phase, 0.0):>24.3f}" for n in names))
     base = results[names[0]]["step"]
-    print(f"{'step speed-up':<20}" + "".join(f"{base / results[n]['step']:>27.2f}x" for n in names))
-    shared = results[names[1]]
+    print(f"{'step speed-up':<20}" + "".join(f"{base / results[n]['step']:>23.2f}x" for n in names))
+    shared = results[names[2]]
     print(
         f"trainer overhead (all but generate, forward and backward), shared: {shared['overhead'] / shared['step']:.1%} of the step"
     )
