@@ -55,9 +55,17 @@ def make_completion(rng: random.Random) -> str:
     return "\n".join(parts)
 
 
-def rate(func, completions, columns, batch, repeats=5) -> float:
+def clear_caches() -> None:
+    """Every memo of the rewards, emptied: each timed call starts cold, as a new GRPO step's completions do."""
+    from rewatch_trl import react
+
+    for cached in (R._trace, R.parse_options, R._right_choice, react._clip):
+        cached.cache_clear()
+
+
+def rate(func, completions, columns, batch, repeats=9) -> float:
     """Completions/s of `func` called on batches of `batch` completions (what one GRPO step hands a reward).
-    Each batch's time is its best of `repeats` (cold parse cache every time), with the garbage collector off
+    Each batch's time is its best of `repeats` (every cache cold each time), with the garbage collector off
     during timing as `timeit` does: this machine's jitter otherwise swamps the figures."""
     chunks = [
         (completions[i : i + batch], {k: v[i : i + batch] for k, v in columns.items()})
@@ -69,7 +77,7 @@ def rate(func, completions, columns, batch, repeats=5) -> float:
         for chunk, chunk_columns in chunks:
             best = float("inf")
             for _ in range(repeats):
-                R._trace.cache_clear()
+                clear_caches()
                 start = time.perf_counter()
                 func(chunk, **chunk_columns)
                 best = min(best, time.perf_counter() - start)

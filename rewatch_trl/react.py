@@ -30,11 +30,11 @@ _ANSWER = re.compile(rf"<answer>({_FREE})</answer>")
 # The format the paper rewards: action/observation pairs (free text around them), then one closing answer.
 _WELL_FORMED = re.compile(
     rf"{_FREE}(?:<action>{_FREE}</action>{_FREE}<observation>{_FREE}</observation>{_FREE})++"
-    rf"<answer>{_FREE}</answer>\s*+"
+    rf"<answer>({_FREE})</answer>\s*+"
 )
 # A clip: a timestamp (M:SS / MM:SS / H:MM:SS / HH:MM:SS), optionally joined to a second one by "-", "to", "~",
 # "until", ... (with brackets and spaces around). Bounded repeats only: no catastrophic backtracking.
-_TS = r"(?<![\d:])(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\d:])"
+_TS = r"\b(?<!:)(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\d:])"
 _JOIN = r"\s{0,3}\]?\s{0,3}(?:-|–|—|~|(?i:to|until|till|and|through))\s{0,3}\[?\s{0,3}"
 _CLIP = re.compile(f"{_TS}(?:{_JOIN}{_TS})?")
 _CAPTION = re.compile(r"^\s*\[\s*([\d:]{4,8})\s*[-–~]\s*([\d:]{4,8})\s*\]\s*(.*)$")
@@ -141,11 +141,15 @@ def parse_clips(text: str) -> list[Clip] | None:
 def parse_react(completion) -> ReactTrace:
     """Parse a completion (string or chat messages) into its steps and answer; never raises."""
     text = completion_text(completion)
-    answer = _ANSWER.search(text)
+    # A well-formed completion's match holds its (only) answer; only the others need a search for their first.
+    answer = _WELL_FORMED.fullmatch(text)
+    well_formed = answer is not None
+    if not well_formed:
+        answer = _ANSWER.search(text)
     return ReactTrace(
         steps=[Step(m[1].strip(), None if m[2] is None else m[2].strip()) for m in _STEP.finditer(text)],
-        answer=answer.group(1).strip() if answer else None,
-        well_formed=_WELL_FORMED.fullmatch(text) is not None,
+        answer=answer[1].strip() if answer else None,
+        well_formed=well_formed,
     )
 
 

@@ -106,3 +106,10 @@ def test_overlap():
     assert [s.text for s in overlapping(segments, Clip(4, 11))] == ["a", "b", "c"]
     assert [s.text for s in overlapping(segments, Clip(5, 10))] == ["b"]
     assert overlapping(segments, Clip(20, 30)) == []
+
+
+def test_timestamps_glued_to_other_digits_or_colons_are_not_clips():
+    assert parse_clips("1:02:03:04") == []
+    assert parse_clips("123:45") == []
+    assert parse_clips("x12:30") == []
+    assert parse_clips("12:30") == [Clip(750, 750)]
