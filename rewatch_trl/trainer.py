@@ -173,10 +173,21 @@ class SharedPrefix:
         samples, length = self.samples, self.completion_length
         # checkpointed layers keep no cache (TRL switches checkpointing off for its no-grad passes)
         checkpointed = self.inner.training and self.inner.language_model.is_gradient_checkpointing
-        if samples is None or input_ids is None or position_ids is not None or checkpointed or not length:
+        # Anything but plain video rows (embeddings, a cache, images, positions given) takes the model's own path.
+        given = ("inputs_embeds", "past_key_values", "pixel_values", "image_grid_thw")
+        if (
+            samples is None
+            or input_ids is None
+            or position_ids is not None
+            or checkpointed
+            or not length
+            or any(kwargs.get(key) is not None for key in given)
+        ):
             return self.forward(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
             )
+        for key in given:
+            kwargs.pop(key, None)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         kwargs.pop("use_cache", None)

@@ -151,3 +151,29 @@ def test_gradient_checkpointing_steps_aside_and_stays_exact(tiny_world, tmp_path
     assert trainer._shared_prefixes[0].prefix_rows == before  # the checkpointed policy pass took the full path
     for name, grad in grads_off.items():
         assert (grads_on[name] - grad).abs().max() / grad.abs().max().clamp_min(1e-12) <= 1e-4, name
+
+
+def test_sharing_with_a_lora_policy_and_its_disabled_adapter_as_reference(tiny_world, tmp_path):
+    from peft import LoraConfig
+
+    g = 2
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    trainer, dataset = make_trainer(
+        tiny_world, tmp_path, peft_config=lora, num_generations=g, per_device_train_batch_size=2 * g, beta=0.1,
+        num_iterations=2,
+    )  # fmt: skip
+    assert trainer.ref_model is None  # the reference is the model with its adapter off
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    inputs = trainer._generate_and_score_completions(rows_of(dataset, [0, 1], g))
+    kept = inputs["completion_mask"].bool()
+    assert (logps(trainer, inputs, True) - logps(trainer, inputs, False))[kept].abs().max() <= 1e-5
+    with trainer.model.disable_adapter():
+        reference = logps(trainer, inputs, False)
+    assert (inputs["ref_per_token_logps"] - reference)[kept].abs().max() <= 1e-5
+    assert (inputs["ref_per_token_logps"] - inputs["old_per_token_logps"])[kept].abs().max() > 1e-4  # the adapter acts
+    inputs["advantages"] = torch.linspace(-1, 1, inputs["advantages"].numel())
+    grads_on, grads_off = loss_grads(trainer, inputs, True), loss_grads(trainer, inputs, False)
+    assert grads_on and all("lora" in name for name in grads_on)
+    for name, grad in grads_off.items():
+        assert (grads_on[name] - grad).abs().max() / grad.abs().max().clamp_min(1e-12) <= 1e-4, name

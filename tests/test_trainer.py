@@ -23,7 +23,7 @@ def letter_share(completions, **kwargs):
     return [sum(ch.isalpha() for ch in t) / max(len(t), 1) for t in texts]
 
 
-def make_trainer(world, tmp_path, rows=None, **config):
+def make_trainer(world, tmp_path, rows=None, peft_config=None, **config):
     from datasets import Dataset
 
     processor = AutoProcessor.from_pretrained(world.root)
@@ -54,6 +54,7 @@ def make_trainer(world, tmp_path, rows=None, **config):
         video_settings=TINY_VIDEO_SETTINGS,
         video_root=world.video_dir,
         video_cache=VideoCache(),
+        peft_config=peft_config,
     ), dataset
 
 
