@@ -1,0 +1,167 @@
+"""Sharing one prompt's video and prefix across its G completions, exactly.
+
+Two stand-ins, installed on a Qwen2.5-VL's backbone by `VideoGRPOTrainer` and told by it, around each model
+call, which rows hold the same prompt (rows that share a sample dict):
+
+- `SharedVideoFeatures` replaces `get_video_features`: the vision tower runs once per distinct video;
+- `SharedPrefix` replaces the backbone's `forward` in the log-prob passes: each distinct prompt goes through the
+  language model once and the completions attend to its cached keys and values.
+
+Both give what the unshared model gives (tests/test_sharing.py: log-probs within 1e-5, gradients within 1e-4).
+"""
+
+import torch
+
+
+class SharedVideoFeatures:
+    """Stands in for a Qwen2.5-VL model's `get_video_features`: runs the vision tower once per distinct video of a
+    call and hands every row the features of its video, so the G completions of a prompt share one encoding.
+
+    `keys` (set by the trainer around each call, one per video of the call) says which videos are the same;
+    with `frozen`, the features are also kept on the sample (`sample["video_features"]`, no grad) and reused
+    by every later pass over it. `videos_encoded` counts the videos that went through the tower.
+    """
+
+    def __init__(self, base_model, frozen: bool = False):
+        self.get_video_features = base_model.get_video_features
+        self.merge = base_model.visual.spatial_merge_size**2
+        self.frozen = frozen
+        self.samples: list[dict] | None = None
+        self.videos_encoded = 0
+
+    def __call__(self, pixel_values_videos, video_grid_thw=None, **kwargs):
+        samples = self.samples
+        if samples is None or len(samples) != len(video_grid_thw):
+            self.videos_encoded += len(video_grid_thw)
+            return self.get_video_features(pixel_values_videos, video_grid_thw, **kwargs)
+        chunks = torch.split(pixel_values_videos, video_grid_thw.prod(-1).tolist())
+        first = {}  # distinct sample -> its first row in this call
+        for row, sample in enumerate(samples):
+            first.setdefault(id(sample), row)
+        todo = [row for row in first.values() if "video_features" not in samples[row]]
+        features = {}
+        output = None
+        if todo:
+            output = self.get_video_features(torch.cat([chunks[row] for row in todo]), video_grid_thw[todo], **kwargs)
+            self.videos_encoded += len(todo)
+            for row, feature in zip(todo, output.pooler_output, strict=True):
+                features[id(samples[row])] = feature
+                if self.frozen:
+                    samples[row]["video_features"] = feature.detach()
+        for row in first.values():
+            features.setdefault(id(samples[row]), samples[row].get("video_features"))
+        pooled = tuple(features[id(sample)] for sample in samples)
+        if output is None:
+            from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+            output = BaseModelOutputWithPooling(last_hidden_state=None)
+        output.pooler_output = pooled
+        return output
+
+
+class SharedPrefix:
+    """Stands in for a Qwen2.5-VL backbone's `forward` in the log-prob passes: the prompt of each distinct sample
+    goes through the model once (video included), and the G completions of that prompt attend to its cached keys
+    and values, instead of G full sequences. M-RoPE positions come from the full sequences, so every token sits
+    where it would have; the hidden states returned are those of the full sequences.
+
+    The trainer sets `samples` (one per row) and `completion_length` around each pass. Where gradient
+    checkpointing is on (the policy pass of a checkpointed run), it steps aside: checkpointed layers keep no cache.
+    `prefix_rows` counts the prompt rows that went through the language model.
+    """
+
+    def __init__(self, base_model, shared_features: SharedVideoFeatures | None = None):
+        self.inner = base_model
+        self.forward = base_model.forward
+        self.shared_features = shared_features
+        self.samples: list[dict] | None = None
+        self.completion_length = 0
+        self.prefix_rows = 0
+
+    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+        samples, length = self.samples, self.completion_length
+        # checkpointed layers keep no cache (TRL switches checkpointing off for its no-grad passes)
+        checkpointed = self.inner.training and self.inner.language_model.is_gradient_checkpointing
+        # Anything but plain video rows (embeddings, a cache, images, positions given) takes the model's own path.
+        given = ("inputs_embeds", "past_key_values", "pixel_values", "image_grid_thw")
+        if (
+            samples is None
+            or input_ids is None
+            or position_ids is not None
+            or checkpointed
+            or not length
+            or any(kwargs.get(key) is not None for key in given)
+        ):
+            return self.forward(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            )
+        for key in given:
+            kwargs.pop(key, None)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        kwargs.pop("use_cache", None)
+        pixels, grid = kwargs.pop("pixel_values_videos"), kwargs.pop("video_grid_thw")
+        seconds, mm = kwargs.pop("second_per_grid_ts"), kwargs.pop("mm_token_type_ids")
+        prompt = input_ids.size(1) - length
+        first: dict[int, int] = {}
+        for row, sample in enumerate(samples):
+            first.setdefault(id(sample), row)
+        distinct = list(first.values())
+        where = {key: i for i, key in enumerate(first)}
+        index = torch.tensor([where[id(sample)] for sample in samples], device=input_ids.device)
+        positions, _ = self.inner.get_rope_index(
+            input_ids, mm, video_grid_thw=grid, second_per_grid_ts=seconds, attention_mask=attention_mask
+        )
+        chunks = torch.split(pixels, grid.prod(-1).tolist())
+        if self.shared_features is not None:
+            self.shared_features.samples = [samples[row] for row in distinct]
+        try:
+            prefix = self.forward(
+                input_ids=input_ids[distinct, :prompt],
+                attention_mask=attention_mask[distinct, :prompt],
+                position_ids=positions[:, distinct, :prompt],
+                pixel_values_videos=torch.cat([chunks[row] for row in distinct]),
+                video_grid_thw=grid[distinct],
+                second_per_grid_ts=seconds[distinct],
+                mm_token_type_ids=mm[distinct, :prompt],
+                use_cache=True,
+                **kwargs,
+            )
+        finally:
+            if self.shared_features is not None:
+                self.shared_features.samples = samples
+        self.prefix_rows += len(distinct)
+        cache = prefix.past_key_values
+        cache.batch_select_indices(index)
+        completion = self.inner.language_model(
+            inputs_embeds=self.inner.get_input_embeddings()(input_ids[:, prompt:]),
+            attention_mask=attention_mask,
+            position_ids=positions[:, :, prompt:],
+            past_key_values=cache,
+            use_cache=True,
+            **kwargs,
+        )
+        hidden = torch.cat([prefix.last_hidden_state[index], completion.last_hidden_state], dim=1)
+        return type(prefix)(last_hidden_state=hidden)
+
+
+def _backbone(model):
+    """The Qwen2_5_VLModel inside a (PEFT-wrapped or not) Qwen2.5-VL for conditional generation."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model
+
+
+def install_shared_video_features(model, frozen: bool = False) -> SharedVideoFeatures:
+    """Put a `SharedVideoFeatures` in place of the `get_video_features` of a Qwen2.5-VL."""
+    inner = _backbone(model)  # its forward calls self.get_video_features
+    shared = SharedVideoFeatures(inner, frozen=frozen)
+    inner.get_video_features = shared
+    return shared
+
+
+def install_shared_prefix(model, shared_features: SharedVideoFeatures | None = None) -> SharedPrefix:
+    """Put a `SharedPrefix` in place of the `forward` of a Qwen2.5-VL's backbone."""
+    inner = _backbone(model)
+    shared = SharedPrefix(inner, shared_features)
+    inner.forward = shared
+    return shared
