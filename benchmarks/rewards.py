@@ -57,9 +57,7 @@ def make_completion(rng: random.Random) -> str:
 
 def clear_caches() -> None:
     """Every memo of the rewards, emptied: each timed call starts cold, as a new GRPO step's completions do."""
-    from rewatch_trl import react
-
-    for cached in (R._trace, R.parse_options, R._right_choice, react._clip):
+    for cached in (R._trace, R.parse_options, R._right_choice):
         cached.cache_clear()
 
 

@@ -11,7 +11,6 @@ Example:
 ```
 """
 
-import functools
 import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -116,14 +115,6 @@ def _seconds(first: str, second: str, third: str) -> int:
     return int(first) * 3600 + int(second) * 60 + int(third) if int(second) < 60 and int(third) < 60 else -1
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _clip(h1: str, m1: str, s1: str, h2: str, m2: str, s2: str) -> Clip | None:
-    # Cached: completions name the same few timestamps over and over, and a Clip is immutable.
-    start = _seconds(h1, m1, s1)
-    end = _seconds(h2, m2, s2) if h2 else start
-    return Clip(start, end) if start >= 0 and end >= 0 else None
-
-
 def parse_clips(text: str) -> list[Clip] | None:
     """The clips an action names: ranges (`[01:00-01:10]`, `01:00 to 01:10`, `from 1:02:03 to 1:02:09`) and
     single instants (`at 05:00`). None if a timestamp is malformed (e.g. `01:75`).
@@ -134,8 +125,14 @@ def parse_clips(text: str) -> list[Clip] | None:
     [Clip(start=300, end=310), Clip(start=450, end=450)]
     ```
     """
-    clips = [_clip(*groups) for groups in _CLIP.findall(text)]
-    return None if None in clips else clips
+    clips = []
+    for h1, m1, s1, h2, m2, s2 in _CLIP.findall(text):
+        start = _seconds(h1, m1, s1)
+        end = _seconds(h2, m2, s2) if h2 else start
+        if start < 0 or end < 0:
+            return None
+        clips.append(Clip._make((start, end)))  # _make: the C constructor, without the keyword handling
+    return clips
 
 
 def parse_react(completion) -> ReactTrace:
