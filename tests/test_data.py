@@ -129,3 +129,9 @@ def test_data_command_reports_bad_input_and_exits_2(tiny_world, rows, tmp_path, 
     )
     assert code == 2
     assert "qa.jsonl:1: field 'answer'" in capsys.readouterr().err
+
+
+def test_data_command_needs_a_destination(tiny_world, capsys):
+    code = cli(["data", "--qa", str(tiny_world.qa_path), "--video-root", str(tiny_world.video_dir)])
+    assert code == 2
+    assert "--save-to-disk DIR and/or --push-to-hub ID" in capsys.readouterr().err

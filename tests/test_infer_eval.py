@@ -129,3 +129,13 @@ def test_eval_command_end_to_end(tiny_world, tmp_path, capsys):
     assert report["overall"]["n"] == 3
     assert len(predictions_path(out).read_text().splitlines()) == 3
     assert "3 rows: accuracy" in capsys.readouterr().out
+
+
+def test_vllm_backend_without_vllm_says_how_to_install(tiny_world):
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"rewatch-trl\[vllm\]"):
+            Predictor(str(tiny_world.root), backend="vllm")
+    with pytest.raises(ValueError, match="unknown backend 'tgi'"):
+        Predictor(str(tiny_world.root), backend="tgi")
