@@ -51,14 +51,13 @@ def state(output_dir):
 
 def test_one_and_two_processes_reach_the_same_step(tiny_world, tmp_path):
     run(grpo_command(tiny_world, tmp_path / "one", 1))
-    two = run(grpo_command(tiny_world, tmp_path / "two", 2))
+    run(grpo_command(tiny_world, tmp_path / "two", 2))
     one_state, two_state = state(tmp_path / "one"), state(tmp_path / "two")
     assert one_state["global_step"] == two_state["global_step"] == 2
     # both ranks generated: the tokens seen (gathered over the ranks) double, the same prompts on each
     first_one = next(e for e in one_state["log_history"] if "num_tokens" in e)
     first_two = next(e for e in two_state["log_history"] if "num_tokens" in e)
     assert first_two["num_tokens"] >= 1.8 * first_one["num_tokens"]
-    assert "gloo" in two.stderr or "MULTI_CPU" in two.stderr or first_two["num_tokens"] > first_one["num_tokens"]
 
 
 def checkpoint_steps(output_dir):
