@@ -105,6 +105,7 @@ class VideoCollator:
         # The answer is what follows the last `<|im_start|>assistant\n`: its tokens, and the closing <|im_end|>.
         tokenizer = self.processor.tokenizer
         header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+        tail = tokenizer("\n", add_special_tokens=False)["input_ids"]
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = IGNORE_INDEX
         for i, ids in enumerate(batch["input_ids"].tolist()):
@@ -112,7 +113,6 @@ class VideoCollator:
             if start < 0:
                 raise ValueError(f"row {i}: no assistant turn found in the collated text")
             labels[i, : start + len(header)] = IGNORE_INDEX
-            tail = tokenizer("\n", add_special_tokens=False)["input_ids"]
             last = max(j for j, m in enumerate(batch["attention_mask"][i].tolist()) if m)
             if ids[last - len(tail) + 1 : last + 1] == tail:
                 labels[i, last - len(tail) + 1 : last + 1] = IGNORE_INDEX

@@ -96,8 +96,9 @@ def load_captions(path) -> dict[str, str]:
     return captions
 
 
-def row_problems(row: dict, video_root=None, captions: str | None = None) -> list[str]:
-    """What is wrong with one seed-format row, each as `field 'NAME': message`; empty when it is valid."""
+def row_problems(row: dict, video_root=None, captions: str | None = None, durations: dict | None = None) -> list[str]:
+    """What is wrong with one seed-format row, each as `field 'NAME': message`; empty when it is valid.
+    `durations` memoises the videos' durations (path → seconds or error) across the rows of a file."""
     from rewatch_trl.video import VideoError, video_duration
 
     problems = []
@@ -148,10 +149,15 @@ def row_problems(row: dict, video_root=None, captions: str | None = None) -> lis
             break
     if video_root is not None:
         path = Path(video_root) / row["videos"]
-        try:
-            real = video_duration(path)
-        except VideoError as error:
-            problems.append(f"field 'videos': {error}")
+        durations = {} if durations is None else durations
+        if path not in durations:
+            try:
+                durations[path] = video_duration(path)
+            except VideoError as error:
+                durations[path] = error
+        real = durations[path]
+        if isinstance(real, VideoError):
+            problems.append(f"field 'videos': {real}")
         else:
             if duration > real + DURATION_TOLERANCE:
                 problems.append(f"field 'duration': {duration} s, but video {path} lasts {real:.1f} s")
@@ -176,10 +182,10 @@ def load_qa(
     captions = load_captions(captions_path) if captions_path else None
     lines = read_jsonl(qa_path)
     report = LoadReport()
-    rows, seen = [], {}
+    rows, seen, durations = [], {}, {}
     for number, row in tqdm(lines, desc=f"validating {Path(qa_path).name}", unit="row", disable=not progress):
         row_captions = captions.get(row.get("videos")) if captions is not None else None
-        problems = row_problems(row, video_root, row_captions)
+        problems = row_problems(row, video_root, row_captions, durations)
         if captions is not None and row_captions is None and isinstance(row.get("videos"), str):
             problems.append(f"field 'videos': no captions for {row['videos']!r} in {captions_path}")
         problem_id = row.get("problem_id")
@@ -209,8 +215,9 @@ def load_qa(
     return Dataset.from_list(rows), report
 
 
-def load_prepared(name_or_path, split: str = "train"):
-    """A prepared dataset: a `save_to_disk` directory, a QA JSONL file, or a Hub dataset id."""
+def load_prepared(name_or_path, split: str = "train", captions_path=None, video_root=None, skip_invalid: bool = False):
+    """A prepared dataset: a `save_to_disk` directory, a Hub dataset id, or a QA JSONL file (validated by
+    `load_qa` with `captions_path`, `video_root` and `skip_invalid`)."""
     from datasets import DatasetDict, load_dataset, load_from_disk
 
     path = Path(name_or_path)
@@ -222,7 +229,7 @@ def load_prepared(name_or_path, split: str = "train"):
             dataset = dataset[split]
         return dataset
     if path.suffix in {".jsonl", ".json"}:
-        return load_qa(path, progress=False)[0]
+        return load_qa(path, captions_path, video_root, skip_invalid)[0]
     return load_dataset(str(name_or_path), split=split)
 
 

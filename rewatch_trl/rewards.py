@@ -249,8 +249,12 @@ Reply "yes" if they mean the same, otherwise "no"."""
 
 
 def _default_judge(judge):
-    if judge is not None:
-        return judge
+    return judge if judge is not None else _environment_judge()
+
+
+@functools.lru_cache(maxsize=1)
+def _environment_judge():
+    # One client per process for rewards called without a judge (configured by the environment), not one a call.
     from rewatch_trl.judge import JudgeClient
 
     return JudgeClient()

@@ -37,15 +37,14 @@ def load_processor(model_args: ModelConfig, padding_side: str):
 
 def load_train_dataset(script_args: ScriptArguments):
     """The training rows, validated: a QA JSONL (+ captions), a prepared directory, or a Hub dataset id."""
-    from rewatch_trl.data import load_prepared, load_qa
+    from rewatch_trl.data import load_prepared
 
     name = script_args.dataset_name
     if name is None:
         raise ValueError("the recipe needs `dataset_name`: a prepared dataset directory, a QA JSONL or a Hub id")
-    if str(name).endswith((".jsonl", ".json")):
-        dataset, _ = load_qa(name, script_args.captions, script_args.video_root, script_args.skip_invalid)
-        return dataset
-    return load_prepared(name, script_args.dataset_train_split)
+    return load_prepared(
+        name, script_args.dataset_train_split, script_args.captions, script_args.video_root, script_args.skip_invalid
+    )
 
 
 def resume_checkpoint(training_args) -> str | None:

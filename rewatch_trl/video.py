@@ -113,7 +113,7 @@ def _read_video_pyav(ele: dict):
     if not frames:
         raise ValueError(f"no frames decoded from {ele['video']}")
     last = max(frames)  # a container may promise more frames than it holds
-    video = torch.from_numpy(np.stack([frames[min(i, last)] if i in frames else frames[last] for i in indices]))
+    video = torch.from_numpy(np.stack([frames.get(i, frames[last]) for i in indices]))
     metadata = {"fps": video_fps, "frames_indices": indices, "total_num_frames": count, "video_backend": "pyav"}
     return video.permute(0, 3, 1, 2), metadata, nframes / max(count, 1e-6) * video_fps
 

@@ -135,3 +135,13 @@ def test_data_command_needs_a_destination(tiny_world, capsys):
     code = cli(["data", "--qa", str(tiny_world.qa_path), "--video-root", str(tiny_world.video_dir)])
     assert code == 2
     assert "--save-to-disk DIR and/or --push-to-hub ID" in capsys.readouterr().err
+
+
+def test_each_video_file_is_probed_once_per_file(tiny_world, monkeypatch):
+    from rewatch_trl import video
+
+    calls = []
+    real = video.video_duration
+    monkeypatch.setattr(video, "video_duration", lambda path: calls.append(path) or real(path))
+    load_qa(tiny_world.qa_path, video_root=tiny_world.video_dir, progress=False)
+    assert len(tiny_world.rows) == 2 * len(calls) == 8  # two questions a video, one probe a video
