@@ -131,7 +131,7 @@ def infer(
         },
         "completion": completion,
         "actions": [step.action for step in trace.steps],
-        "clips": [[list(clip) for clip in step.clips] for step in trace.steps],
+        "clips": [[list(clip) for clip in clips] for clips in trace.clips],
         "observations": [step.observation for step in trace.steps],
         "answer": trace.answer,
         "well_formed": trace.well_formed,

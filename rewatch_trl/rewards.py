@@ -208,8 +208,7 @@ def temporal_grounding_reward(completions, duration=None, **kwargs) -> list[floa
         if isinstance(limit, bool) or not isinstance(limit, (int, float)):
             limit = float("inf")
         grounded = 0
-        for step in steps:
-            clips = step.clips
+        for clips in trace.clips:
             if clips:
                 grounded += 1
                 for start, end in clips:
@@ -261,7 +260,11 @@ def _environment_judge():
 
 
 def _observed_pairs(trace: ReactTrace, segments) -> list[tuple[Step, list]]:
-    return [(s, [seg for c in s.clips for seg in overlapping(segments, c)]) for s in trace.steps if s.observation]
+    return [
+        (step, [seg for clip in clips for seg in overlapping(segments, clip)])
+        for step, clips in zip(trace.steps, trace.clips, strict=True)
+        if step.observation
+    ]
 
 
 def observation_reward(completions, captions=None, judge=None, **kwargs) -> list[float | None]:

@@ -16,7 +16,7 @@ def test_good_trace():
     trace = parse_react(GOOD)
     assert trace.well_formed
     assert trace.answer == "B"
-    assert [s.clips for s in trace.steps] == [[Clip(10, 20)], [Clip(60, 65)]]
+    assert trace.clips == [[Clip(10, 20)], [Clip(60, 65)]]
     assert [s.observation for s in trace.steps] == ["A red square moves right.", "It turns blue."]
 
 
@@ -40,10 +40,7 @@ def test_clip_forms(text, clips):
 
 def test_malformed_clip_is_none():
     assert parse_clips("[01:75-02:00]") is None
-    assert (
-        parse_react("<action>[01:75-02:00]</action><observation>x</observation><answer>A</answer>").steps[0].clips
-        == []
-    )
+    assert parse_react("<action>[01:75-02:00]</action><observation>x</observation><answer>A</answer>").clips[0] == []
 
 
 @pytest.mark.parametrize(
@@ -113,3 +110,11 @@ def test_timestamps_glued_to_other_digits_or_colons_are_not_clips():
     assert parse_clips("123:45") == []
     assert parse_clips("x12:30") == []
     assert parse_clips("12:30") == [Clip(750, 750)]
+
+
+def test_clips_of_many_actions_parse_as_each_alone():
+    actions = ["[00:10-00:20] and 00:30", "nothing here", "[01:75-02:00]", "at 1:02:03", "01:00\0-01:10", ""]
+    completion = "".join(f"<action>{a}</action><observation>x</observation>" for a in actions) + "<answer>A</answer>"
+    trace = parse_react(completion)
+    assert trace.clips == [parse_clips(a) or [] for a in actions]
+    assert trace.clips == [[Clip(10, 20), Clip(30, 30)], [], [], [Clip(3723, 3723)], [Clip(60, 60), Clip(70, 70)], []]

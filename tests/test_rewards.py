@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rewatch_trl import rewards as R
+from rewatch_trl.react import parse_clips, parse_react
 
 
 PROBLEM = "At 01:40, what jewelry?\nA: A beaded necklace\nB: A large gold medallion\nC: A leather wristband\nD: A silver chain"
@@ -258,3 +259,30 @@ def test_every_offline_reward_is_in_range_on_any_text(text, mcq_flag, duration, 
             (score,) = func([completion], **columns)
             low, high = RANGES[func.__name__]
             assert score is None or (isinstance(score, float) and low <= score <= high), (func.__name__, score)
+
+
+free = st.lists(
+    st.one_of(st.sampled_from(["[00:10-00:20]", "01:02:03", " to ", "<", ">", "<act>", "\n"]), st.text(max_size=5))
+)
+free = free.map("".join).filter(lambda t: not any(tag in t for tag in ("action>", "observation>", "answer>")))
+well_formed = st.builds(
+    lambda pairs, answer, tail: (
+        "".join(f"{a}<action>{b}</action>{c}<observation>{d}</observation>" for a, b, c, d in pairs)
+        + f"<answer>{answer}</answer>{tail}"
+    ),
+    st.lists(st.tuples(free, free, free, free), min_size=1, max_size=4),
+    free,
+    st.sampled_from(["", " ", "\n"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(texts, well_formed))
+def test_parse_agrees_with_the_general_step_pattern_on_any_text(text):
+    # Well-formed completions take a fast path (plain splits); it must find what the general pattern finds.
+    from rewatch_trl.react import _STEP
+
+    trace = parse_react(text)
+    expected = [(m[1].strip(), None if m[2] is None else m[2].strip()) for m in _STEP.finditer(text)]
+    assert [tuple(step) for step in trace.steps] == expected
+    assert trace.clips == [parse_clips(action) or [] for action, _ in expected]
