@@ -11,6 +11,7 @@ Both give what the unshared model gives (tests/test_sharing.py: log-probs within
 """
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 
 class SharedVideoFeatures:
@@ -65,8 +66,10 @@ class SharedPrefix:
     and values, instead of G full sequences. M-RoPE positions come from the full sequences, so every token sits
     where it would have; the hidden states returned are those of the full sequences.
 
-    The trainer sets `samples` (one per row) and `completion_length` around each pass. Where gradient
-    checkpointing is on (the policy pass of a checkpointed run), it steps aside: checkpointed layers keep no cache.
+    The trainer sets `samples` (one per row) and `completion_length` around each pass. Under gradient
+    checkpointing (the policy pass of a checkpointed run) the keys and values go through a `PrefixCache`, whose
+    writes and reads give the same tensors when a checkpointed layer is replayed in the backward; only reentrant
+    checkpointing, whose forward keeps no graph to the cached states, takes the model's own path.
     `prefix_rows` counts the prompt rows that went through the language model.
     """
 
@@ -80,15 +83,16 @@ class SharedPrefix:
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
         samples, length = self.samples, self.completion_length
-        # checkpointed layers keep no cache (TRL switches checkpointing off for its no-grad passes)
-        checkpointed = self.inner.training and self.inner.language_model.is_gradient_checkpointing
+        layers = self.inner.language_model.layers
+        # TRL switches checkpointing off for its no-grad passes; layers only checkpoint in training mode
+        checkpointed = self.inner.training and any(layer.gradient_checkpointing for layer in layers)
         # Anything but plain video rows (embeddings, a cache, images, positions given) takes the model's own path.
         given = ("inputs_embeds", "past_key_values", "pixel_values", "image_grid_thw")
         if (
             samples is None
             or input_ids is None
             or position_ids is not None
-            or checkpointed
+            or (checkpointed and _reentrant(layers))
             or not length
             or any(kwargs.get(key) is not None for key in given)
         ):
@@ -113,8 +117,13 @@ class SharedPrefix:
             input_ids, mm, video_grid_thw=grid, second_per_grid_ts=seconds, attention_mask=attention_mask
         )
         chunks = torch.split(pixels, grid.prod(-1).tolist())
+        cache = PrefixCache()
         if self.shared_features is not None:
             self.shared_features.samples = [samples[row] for row in distinct]
+        # A checkpointing layer drops the cache it is given unless told that replaying it is safe, as it is here.
+        saved = [layer.__dict__.get("_can_checkpoint_with_cache") for layer in layers]
+        for layer in layers:
+            layer._can_checkpoint_with_cache = True
         try:
             prefix = self.forward(
                 input_ids=input_ids[distinct, :prompt],
@@ -124,25 +133,74 @@ class SharedPrefix:
                 video_grid_thw=grid[distinct],
                 second_per_grid_ts=seconds[distinct],
                 mm_token_type_ids=mm[distinct, :prompt],
-                use_cache=True,
+                past_key_values=cache,
+                **kwargs,
+            )
+            self.prefix_rows += len(distinct)
+            completion = self.inner.language_model(
+                inputs_embeds=self.inner.get_input_embeddings()(input_ids[:, prompt:]),
+                attention_mask=attention_mask,
+                position_ids=positions[:, :, prompt:],
+                past_key_values=cache.reader(index),
                 **kwargs,
             )
         finally:
             if self.shared_features is not None:
                 self.shared_features.samples = samples
-        self.prefix_rows += len(distinct)
-        cache = prefix.past_key_values
-        cache.batch_select_indices(index)
-        completion = self.inner.language_model(
-            inputs_embeds=self.inner.get_input_embeddings()(input_ids[:, prompt:]),
-            attention_mask=attention_mask,
-            position_ids=positions[:, :, prompt:],
-            past_key_values=cache,
-            use_cache=True,
-            **kwargs,
-        )
+            for layer, value in zip(layers, saved, strict=True):
+                if value is None:
+                    del layer._can_checkpoint_with_cache
+                else:
+                    layer._can_checkpoint_with_cache = value
         hidden = torch.cat([prefix.last_hidden_state[index], completion.last_hidden_state], dim=1)
         return type(prefix)(last_hidden_state=hidden)
+
+
+class PrefixCache(DynamicCache):
+    """The keys and values of the distinct prompts: the prefix pass writes them, and `reader(rows)` gives the cache
+    the completions read them through.
+
+    The writer keeps each layer's states (a replayed layer writes equal ones again); the reader returns the prefix
+    states of each row followed by the completion's, and stores nothing. Each pass's layers hold their own of the
+    two, so a layer replayed by gradient checkpointing in the backward computes what it computed in the forward,
+    and the completions' gradients reach the prompt through the cached states.
+    """
+
+    def __init__(self, rows: torch.Tensor | None = None):
+        super().__init__()
+        self.rows = rows
+
+    def reader(self, rows: torch.Tensor) -> "PrefixCache":
+        """The cache through which row i of the completions reads prefix row `rows[i]`."""
+        reader = PrefixCache(rows)
+        reader.layers = self.layers
+        return reader
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if self.rows is None:
+            while len(self.layers) <= layer_idx:
+                self.layers.append(DynamicLayer())
+            layer = self.layers[layer_idx]
+            if not layer.is_initialized:
+                layer.lazy_initialization(key_states, value_states)
+            layer.keys, layer.values = key_states, value_states
+            return key_states, value_states
+        layer = self.layers[layer_idx]
+        return (
+            torch.cat([layer.keys[self.rows], key_states], dim=-2),
+            torch.cat([layer.values[self.rows], value_states], dim=-2),
+        )
+
+
+def _reentrant(layers) -> bool:
+    """Whether the checkpointing of these layers is reentrant (or of a kind not known): its forward runs without
+    a graph, so the cached prompt states would carry no gradient."""
+    for layer in layers:
+        if layer.gradient_checkpointing:
+            keywords = getattr(getattr(layer, "_gradient_checkpointing_func", None), "keywords", None)
+            if keywords is None or keywords.get("use_reentrant", True) is not False:
+                return True
+    return False
 
 
 def _backbone(model):

@@ -133,13 +133,15 @@ def test_each_prompt_goes_through_the_language_model_once_per_pass(tiny_world, t
     assert (policy, reference) == (2 * 2, 2)  # 2 prompts x (old policy, loss) ; 2 prompts x reference
 
 
-def test_gradient_checkpointing_steps_aside_and_stays_exact(tiny_world, tmp_path):
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_sharing_under_gradient_checkpointing_is_exact(tiny_world, tmp_path, reentrant):
     g = 2
     trainer, dataset = make_trainer(
         tiny_world, tmp_path, num_generations=g, per_device_train_batch_size=2 * g, gradient_checkpointing=True,
-        num_iterations=2,
+        gradient_checkpointing_kwargs={"use_reentrant": reentrant}, num_iterations=2,
     )  # fmt: skip
-    trainer.model.gradient_checkpointing_enable({"use_reentrant": False})  # as Trainer.train() does
+    # as Trainer.train() does (and TRL again after each of its no-grad passes)
+    trainer.model.gradient_checkpointing_enable(trainer.args.gradient_checkpointing_kwargs)
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
     inputs = trainer._generate_and_score_completions(rows_of(dataset, [0, 1], g))
@@ -148,7 +150,10 @@ def test_gradient_checkpointing_steps_aside_and_stays_exact(tiny_world, tmp_path
     before = trainer._shared_prefixes[0].prefix_rows
     assert before == 2
     grads_on, grads_off = loss_grads(trainer, inputs, True), loss_grads(trainer, inputs, False)
-    assert trainer._shared_prefixes[0].prefix_rows == before  # the checkpointed policy pass took the full path
+    # non-reentrant: the checkpointed policy pass shares the prefix too (2 prompts); reentrant: the full path
+    assert trainer._shared_prefixes[0].prefix_rows == before + (0 if reentrant else 2)
+    assert grads_on.keys() == grads_off.keys()
+    assert any("visual" in n for n in grads_on) and any("layers.0.self_attn.k_proj" in n for n in grads_on)
     for name, grad in grads_off.items():
         assert (grads_on[name] - grad).abs().max() / grad.abs().max().clamp_min(1e-12) <= 1e-4, name
 
