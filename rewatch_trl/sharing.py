@@ -14,6 +14,16 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 
+def pixel_chunks(pixels: torch.Tensor, grid: torch.Tensor, distinct: list[int]) -> dict[int, torch.Tensor]:
+    """The frame patches of each row in `distinct` (the first row of each distinct video, in order), from
+    `pixel_values_videos` laid out one video per row or one per distinct video (`trainer.video_fields`)."""
+    sizes = grid.prod(-1).tolist()
+    if pixels.size(0) == sum(sizes):
+        chunks = torch.split(pixels, sizes)
+        return {row: chunks[row] for row in distinct}
+    return dict(zip(distinct, torch.split(pixels, [sizes[row] for row in distinct]), strict=True))
+
+
 class SharedVideoFeatures:
     """Stands in for a Qwen2.5-VL model's `get_video_features`: runs the vision tower once per distinct video of a
     call and hands every row the features of its video, so the G completions of a prompt share one encoding.
@@ -35,10 +45,10 @@ class SharedVideoFeatures:
         if samples is None or len(samples) != len(video_grid_thw):
             self.videos_encoded += len(video_grid_thw)
             return self.get_video_features(pixel_values_videos, video_grid_thw, **kwargs)
-        chunks = torch.split(pixel_values_videos, video_grid_thw.prod(-1).tolist())
         first = {}  # distinct sample -> its first row in this call
         for row, sample in enumerate(samples):
             first.setdefault(id(sample), row)
+        chunks = pixel_chunks(pixel_values_videos, video_grid_thw, list(first.values()))
         todo = [row for row in first.values() if "video_features" not in samples[row]]
         features = {}
         output = None
@@ -116,7 +126,7 @@ class SharedPrefix:
         positions, _ = self.inner.get_rope_index(
             input_ids, mm, video_grid_thw=grid, second_per_grid_ts=seconds, attention_mask=attention_mask
         )
-        chunks = torch.split(pixels, grid.prod(-1).tolist())
+        chunks = pixel_chunks(pixels, grid, distinct)
         cache = PrefixCache()
         if self.shared_features is not None:
             self.shared_features.samples = [samples[row] for row in distinct]

@@ -33,9 +33,6 @@ from rewatch_trl.sharing import install_shared_prefix, install_shared_video_feat
 from rewatch_trl.video import SampledVideo, VideoCache
 
 
-VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
-
-
 def split_video_inputs(batch) -> list[dict[str, torch.Tensor]]:
     """Processor video inputs of a batch (one video per sample) → one dict per sample, so that TRL's shuffle and
     split of a generation batch (which index lists and tensors by sample) keep each video with its sample."""
@@ -48,13 +45,24 @@ def split_video_inputs(batch) -> list[dict[str, torch.Tensor]]:
     ]
 
 
-def video_forward_kwargs(samples: list[dict[str, torch.Tensor]], input_ids: torch.Tensor, config) -> dict:
+def video_fields(samples: list[dict[str, torch.Tensor]], distinct_pixels: bool = False) -> dict[str, torch.Tensor]:
+    """The processor's video tensors for rows whose samples are `samples`, in row order. With `distinct_pixels`,
+    `pixel_values_videos` holds the frames of each distinct sample (rows that share a sample dict) once, in order
+    of first appearance: the layout `SharedVideoFeatures` reads, G times fewer bytes copied for G rows a prompt."""
+    fields = {key: torch.cat([sample[key] for sample in samples]) for key in ("video_grid_thw", "second_per_grid_ts")}
+    pixel_samples = list({id(sample): sample for sample in samples}.values()) if distinct_pixels else samples
+    fields["pixel_values_videos"] = torch.cat([sample["pixel_values_videos"] for sample in pixel_samples])
+    return fields
+
+
+def video_forward_kwargs(
+    samples: list[dict[str, torch.Tensor]], input_ids: torch.Tensor, config, distinct_pixels: bool = False
+) -> dict:
     """The model's video keyword arguments for rows `input_ids` whose samples are `samples` (in order)."""
     mm_token_type_ids = torch.zeros_like(input_ids)
     mm_token_type_ids[input_ids == config.image_token_id] = 1
     mm_token_type_ids[input_ids == config.video_token_id] = 2
-    kwargs = {key: torch.cat([sample[key] for sample in samples]) for key in VIDEO_KEYS}
-    return kwargs | {"mm_token_type_ids": mm_token_type_ids}
+    return video_fields(samples, distinct_pixels) | {"mm_token_type_ids": mm_token_type_ids}
 
 
 def vllm_video_requests(requests: list[dict], videos: list[SampledVideo]) -> list[dict]:
@@ -169,7 +177,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         rows = [distinct.index(key) for key in keys]
         self._video_inputs = [samples[i] for i in rows]
         self._pending_videos = [videos[i] for i in rows]
-        fields = {key: torch.cat([samples[i][key] for i in rows]).to(batch[key].device) for key in VIDEO_KEYS}
+        fields = video_fields(self._video_inputs, distinct_pixels=bool(self._shared_features))
         # a per-token field: TRL left-pads lists of lists like the prompt ids
         fields["mm_token_type_ids"] = [mm[i] for i in rows]
         return [ids[i] for i in rows], None, fields
@@ -219,7 +227,10 @@ class VideoGRPOTrainer(GRPOTrainer):
             rows = slice(start, start + batch_size)
             # TRL's pass runs `model(**its_inputs)`: bind this chunk's videos to the call.
             video_model = functools.partial(
-                model, **video_forward_kwargs(samples[rows], input_ids[rows], self._vision_config)
+                model,
+                **video_forward_kwargs(
+                    samples[rows], input_ids[rows], self._vision_config, distinct_pixels=bool(self._shared_features)
+                ),
             )
             self._sharing(samples[rows])
             for prefix in self._shared_prefixes:

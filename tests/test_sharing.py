@@ -182,3 +182,24 @@ def test_sharing_with_a_lora_policy_and_its_disabled_adapter_as_reference(tiny_w
     assert grads_on and all("lora" in name for name in grads_on)
     for name, grad in grads_off.items():
         assert (grads_on[name] - grad).abs().max() / grad.abs().max().clamp_min(1e-12) <= 1e-4, name
+
+
+def test_pixels_of_each_distinct_video_once():
+    from rewatch_trl.sharing import pixel_chunks
+    from rewatch_trl.trainer import video_fields
+
+    def sample(value, frames):
+        grid = torch.tensor([[frames, 2, 2]])
+        return {"pixel_values_videos": torch.full((frames * 4, 3), float(value)), "video_grid_thw": grid,
+                "second_per_grid_ts": torch.tensor([2.0])}  # fmt: skip
+
+    a, b = sample(1, 2), sample(2, 4)
+    rows = [a, a, a, b, b, b]
+    full, distinct = video_fields(rows), video_fields(rows, distinct_pixels=True)
+    assert full["pixel_values_videos"].shape[0] == 3 * 8 + 3 * 16
+    assert distinct["pixel_values_videos"].shape[0] == 8 + 16
+    assert torch.equal(full["video_grid_thw"], distinct["video_grid_thw"]) and full["video_grid_thw"].shape[0] == 6
+    for fields in (full, distinct):
+        chunks = pixel_chunks(fields["pixel_values_videos"], fields["video_grid_thw"], [0, 3])
+        assert sorted(chunks) == [0, 3]
+        assert torch.equal(chunks[0], a["pixel_values_videos"]) and torch.equal(chunks[3], b["pixel_values_videos"])
