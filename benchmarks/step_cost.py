@@ -62,7 +62,7 @@ def timed(times: dict, phase: str, func):
     return wrapper
 
 
-def run(world, settings: VideoSettings, mode: dict, steps: int, generations: int, out: str) -> dict:
+def run(world, settings: VideoSettings, mode: dict, steps: int, generations: int, workers: int, out: str) -> dict:
     torch.manual_seed(0)
     processor = AutoProcessor.from_pretrained(world.root)
     collator = VideoCollator(processor, settings, world.video_dir)
@@ -83,6 +83,7 @@ def run(world, settings: VideoSettings, mode: dict, steps: int, generations: int
         save_strategy="no",
         seed=0,
         disable_tqdm=True,
+        dataloader_num_workers=workers,
         **mode,
     )
     trainer = VideoGRPOTrainer(
@@ -118,9 +119,21 @@ def run(world, settings: VideoSettings, mode: dict, steps: int, generations: int
 
     trainer._compute_loss = loss
     trainer.accelerator.backward = timed(times, "backward", trainer.accelerator.backward)
-    trainer.training_step = timed(times, "step", trainer.training_step)
+    step = timed(times, "step", trainer.training_step)
+    warm_up = {}
+
+    def training_step(*a, **k):
+        try:
+            return step(*a, **k)
+        finally:
+            if not warm_up:  # the first step (worker start, first decodes, allocator warm-up) is not counted
+                warm_up.update(times)
+
+    trainer.training_step = training_step
+    # the wait for the next batch (the DataLoader workers decode the videos) happens between training steps
+    trainer.get_batch_samples = timed(times, "data wait", trainer.get_batch_samples)
     trainer.train()
-    return {phase: value / (steps + 1) for phase, value in times.items()}
+    return {phase: (value - warm_up.get(phase, 0.0)) / steps for phase, value in times.items()}
 
 
 original_decode = video_module.decode_video
@@ -131,6 +144,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--frames", type=int, default=32, help="frames a video (32: 256 visual tokens a prompt)")
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers (they decode the videos ahead)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,17 +152,20 @@ def main() -> None:
         settings = video_settings(args.frames)
         results = {}
         for name, mode in MODES.items():
-            results[name] = run(world, settings, mode, args.steps, args.generations, f"{tmp}/{len(results)}")
+            results[name] = run(
+                world, settings, mode, args.steps, args.generations, args.workers, f"{tmp}/{len(results)}"
+            )
     model_phases = ["generate", "old/ref log-probs", "loss forward", "backward"]
     for result in results.values():
+        result["step"] += result["data wait"]  # a step lasts from one to the next, waits included
         result["overhead"] = result["step"] - sum(result.get(p, 0.0) for p in model_phases)
     names = list(results)
     print(
-        f"G = {args.generations}, {args.steps + 1} steps, 2 prompts a step, {args.frames // 2 * 16} visual tokens "
+        f"G = {args.generations}, {args.steps} steps after one to warm up, 2 prompts a step, {args.frames // 2 * 16} visual tokens "
         "a prompt; seconds a step"
     )
     print(f"{'phase':<20}" + "".join(f"{n:>24}" for n in names))
-    for phase in ["decode", *model_phases, "rewards", "overhead", "step"]:
+    for phase in ["data wait", "decode", *model_phases, "rewards", "overhead", "step"]:
         print(f"{phase:<20}" + "".join(f"{results[n].get(phase, 0.0):>24.3f}" for n in names))
     base = results[names[0]]["step"]
     print(f"{'step speed-up':<20}" + "".join(f"{base / results[n]['step']:>23.2f}x" for n in names))

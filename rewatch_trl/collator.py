@@ -13,7 +13,7 @@ Example:
 from pathlib import Path
 
 from rewatch_trl.prompts import VideoSettings, build_messages
-from rewatch_trl.video import SampledVideo, VideoCache, sample_video
+from rewatch_trl.video import SampledVideo, VideoCache, default_video_cache, sample_video
 
 
 IGNORE_INDEX = -100
@@ -70,6 +70,24 @@ class VideoCollator:
     def videos(self, rows: list[dict]) -> list[SampledVideo]:
         """The sampled frames of each row's video (each distinct video decoded once, through the cache)."""
         return [sample_video(self.video_path(row), self.settings, self.cache) for row in rows]
+
+    def decode_ahead(self, batch: dict[str, list]) -> dict[str, list]:
+        """A `datasets` transform that adds each row's sampled video (column `sampled_video`). Set on the training
+        set when DataLoader workers run (`dataloader_num_workers > 0`), it decodes in them, ahead of the step that
+        needs the frames; `keep` then hands those frames to this process's cache.
+
+        Example:
+        ```python
+        >>> loader = DataLoader(dataset.with_transform(collator.decode_ahead), num_workers=2)  # doctest: +SKIP
+        ```
+        """
+        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        return batch | {"sampled_video": self.videos(rows)}
+
+    def keep(self, videos: list[SampledVideo]) -> None:
+        """Put videos sampled with these settings elsewhere (by `decode_ahead`) in this process's cache."""
+        for video in videos:
+            (self.cache or default_video_cache()).put(video, self.settings)
 
     def prompt_text(self, messages: list[dict]) -> str:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

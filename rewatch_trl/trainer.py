@@ -24,6 +24,7 @@ Example:
 import functools
 import json
 
+import datasets
 import torch
 from trl import GRPOTrainer
 
@@ -196,7 +197,19 @@ class VideoGRPOTrainer(GRPOTrainer):
         finally:
             self._sharing(None)
 
+    def get_train_dataloader(self):
+        # With DataLoader workers, the training set's videos are decoded in them, ahead of the steps that need them.
+        dataset = self.train_dataset
+        if self.args.dataloader_num_workers > 0 and isinstance(dataset, datasets.Dataset):
+            self.train_dataset = dataset.with_transform(self.video_collator.decode_ahead)
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.train_dataset = dataset
+
     def _generate_and_score_completions(self, inputs):
+        # frames a DataLoader worker decoded: into this process's cache (and out of the reward functions' columns)
+        self.video_collator.keep([row.pop("sampled_video") for row in inputs if "sampled_video" in row])
         try:
             output = super()._generate_and_score_completions(inputs)
             output["video_inputs"] = self._video_inputs

@@ -171,10 +171,14 @@ class VideoCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, path, settings: VideoSettings, start: float | None = None, end: float | None = None) -> SampledVideo:
+    @staticmethod
+    def _key(path, settings: VideoSettings, start: float | None, end: float | None) -> tuple:
         path = _check_file(path)
         stat = path.stat()
-        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, dataclasses.astuple(settings), start, end)
+        return str(path.resolve()), stat.st_mtime_ns, stat.st_size, dataclasses.astuple(settings), start, end
+
+    def get(self, path, settings: VideoSettings, start: float | None = None, end: float | None = None) -> SampledVideo:
+        key = self._key(path, settings, start, end)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
@@ -182,13 +186,21 @@ class VideoCache:
         video = decode_video(path, settings, start, end)
         with self._lock:
             self.decodes += 1
+        self._insert(key, video)
+        return video
+
+    def put(self, video: SampledVideo, settings: VideoSettings, start: float | None = None, end: float | None = None):
+        """Keep a video sampled elsewhere with `settings` (by a DataLoader worker): `get` then returns it."""
+        self._insert(self._key(video.path, settings, start, end), video)
+
+    def _insert(self, key: tuple, video: SampledVideo) -> None:
+        with self._lock:
             if key not in self._items:
                 self._items[key] = video
                 self._bytes += video.nbytes
             while self._bytes > self.max_bytes and len(self._items) > 1:
                 _, old = self._items.popitem(last=False)
                 self._bytes -= old.nbytes
-        return video
 
     def clear(self) -> None:
         with self._lock:
@@ -197,6 +209,11 @@ class VideoCache:
 
 
 _default_cache = VideoCache()
+
+
+def default_video_cache() -> VideoCache:
+    """The process-wide cache of `sample_video` and `sample_clip` when they are given none."""
+    return _default_cache
 
 
 def sample_video(path, settings: VideoSettings | None = None, cache: VideoCache | None = None) -> SampledVideo:

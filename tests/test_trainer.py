@@ -11,7 +11,7 @@ from rewatch_trl.grpo import add_prompts
 from rewatch_trl.rewards import get_reward_funcs
 from rewatch_trl.tiny import TINY_VIDEO_SETTINGS
 from rewatch_trl.trainer import VideoGRPOTrainer, split_video_inputs, video_forward_kwargs, vllm_video_requests
-from rewatch_trl.video import VideoCache
+from rewatch_trl.video import VideoCache, sample_video
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -207,3 +207,26 @@ def test_video_forward_kwargs_mark_video_tokens(tiny_world, tmp_path):
     kwargs = video_forward_kwargs(split_video_inputs(batch), batch["input_ids"], trainer.model.config)
     assert torch.equal(kwargs["mm_token_type_ids"], batch["mm_token_type_ids"])
     assert torch.equal(kwargs["pixel_values_videos"], batch["pixel_values_videos"])
+
+
+def test_dataloader_workers_decode_the_videos(tiny_world, tmp_path):
+    seen = []
+
+    def columns(completions, **kwargs):
+        seen.append(sorted(kwargs))
+        return [0.0] * len(completions)
+
+    trainer, _ = make_trainer(tiny_world, tmp_path, dataloader_num_workers=1)
+    trainer.reward_funcs.append(columns)
+    trainer.reward_func_names.append("columns")
+    trainer.reward_processing_classes.append(None)
+    trainer.reward_weights = torch.cat([trainer.reward_weights, torch.ones(1)])
+    trainer.train()
+    assert trainer.state.global_step == 2
+    cache = trainer.video_collator.cache
+    assert cache.decodes == 0 and len(cache._items) > 0  # every frame came from the worker
+    assert seen and all("sampled_video" not in keys and "answer" in keys for keys in seen)
+    # each training row's video decoded in the worker equals the same video decoded here
+    row = trainer.train_dataset[0]
+    (video,) = trainer.video_collator.decode_ahead({key: [value] for key, value in row.items()})["sampled_video"]
+    assert torch.equal(video.frames, sample_video(trainer.video_collator.video_path(row), TINY_VIDEO_SETTINGS).frames)
