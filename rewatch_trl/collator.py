@@ -104,13 +104,14 @@ class VideoCollator:
             **kwargs,
         )
 
-    def encode_messages(self, conversations: list[list[dict]]):
-        """Chat prompts that each hold one video block → (processor inputs, the sampled videos in order)."""
+    def encode_messages(self, conversations: list[list[dict]], **kwargs):
+        """Chat prompts that each hold one video block → (processor inputs, the sampled videos in order); `kwargs`
+        go to the processor (`device=` normalises and patchifies the frames there)."""
         videos = [
             sample_video(self._resolve(video_block(messages)["video"]), self.settings, self.cache)
             for messages in conversations
         ]
-        return self.encode([self.prompt_text(messages) for messages in conversations], videos), videos
+        return self.encode([self.prompt_text(messages) for messages in conversations], videos, **kwargs), videos
 
     def __call__(self, rows: list[dict], answers: list[str] | None = None):
         """Prompts only, or with `answers` (assistant turns) and `labels` that cover the answer tokens alone."""

@@ -169,8 +169,11 @@ class VideoGRPOTrainer(GRPOTrainer):
         # know which rows hold the same video.
         keys = [json.dumps(prompt, sort_keys=True, default=str) for prompt in prompts]
         distinct = list(dict.fromkeys(keys))
-        batch, videos = self.video_collator.encode_messages([prompts[keys.index(key)] for key in distinct])
         device = self.accelerator.device
+        # the video processor's normalise and patchify run where the model is (on the GPU in a GPU run)
+        batch, videos = self.video_collator.encode_messages(
+            [prompts[keys.index(key)] for key in distinct], device=device
+        )
         keep = batch["attention_mask"].bool()
         ids = [row_ids[row].tolist() for row_ids, row in zip(batch["input_ids"], keep, strict=True)]
         mm = [row_mm[row].tolist() for row_mm, row in zip(batch["mm_token_type_ids"], keep, strict=True)]

@@ -39,3 +39,16 @@ def test_sft_labels_cover_the_answer_alone(tiny_world, tiny_model_and_processor)
         labelled = batch["labels"][i][batch["labels"][i] != IGNORE_INDEX]
         assert processor.tokenizer.decode(labelled) == answer + "<|im_end|>"
     assert torch.all(batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX)
+
+
+def test_frames_are_processed_on_the_device_asked_for(tiny_world, tiny_model_and_processor):
+    # the trainer asks for its device (a GPU in a GPU run); "meta" shows the frames were processed there
+    _, processor = tiny_model_and_processor
+    collator = VideoCollator(processor, TINY_VIDEO_SETTINGS, video_root=tiny_world.video_dir)
+    conversations = [collator.messages(row) for row in tiny_world.rows[:2]]
+    here, _ = collator.encode_messages(conversations)
+    there, _ = collator.encode_messages(conversations, device="meta")
+    assert here["pixel_values_videos"].device.type == "cpu"
+    assert there["pixel_values_videos"].device.type == "meta"
+    assert there["pixel_values_videos"].shape == here["pixel_values_videos"].shape
+    assert torch.equal(there["input_ids"], here["input_ids"])
