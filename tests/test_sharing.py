@@ -158,16 +158,20 @@ def test_sharing_under_gradient_checkpointing_is_exact(tiny_world, tmp_path, ree
         assert (grads_on[name] - grad).abs().max() / grad.abs().max().clamp_min(1e-12) <= 1e-4, name
 
 
-def test_sharing_with_a_lora_policy_and_its_disabled_adapter_as_reference(tiny_world, tmp_path):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_sharing_with_a_lora_policy_and_its_disabled_adapter_as_reference(tiny_world, tmp_path, checkpointing):
     from peft import LoraConfig
 
     g = 2
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     trainer, dataset = make_trainer(
         tiny_world, tmp_path, peft_config=lora, num_generations=g, per_device_train_batch_size=2 * g, beta=0.1,
-        num_iterations=2,
+        num_iterations=2, gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
     )  # fmt: skip
     assert trainer.ref_model is None  # the reference is the model with its adapter off
+    if checkpointing:
+        trainer.model.gradient_checkpointing_enable(trainer.args.gradient_checkpointing_kwargs)
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
     inputs = trainer._generate_and_score_completions(rows_of(dataset, [0, 1], g))
@@ -178,7 +182,9 @@ def test_sharing_with_a_lora_policy_and_its_disabled_adapter_as_reference(tiny_w
     assert (inputs["ref_per_token_logps"] - reference)[kept].abs().max() <= 1e-5
     assert (inputs["ref_per_token_logps"] - inputs["old_per_token_logps"])[kept].abs().max() > 1e-4  # the adapter acts
     inputs["advantages"] = torch.linspace(-1, 1, inputs["advantages"].numel())
+    before = trainer._shared_prefixes[0].prefix_rows
     grads_on, grads_off = loss_grads(trainer, inputs, True), loss_grads(trainer, inputs, False)
+    assert trainer._shared_prefixes[0].prefix_rows == before + 2  # the policy pass shared its 2 prompts
     assert grads_on and all("lora" in name for name in grads_on)
     for name, grad in grads_off.items():
         assert (grads_on[name] - grad).abs().max() / grad.abs().max().clamp_min(1e-12) <= 1e-4, name
