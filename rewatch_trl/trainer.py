@@ -9,7 +9,8 @@ multimodal path collects images only). Four small overrides wire the video throu
   reference passes alike);
 - `_generate_and_score_completions` / `_compute_loss`: carry the per-sample video inputs through TRL's
   shuffle and split of the generation batch, to the loss pass;
-- with `use_vllm` (colocate), TRL's `LLM.generate` requests get the same frames (`vllm_video_requests`).
+- with `use_vllm` (colocate), TRL's `LLM.generate` requests get the same frames (`vllm_video_requests`), and
+  the G copies of a prompt go to vLLM as one request for G completions (`same_prompt_rows`): one prefill.
 
 The G completions of a prompt share its video: one decode, one processor call, one vision-tower run per pass,
 and one prompt prefill in the log-prob passes (`sharing.py`, switched by the config's `share_*` options).
@@ -21,6 +22,7 @@ Example:
 ```
 """
 
+import copy
 import functools
 import json
 
@@ -89,6 +91,25 @@ def vllm_video_requests(requests: list[dict], videos: list[SampledVideo]) -> lis
     ]
 
 
+def same_prompt_rows(requests: list[dict]) -> list[list[int]]:
+    """The rows of vLLM requests grouped by prompt: same token ids and the same video (the G copies of a prompt),
+    groups in order of first appearance. One request per group with `n` = its size has vLLM prefill each prompt
+    (and encode its video) once, and sample its G completions from that one prefill.
+
+    Example:
+    ```python
+    >>> same_prompt_rows([{"prompt_token_ids": [1]}, {"prompt_token_ids": [2]}, {"prompt_token_ids": [1]}])
+    [[0, 2], [1]]
+    ```
+    """
+    groups: dict[tuple, list[int]] = {}
+    for row, request in enumerate(requests):
+        video = request.get("multi_modal_data", {}).get("video")
+        key = (tuple(request["prompt_token_ids"]), id(video[0]) if video else None)
+        groups.setdefault(key, []).append(row)
+    return list(groups.values())
+
+
 def suppressed_token_ids(config) -> list[int]:
     """Tokens a completion must never hold: a sampled `<|video_pad|>`, `<|image_pad|>` or `<|vision_start|>`
     would make the next forward pass look for visual features that do not exist."""
@@ -96,7 +117,8 @@ def suppressed_token_ids(config) -> list[int]:
 
 
 class _VideoLLM:
-    """TRL's colocated vLLM `LLM`, whose `generate` adds the current batch's videos to TRL's requests."""
+    """TRL's colocated vLLM `LLM`, whose `generate` adds the current batch's videos to TRL's requests and sends
+    the G copies of a prompt as one request for G completions (`same_prompt_rows`)."""
 
     def __init__(self, llm, trainer: "VideoGRPOTrainer"):
         self._llm = llm
@@ -104,11 +126,30 @@ class _VideoLLM:
 
     def generate(self, prompts, sampling_params=None, **kwargs):
         videos = self._trainer._pending_videos
-        if videos is not None:
-            prompts = vllm_video_requests(prompts, videos)
-            banned = dict.fromkeys(suppressed_token_ids(self._trainer._vision_config), -100.0)
-            sampling_params.logit_bias = {**(sampling_params.logit_bias or {}), **banned}
-        return self._llm.generate(prompts, sampling_params=sampling_params, **kwargs)
+        if videos is None:
+            return self._llm.generate(prompts, sampling_params=sampling_params, **kwargs)
+        requests = vllm_video_requests(prompts, videos)
+        banned = dict.fromkeys(suppressed_token_ids(self._trainer._vision_config), -100.0)
+        sampling_params.logit_bias = {**(sampling_params.logit_bias or {}), **banned}
+        # TRL asks for one completion per row; the G rows of a prompt become one request for G completions.
+        groups = same_prompt_rows(requests)
+        params = []
+        for rows in groups:
+            group_params = sampling_params
+            if len(rows) > 1:
+                group_params = sampling_params.clone()
+                group_params.n = len(rows) * sampling_params.n
+            params.append(group_params)
+        outputs = self._llm.generate([requests[rows[0]] for rows in groups], sampling_params=params, **kwargs)
+        # Back to one output per row, in TRL's order, each with its share of its group's completions.
+        per_row = [None] * len(requests)
+        for rows, output in zip(groups, outputs, strict=True):
+            share = sampling_params.n
+            for i, row in enumerate(rows):
+                row_output = copy.copy(output)
+                row_output.outputs = output.outputs[i * share : (i + 1) * share]
+                per_row[row] = row_output
+        return per_row
 
     def __getattr__(self, name):
         return getattr(self._llm, name)

@@ -201,6 +201,49 @@ def test_vllm_requests_carry_the_loss_pass_frames(tiny_world, tmp_path):
         vllm_video_requests(requests[:2], trainer._pending_videos)
 
 
+def test_vllm_gets_one_request_per_prompt_for_its_g_completions(tiny_world, tmp_path):
+    import copy
+    from types import SimpleNamespace
+
+    from rewatch_trl.trainer import _VideoLLM
+
+    class Params(SimpleNamespace):  # vLLM's SamplingParams as TRL sets it: n = 1, cloned per request group
+        def clone(self):
+            return copy.deepcopy(self)
+
+    class FakeLLM:
+        def generate(self, prompts, sampling_params=None, use_tqdm=True):
+            self.calls = list(zip(prompts, sampling_params, strict=True))
+            return [
+                SimpleNamespace(
+                    prompt_token_ids=p["prompt_token_ids"],
+                    outputs=[SimpleNamespace(token_ids=[k, len(p["prompt_token_ids"])]) for k in range(params.n)],
+                )
+                for p, params in self.calls
+            ]
+
+    trainer, dataset = make_trainer(tiny_world, tmp_path)
+    rows = [dataset[0], dataset[2], dataset[0], dataset[0], dataset[2], dataset[1]]
+    prompt_ids, _, _ = trainer._tokenize_prompts([row["prompt"] for row in rows])
+    llm = _VideoLLM(FakeLLM(), trainer)
+    params = Params(n=1, logit_bias=None)
+    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=params, use_tqdm=False)
+    calls = llm._llm.calls
+    # three distinct prompts: three requests, for 3, 2 and 1 completions, each with its video and the banned tokens
+    assert [p["prompt_token_ids"] for p, _ in calls] == [prompt_ids[0], prompt_ids[1], prompt_ids[5]]
+    assert [params.n for _, params in calls] == [3, 2, 1]
+    assert all("video" in p["multi_modal_data"] for p, _ in calls)
+    assert all(params.logit_bias[trainer._vision_config.video_token_id] == -100.0 for _, params in calls)
+    # one output per row, in TRL's order, each holding one completion of its own prompt, none given twice
+    assert len(outputs) == len(rows)
+    assert [o.prompt_token_ids for o in outputs] == prompt_ids
+    assert all(len(o.outputs) == 1 for o in outputs)
+    assert [o.outputs[0].token_ids for o in outputs] == [
+        [0, len(prompt_ids[0])], [0, len(prompt_ids[1])], [1, len(prompt_ids[0])], [2, len(prompt_ids[0])],
+        [1, len(prompt_ids[1])], [0, len(prompt_ids[5])],
+    ]  # fmt: skip
+
+
 def test_video_forward_kwargs_mark_video_tokens(tiny_world, tmp_path):
     trainer, dataset = make_trainer(tiny_world, tmp_path)
     batch = trainer.video_collator([dataset[0], dataset[1]])
