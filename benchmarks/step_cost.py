@@ -1,11 +1,15 @@
 """Where the time of a video GRPO step goes, with the video shared across the G completions and without.
 
-    python benchmarks/step_cost.py [--steps 4] [--generations 8]
+    python benchmarks/step_cost.py [--steps 4] [--generations 8] [--frames 32]
+    python benchmarks/step_cost.py --model qwen2.5-vl-7b --device cuda --paper-video --frames 192 --steps 3
 
-One run, the same seed and weights for every mode: a vision-heavy tiny world (32 frames of 112x112 px per
-video: 2,048 patches, 256 visual tokens per prompt), short completions (8 tokens), G = 8, beta > 0 (a
-reference pass) and two iterations per generation (an old-policy pass). Phases are timed by wrapping the
-trainer's own methods; "overhead" is everything but generation, the forward passes and the backward.
+One run, the same seed and weights for every mode. By default a vision-heavy tiny world (32 frames of 112x112 px
+per video: 2,048 patches, 256 visual tokens per prompt), short completions (8 tokens), G = 8, beta > 0 (a
+reference pass) and two iterations per generation (an old-policy pass). The second form is the GPU run: a
+random-weight model of Qwen2.5-VL-7B's shape built from its config (no download), the paper's frame size
+(192 frames: ~12k visual tokens a prompt), bf16, beta 0 and SGD, with tokens/s and peak memory; a mode that
+runs out of memory says so. Phases are timed by wrapping the trainer's own methods; "overhead" is everything
+but generation, the forward passes and the backward.
 """
 
 import argparse
@@ -27,7 +31,7 @@ from rewatch_trl.configs import GRPOConfig  # noqa: E402
 from rewatch_trl.grpo import add_prompts  # noqa: E402
 from rewatch_trl.prompts import VideoSettings  # noqa: E402
 from rewatch_trl.rewards import get_reward_funcs  # noqa: E402
-from rewatch_trl.tiny import build_tiny_world  # noqa: E402
+from rewatch_trl.tiny import QWEN2_5_VL_7B_SIZES, build_tiny_tokenizer, build_tiny_world, tiny_config  # noqa: E402
 from rewatch_trl.trainer import VideoGRPOTrainer  # noqa: E402
 from rewatch_trl.video import VideoCache  # noqa: E402
 
@@ -43,6 +47,7 @@ def video_settings(frames: int) -> VideoSettings:
     )
 
 
+MODELS = {"tiny": None, "qwen2.5-vl-7b": QWEN2_5_VL_7B_SIZES}
 MODES = {
     "per completion (stock)": {"share_video_features": False, "share_prompt_prefix": False},
     "vision shared": {"share_video_features": True, "share_prompt_prefix": False},
@@ -62,32 +67,49 @@ def timed(times: dict, phase: str, func):
     return wrapper
 
 
-def run(world, settings: VideoSettings, mode: dict, steps: int, generations: int, workers: int, out: str) -> dict:
+def build_model(world, sizes: dict | None, device: str):
+    """The tiny world's model, or (with `sizes`) a random model of that shape built on `device` from its config."""
+    if sizes is None:
+        return AutoModelForImageTextToText.from_pretrained(world.root)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    with torch.device(device):
+        return AutoModelForImageTextToText.from_config(tiny_config(build_tiny_tokenizer(), sizes), dtype=dtype)
+
+
+def run(world, settings: VideoSettings, mode: dict, options) -> dict:
     torch.manual_seed(0)
     processor = AutoProcessor.from_pretrained(world.root)
     collator = VideoCollator(processor, settings, world.video_dir)
     dataset = add_prompts(Dataset.from_list(world.rows), collator)
+    sizes = MODELS[options.model]
+    gpu = options.device == "cuda"
     args = GRPOConfig(
-        output_dir=out,
-        per_device_train_batch_size=2 * generations,
-        num_generations=generations,
+        output_dir=options.out,
+        per_device_train_batch_size=2 * options.generations,
+        num_generations=options.generations,
         max_completion_length=8,
-        max_steps=steps + 1,
+        max_steps=options.steps + 1,
         num_iterations=2,
-        beta=0.04,
+        # a random model built from its config has no checkpoint for TRL to load a reference model from: the
+        # paper's beta (0) then, and plain SGD (AdamW's states for 8.3B parameters do not fit beside them on 80 GB)
+        beta=0.04 if sizes is None else 0.0,
+        optim="adamw_torch" if sizes is None else "sgd",
         learning_rate=1e-5,
         logging_strategy="no",
         report_to="none",
-        use_cpu=True,
-        bf16=False,
+        use_cpu=not gpu,
+        bf16=gpu,
         save_strategy="no",
         seed=0,
         disable_tqdm=True,
-        dataloader_num_workers=workers,
+        dataloader_num_workers=options.workers,
         **mode,
     )
+    if gpu:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     trainer = VideoGRPOTrainer(
-        model=AutoModelForImageTextToText.from_pretrained(world.root),
+        model=build_model(world, sizes, options.device),
         reward_funcs=get_reward_funcs(["format", "accuracy", "temporal_grounding"]),
         args=args,
         train_dataset=dataset,
@@ -134,8 +156,21 @@ def run(world, settings: VideoSettings, mode: dict, steps: int, generations: int
     trainer.training_step = training_step
     # the wait for the next batch (the DataLoader workers decode the videos) happens between training steps
     trainer.get_batch_samples = timed(times, "data wait", trainer.get_batch_samples)
+    tokens = []  # prompt and completion tokens of each generation batch (every step trains on one)
+    generate_and_score = trainer._generate_and_score_completions
+
+    def count_tokens(*a, **k):
+        output = generate_and_score(*a, **k)
+        tokens.append(int(output["prompt_mask"].sum() + output["completion_mask"].sum()))
+        return output
+
+    trainer._generate_and_score_completions = count_tokens
     trainer.train()
-    return {phase: (value - warm_up.get(phase, 0.0)) / steps for phase, value in times.items()}
+    result = {phase: (value - warm_up.get(phase, 0.0)) / options.steps for phase, value in times.items()}
+    result["tokens"] = sum(tokens) / len(tokens)
+    if gpu:
+        result["peak GiB"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
 
 
 original_decode = video_module.decode_video
@@ -147,37 +182,57 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--frames", type=int, default=32, help="frames a video (32: 256 visual tokens a prompt)")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers (they decode the videos ahead)")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--model", choices=list(MODELS), default="tiny", help="qwen2.5-vl-7b: random weights, real shape"
+    )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--paper-video", action="store_true", help="the paper's frame size (128 visual tokens a frame pair)"
+    )
+    options = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory() as tmp:
-        world = build_tiny_world(f"{tmp}/world", num_videos=4, seconds=args.frames, fps=2, size=(224, 224), seed=0)
-        settings = video_settings(args.frames)
+        if options.paper_video:  # 448x224 px frames: the paper's 100,352 pixels a frame
+            world = build_tiny_world(f"{tmp}/world", num_videos=4, seconds=options.frames / 2, fps=2, size=(448, 224))
+            settings = VideoSettings(video_max_frames=options.frames)
+        else:
+            world = build_tiny_world(f"{tmp}/world", num_videos=4, seconds=options.frames, fps=2, size=(224, 224))
+            settings = video_settings(options.frames)
         results = {}
         for name, mode in MODES.items():
-            results[name] = run(
-                world, settings, mode, args.steps, args.generations, args.workers, f"{tmp}/{len(results)}"
-            )
+            options.out = f"{tmp}/{len(results)}"
+            try:
+                results[name] = run(world, settings, mode, options)
+            except torch.OutOfMemoryError:
+                results[name] = None  # the per-completion mode may not fit where the shared ones do
+            if options.device == "cuda":
+                torch.cuda.empty_cache()
     model_phases = ["generate", "old/ref log-probs", "loss forward", "backward"]
-    for result in results.values():
+    for result in filter(None, results.values()):
         result["step"] += result["data wait"]  # a step lasts from one to the next, waits included
         result["overhead"] = result["step"] - sum(result.get(p, 0.0) for p in model_phases)
+        result["tokens/s"] = result["tokens"] / result["step"]
     names = list(results)
     print(
-        f"G = {args.generations}, {args.steps} steps after one to warm up, 2 prompts a step, {args.frames // 2 * 16} visual tokens "
-        "a prompt; seconds a step"
+        f"{options.model} on {options.device}, G = {options.generations}, {options.steps} steps after one to warm up, "
+        f"2 prompts a step, {options.frames} frames a video; seconds a step"
     )
     print(f"{'phase':<20}" + "".join(f"{n:>24}" for n in names))
-    rows = ["data wait", "decode", *model_phases, "rewards", "overhead", "processor", "step"]
+    rows = ["data wait", "decode", *model_phases, "rewards", "overhead", "processor", "step", "tokens/s"]
+    rows += ["peak GiB"] if options.device == "cuda" else []
     labels = {"processor": "  of it, processor"}
     for phase in rows:
-        print(f"{labels.get(phase, phase):<20}" + "".join(f"{results[n].get(phase, 0.0):>24.3f}" for n in names))
-    base = results[names[0]]["step"]
-    print(f"{'step speed-up':<20}" + "".join(f"{base / results[n]['step']:>23.2f}x" for n in names))
-    shared = results[names[2]]
+        cells = [f"{results[n].get(phase, 0.0):>24.3f}" if results[n] else f"{'out of memory':>24}" for n in names]
+        print(f"{labels.get(phase, phase):<20}" + "".join(cells))
+    base, shared = results[names[0]], results[names[2]]
+    if base is None or shared is None:
+        print("step speed-up: n/a (a mode ran out of memory)")
+        return
+    print(f"{'step speed-up':<20}" + "".join(f"{base['step'] / results[n]['step']:>23.2f}x" for n in names))
     print(
         f"trainer overhead (all but generate, forward and backward), shared: {shared['overhead'] / shared['step']:.1%} of the step"
     )
-    print(f"step speed-up: {base / shared['step']:.2f}x")
+    print(f"step speed-up: {base['step'] / shared['step']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -127,34 +127,68 @@ def build_tiny_processor(tokenizer=None):
     )
 
 
-def tiny_config(tokenizer):
-    """A Qwen2.5-VL config with hidden size 64, 2 layers and a 2-block vision tower, for `tokenizer`'s vocabulary."""
+TINY_SIZES = {
+    "text": {
+        "vocab_size": None,  # the tokenizer's
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 32768,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
+    },
+    "vision": {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": 64,
+        "fullatt_block_indexes": [1],
+        "tokens_per_second": 2,
+    },
+}
+# The sizes of the published Qwen2.5-VL-7B-Instruct config: a random model of the real shape, built offline.
+QWEN2_5_VL_7B_SIZES = {
+    "text": {
+        "vocab_size": 152064,
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 128000,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]},
+    },
+    "vision": {
+        "depth": 32,
+        "hidden_size": 1280,
+        "intermediate_size": 3420,
+        "num_heads": 16,
+        "out_hidden_size": 3584,
+        "fullatt_block_indexes": [7, 15, 23, 31],
+        "tokens_per_second": 2,
+        "window_size": 112,
+    },
+}
+
+
+def tiny_config(tokenizer, sizes: dict | None = None):
+    """A Qwen2.5-VL config for `tokenizer`'s special tokens: hidden size 64, 2 layers and a 2-block vision tower,
+    or the `sizes` given (`QWEN2_5_VL_7B_SIZES`: the real 7B shape, random weights, for GPU benchmarks)."""
     from transformers import Qwen2_5_VLConfig
 
+    sizes = sizes or TINY_SIZES
     ids = tokenizer.convert_tokens_to_ids
     return Qwen2_5_VLConfig(
         text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 32768,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
+            **sizes["text"],
+            "vocab_size": sizes["text"]["vocab_size"] or len(tokenizer),
             "bos_token_id": ids("<|endoftext|>"),
             "eos_token_id": ids("<|im_end|>"),
             "pad_token_id": ids("<|endoftext|>"),
         },
-        vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": 64,
-            "fullatt_block_indexes": [1],
-            "tokens_per_second": 2,
-        },
+        vision_config=dict(sizes["vision"]),
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),

@@ -82,3 +82,20 @@ def test_tiny_model_generates_with_the_video(tiny_world, tiny_model_and_processo
     assert batch["input_ids"].shape[0] == 2
     output = model.generate(**batch, max_new_tokens=5, do_sample=False)
     assert output.shape == (2, batch["input_ids"].shape[1] + 5)
+
+
+def test_the_real_7b_shape_builds_offline():
+    # the GPU benchmark's random model: exactly Qwen2.5-VL-7B's parameter count, with our tokenizer's special ids
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from rewatch_trl.tiny import QWEN2_5_VL_7B_SIZES, build_tiny_tokenizer, tiny_config
+
+    tokenizer = build_tiny_tokenizer()
+    config = tiny_config(tokenizer, QWEN2_5_VL_7B_SIZES)
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    assert sum(p.numel() for p in model.parameters()) == 8_292_166_656
+    assert sum(p.numel() for p in model.model.visual.parameters()) == 676_550_144
+    assert config.video_token_id == tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    assert config.text_config.rope_parameters["mrope_section"] == [16, 24, 24]
