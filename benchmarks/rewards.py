@@ -63,26 +63,25 @@ def clear_caches() -> None:
 
 def rate(func, completions, columns, batch, repeats=9) -> float:
     """Completions/s of `func` called on batches of `batch` completions (what one GRPO step hands a reward).
-    Each batch's time is its best of `repeats` (every cache cold each time), with the garbage collector off
-    during timing as `timeit` does: this machine's jitter otherwise swamps the figures."""
+    Each batch's time is its best of `repeats` (every cache cold each time), the repeats spread over the whole
+    measurement (all batches once, then again) so that a slow phase of this shared machine cannot take all of
+    one batch's tries; the garbage collector is off during timing, as `timeit` does."""
     chunks = [
         (completions[i : i + batch], {k: v[i : i + batch] for k, v in columns.items()})
         for i in range(0, len(completions), batch)
     ]
-    total = 0.0
+    best = [float("inf")] * len(chunks)
     gc.disable()
     try:
-        for chunk, chunk_columns in chunks:
-            best = float("inf")
-            for _ in range(repeats):
+        for _ in range(repeats):
+            for i, (chunk, chunk_columns) in enumerate(chunks):
                 clear_caches()
                 start = time.perf_counter()
                 func(chunk, **chunk_columns)
-                best = min(best, time.perf_counter() - start)
-            total += best
+                best[i] = min(best[i], time.perf_counter() - start)
     finally:
         gc.enable()
-    return len(completions) / total
+    return len(completions) / sum(best)
 
 
 def main() -> None:

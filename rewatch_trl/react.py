@@ -25,6 +25,10 @@ _FREE = rf"[^<]*+(?:<(?!/?{_TAG_WORD}>)[^<]*+)*+"
 # A step: a closed action, and the observation that follows it if only free text stands between them.
 _STEP = re.compile(rf"<action>({_FREE})</action>(?:{_FREE}<observation>({_FREE})</observation>)?")
 _ANSWER = re.compile(rf"<answer>({_FREE})</answer>")
+# In a well-formed completion (only its pairs' and answer's tags): an action, then (free text and) its
+# observation; and its actions alone. Flat scans, faster than `_STEP`, which must also skip stray tags.
+_PAIR = re.compile(rf"<action>({_FREE})</action>{_FREE}<observation>({_FREE})</observation>")
+_ACTION = re.compile(rf"<action>({_FREE})</action>")
 # The format the paper rewards: action/observation pairs (free text around them), then one closing answer.
 _WELL_FORMED = re.compile(
     rf"{_FREE}(?:<action>{_FREE}</action>{_FREE}<observation>{_FREE}</observation>{_FREE})++"
@@ -32,7 +36,7 @@ _WELL_FORMED = re.compile(
 )
 # A clip: a timestamp (M:SS / MM:SS / H:MM:SS / HH:MM:SS), optionally joined to a second one by "-", "to", "~",
 # "until", ... (with brackets and spaces around). Bounded repeats only: no catastrophic backtracking.
-_TS = r"\b(?<!:)(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\d:])"
+_TS = r"\b(?<!:)(\d{1,2}:\d{2}(?::\d{2})?)(?![\d:])"
 _JOIN = r"\s{0,3}\]?\s{0,3}(?:-|–|—|~|(?i:to|until|till|and|through))\s{0,3}\[?\s{0,3}"
 _CLIP = re.compile(f"{_TS}(?:{_JOIN}{_TS})?")
 _CAPTION = re.compile(r"^\s*\[\s*([\d:]{4,8})\s*[-–~]\s*([\d:]{4,8})\s*\]\s*(.*)$")
@@ -53,23 +57,41 @@ class Step(NamedTuple):
 
 
 class ReactTrace:
-    """A parsed completion. `well_formed` is the format the paper rewards: one or more action/observation
-    pairs, then exactly one answer that closes the completion. `clips[i]` are the clips `steps[i]`'s action
-    names ([] when it names none or a malformed one), parsed on first use: the format and accuracy rewards
-    never pay for them."""
+    """A parsed completion: its `answer` (the first, stripped; None if none) and `well_formed`, the format the paper
+    rewards — one or more action/observation pairs, then exactly one answer that closes the completion. `steps`
+    and `clips` (`clips[i]`: the clips `steps[i]`'s action names, [] when none or a malformed one) are parsed on
+    first use: the format and accuracy rewards never pay for them, the grounding reward only for the clips."""
 
-    __slots__ = ("_clips", "answer", "steps", "well_formed")
+    __slots__ = ("_clips", "_steps", "answer", "text", "well_formed")
 
-    def __init__(self, steps: list[Step] | None = None, answer: str | None = None, well_formed: bool = False):
-        self.steps = steps if steps is not None else []
+    def __init__(self, text: str, answer: str | None = None, well_formed: bool = False):
+        self.text = text
         self.answer = answer
         self.well_formed = well_formed
+        self._steps = None
         self._clips = None
+
+    @property
+    def steps(self) -> list[Step]:
+        if self._steps is None:
+            if self.well_formed:
+                pairs = _PAIR.findall(self.text)
+                self._steps = [Step._make((action.strip(), observation.strip())) for action, observation in pairs]
+            else:
+                self._steps = [
+                    Step(m[1].strip(), None if m[2] is None else m[2].strip()) for m in _STEP.finditer(self.text)
+                ]
+        return self._steps
 
     @property
     def clips(self) -> list[list[Clip]]:
         if self._clips is None:
-            self._clips = [parse_clips(step.action) or [] for step in self.steps]
+            if self._steps is None and self.well_formed:
+                # a well-formed completion's actions are its steps' (each has its observation): no steps to build
+                actions = _ACTION.findall(self.text)
+            else:
+                actions = [step.action for step in self.steps]
+            self._clips = [parse_clips(action) or [] for action in actions]
         return self._clips
 
     def __repr__(self) -> str:
@@ -107,10 +129,16 @@ def completion_text(completion) -> str:
     return "".join(parts)
 
 
-# Timestamp fields as ints by table lookup (several times faster than int()); a field that is no key of
-# _BELOW_60 (60 to 99) makes the timestamp malformed.
-_NUMBER = {f"{n:0{width}d}": n for width in (1, 2) for n in range(100)}
-_BELOW_60 = {f"{n:02d}": n for n in range(60)}
+# M:SS and MM:SS timestamps (the usual ones) to seconds by one table lookup; a miss is H:MM:SS or malformed.
+_SECONDS = {f"{m:0{width}d}:{sec:02d}": m * 60 + sec for width in (1, 2) for m in range(100) for sec in range(60)}
+
+
+def _hms_seconds(timestamp: str) -> int:
+    """Seconds of an H:MM:SS / HH:MM:SS timestamp; -1 when it is malformed (minutes or seconds past 59)."""
+    parts = timestamp.split(":")
+    if len(parts) != 3 or int(parts[1]) > 59 or int(parts[2]) > 59:
+        return -1
+    return int(parts[0]) * 3600 + int(parts[1]) * 60 + int(parts[2])
 
 
 def parse_clips(text: str) -> list[Clip] | None:
@@ -124,32 +152,15 @@ def parse_clips(text: str) -> list[Clip] | None:
     ```
     """
     clips = []
-    try:
-        for a1, b1, c1, a2, b2, c2 in _CLIP.findall(text):
-            # (a, b, "") is M:SS, (a, b, c) is H:MM:SS.
-            start = _NUMBER[a1] * 60 + _BELOW_60[b1]
-            if c1:
-                start = start * 60 + _BELOW_60[c1]
-            end = start
-            if a2:
-                end = _NUMBER[a2] * 60 + _BELOW_60[b2]
-                if c2:
-                    end = end * 60 + _BELOW_60[c2]
-            clips.append(Clip._make((start, end)))  # _make: the C constructor, without the keyword handling
-    except KeyError:
-        return None
+    for first, second in _CLIP.findall(text):
+        start = _SECONDS.get(first)
+        if start is None and (start := _hms_seconds(first)) < 0:
+            return None
+        end = start
+        if second and (end := _SECONDS.get(second)) is None and (end := _hms_seconds(second)) < 0:
+            return None
+        clips.append(Clip._make((start, end)))  # _make: the C constructor, without the keyword handling
     return clips
-
-
-def _well_formed_steps(text: str) -> list[Step]:
-    """The steps of a text `_WELL_FORMED` matched: its only tags are the pairs' and the answer's, so plain
-    splits find them (faster than `_STEP`, which must also skip stray tags)."""
-    steps = []
-    for chunk in text.split("<action>")[1:]:
-        action, rest = chunk.split("</action>", 1)
-        observation = rest.split("<observation>", 1)[1].split("</observation>", 1)[0]
-        steps.append(Step._make((action.strip(), observation.strip())))
-    return steps
 
 
 def parse_react(completion) -> ReactTrace:
@@ -158,12 +169,9 @@ def parse_react(completion) -> ReactTrace:
     # A well-formed completion's match holds its (only) answer; only the others need a search for their first.
     answer = _WELL_FORMED.fullmatch(text)
     if answer is not None:
-        return ReactTrace(steps=_well_formed_steps(text), answer=answer[1].strip(), well_formed=True)
+        return ReactTrace(text, answer[1].strip(), well_formed=True)
     answer = _ANSWER.search(text)
-    return ReactTrace(
-        steps=[Step(m[1].strip(), None if m[2] is None else m[2].strip()) for m in _STEP.finditer(text)],
-        answer=answer[1].strip() if answer else None,
-    )
+    return ReactTrace(text, answer[1].strip() if answer else None)
 
 
 def parse_captions(captions) -> list[Segment]:

@@ -201,21 +201,21 @@ def temporal_grounding_reward(completions, duration=None, **kwargs) -> list[floa
     durations = _column({"d": duration}, "d", len(completions))
     rewards = []
     for trace, limit in zip(_traces(completions), durations, strict=True):
-        steps = trace.steps
-        if not steps:
+        clips_per_step = trace.clips
+        if not clips_per_step:
             rewards.append(0.0)
             continue
         if isinstance(limit, bool) or not isinstance(limit, (int, float)):
             limit = float("inf")
         grounded = 0
-        for clips in trace.clips:
+        for clips in clips_per_step:
             if clips:
                 grounded += 1
                 for start, end in clips:
                     if not 0 <= start < end <= limit:
                         grounded -= 1
                         break
-        rewards.append(grounded / len(steps))
+        rewards.append(grounded / len(clips_per_step))
     return rewards
 
 

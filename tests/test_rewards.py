@@ -282,7 +282,9 @@ def test_parse_agrees_with_the_general_step_pattern_on_any_text(text):
     # Well-formed completions take a fast path (plain splits); it must find what the general pattern finds.
     from rewatch_trl.react import _STEP
 
-    trace = parse_react(text)
     expected = [(m[1].strip(), None if m[2] is None else m[2].strip()) for m in _STEP.finditer(text)]
+    expected_clips = [parse_clips(action) or [] for action, _ in expected]
+    assert parse_react(text).clips == expected_clips  # clips first: from the actions alone
+    trace = parse_react(text)
     assert [tuple(step) for step in trace.steps] == expected
-    assert trace.clips == [parse_clips(action) or [] for action, _ in expected]
+    assert trace.clips == expected_clips  # clips after the steps: from them
