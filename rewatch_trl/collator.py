@@ -48,7 +48,7 @@ class VideoCollator:
         self.processor = processor
         self.settings = settings or VideoSettings()
         self.video_root = Path(video_root) if video_root else None
-        self.cache = cache
+        self.cache = cache if cache is not None else default_video_cache()
 
     def _resolve(self, video: str) -> str:
         # Absolute, so that resolving a prompt's (already resolved) path again changes nothing.
@@ -87,7 +87,7 @@ class VideoCollator:
     def keep(self, videos: list[SampledVideo]) -> None:
         """Put videos sampled with these settings elsewhere (by `decode_ahead`) in this process's cache."""
         for video in videos:
-            (self.cache or default_video_cache()).put(video, self.settings)
+            self.cache.put(video, self.settings)
 
     def prompt_text(self, messages: list[dict]) -> str:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

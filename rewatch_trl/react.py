@@ -133,12 +133,12 @@ def completion_text(completion) -> str:
 _SECONDS = {f"{m:0{width}d}:{sec:02d}": m * 60 + sec for width in (1, 2) for m in range(100) for sec in range(60)}
 
 
-def _hms_seconds(timestamp: str) -> int:
-    """Seconds of an H:MM:SS / HH:MM:SS timestamp; -1 when it is malformed (minutes or seconds past 59)."""
-    parts = timestamp.split(":")
-    if len(parts) != 3 or int(parts[1]) > 59 or int(parts[2]) > 59:
-        return -1
-    return int(parts[0]) * 3600 + int(parts[1]) * 60 + int(parts[2])
+def _slow_seconds(timestamp: str) -> int | None:
+    """Seconds of a timestamp the table misses (H:MM:SS), None when it is malformed (minutes or seconds past 59)."""
+    try:
+        return timestamp_to_seconds(timestamp)
+    except ValueError:
+        return None
 
 
 def parse_clips(text: str) -> list[Clip] | None:
@@ -154,10 +154,10 @@ def parse_clips(text: str) -> list[Clip] | None:
     clips = []
     for first, second in _CLIP.findall(text):
         start = _SECONDS.get(first)
-        if start is None and (start := _hms_seconds(first)) < 0:
+        if start is None and (start := _slow_seconds(first)) is None:
             return None
         end = start
-        if second and (end := _SECONDS.get(second)) is None and (end := _hms_seconds(second)) < 0:
+        if second and (end := _SECONDS.get(second)) is None and (end := _slow_seconds(second)) is None:
             return None
         clips.append(Clip._make((start, end)))  # _make: the C constructor, without the keyword handling
     return clips

@@ -14,6 +14,15 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 
+def first_rows(samples: list[dict]) -> dict[int, int]:
+    """Each distinct sample of a call (rows that share a sample dict hold the same prompt and video) → its first
+    row, in order of first appearance."""
+    first: dict[int, int] = {}
+    for row, sample in enumerate(samples):
+        first.setdefault(id(sample), row)
+    return first
+
+
 def pixel_chunks(pixels: torch.Tensor, grid: torch.Tensor, distinct: list[int]) -> dict[int, torch.Tensor]:
     """The frame patches of each row in `distinct` (the first row of each distinct video, in order), from
     `pixel_values_videos` laid out one video per row or one per distinct video (`trainer.video_fields`)."""
@@ -28,7 +37,7 @@ class SharedVideoFeatures:
     """Stands in for a Qwen2.5-VL model's `get_video_features`: runs the vision tower once per distinct video of a
     call and hands every row the features of its video, so the G completions of a prompt share one encoding.
 
-    `keys` (set by the trainer around each call, one per video of the call) says which videos are the same;
+    `samples` (set by the trainer around each call, one per video of the call) says which videos are the same;
     with `frozen`, the features are also kept on the sample (`sample["video_features"]`, no grad) and reused
     by every later pass over it. `videos_encoded` counts the videos that went through the tower.
     """
@@ -45,9 +54,7 @@ class SharedVideoFeatures:
         if samples is None or len(samples) != len(video_grid_thw):
             self.videos_encoded += len(video_grid_thw)
             return self.get_video_features(pixel_values_videos, video_grid_thw, **kwargs)
-        first = {}  # distinct sample -> its first row in this call
-        for row, sample in enumerate(samples):
-            first.setdefault(id(sample), row)
+        first = first_rows(samples)
         chunks = pixel_chunks(pixel_values_videos, video_grid_thw, list(first.values()))
         todo = [row for row in first.values() if "video_features" not in samples[row]]
         features = {}
@@ -117,9 +124,7 @@ class SharedPrefix:
         pixels, grid = kwargs.pop("pixel_values_videos"), kwargs.pop("video_grid_thw")
         seconds, mm = kwargs.pop("second_per_grid_ts"), kwargs.pop("mm_token_type_ids")
         prompt = input_ids.size(1) - length
-        first: dict[int, int] = {}
-        for row, sample in enumerate(samples):
-            first.setdefault(id(sample), row)
+        first = first_rows(samples)
         distinct = list(first.values())
         where = {key: i for i, key in enumerate(first)}
         index = torch.tensor([where[id(sample)] for sample in samples], device=input_ids.device)

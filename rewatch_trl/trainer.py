@@ -32,7 +32,7 @@ from trl import GRPOTrainer
 
 from rewatch_trl.collator import PROCESSOR_VIDEO_KWARGS, VideoCollator
 from rewatch_trl.prompts import VideoSettings
-from rewatch_trl.sharing import install_shared_prefix, install_shared_video_features
+from rewatch_trl.sharing import first_rows, install_shared_prefix, install_shared_video_features
 from rewatch_trl.video import SampledVideo, VideoCache
 
 
@@ -53,7 +53,7 @@ def video_fields(samples: list[dict[str, torch.Tensor]], distinct_pixels: bool =
     `pixel_values_videos` holds the frames of each distinct sample (rows that share a sample dict) once, in order
     of first appearance: the layout `SharedVideoFeatures` reads, G times fewer bytes copied for G rows a prompt."""
     fields = {key: torch.cat([sample[key] for sample in samples]) for key in ("video_grid_thw", "second_per_grid_ts")}
-    pixel_samples = list({id(sample): sample for sample in samples}.values()) if distinct_pixels else samples
+    pixel_samples = [samples[row] for row in first_rows(samples).values()] if distinct_pixels else samples
     fields["pixel_values_videos"] = torch.cat([sample["pixel_values_videos"] for sample in pixel_samples])
     return fields
 
@@ -143,8 +143,8 @@ class _VideoLLM:
         outputs = self._llm.generate([requests[rows[0]] for rows in groups], sampling_params=params, **kwargs)
         # Back to one output per row, in TRL's order, each with its share of its group's completions.
         per_row = [None] * len(requests)
+        share = sampling_params.n
         for rows, output in zip(groups, outputs, strict=True):
-            share = sampling_params.n
             for i, row in enumerate(rows):
                 row_output = copy.copy(output)
                 row_output.outputs = output.outputs[i * share : (i + 1) * share]
