@@ -103,6 +103,7 @@ def run(world, settings: VideoSettings, mode: dict, options) -> dict:
         seed=0,
         disable_tqdm=True,
         dataloader_num_workers=options.workers,
+        dataloader_persistent_workers=options.workers > 0,
         **mode,
     )
     if gpu:

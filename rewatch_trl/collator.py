@@ -86,7 +86,8 @@ class VideoCollator:
 
     def keep(self, videos: list[SampledVideo]) -> None:
         """Put videos sampled with these settings elsewhere (by `decode_ahead`) in this process's cache."""
-        for video in videos:
+        # the G rows of a prompt arrive holding one object: each is put (its file looked up) once
+        for video in {id(video): video for video in videos}.values():
             self.cache.put(video, self.settings)
 
     def prompt_text(self, messages: list[dict]) -> str:

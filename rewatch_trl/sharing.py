@@ -23,6 +23,35 @@ def first_rows(samples: list[dict]) -> dict[int, int]:
     return first
 
 
+def concat_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """`torch.cat(tensors)` (along rows), without the copy when the tensors are adjacent row blocks of one tensor,
+    in order: the processor's pixels split per video and taken back whole, as each log-prob pass and each vision
+    run does. Then the result is a view of those rows.
+
+    Example:
+    ```python
+    >>> pixels = torch.zeros(6, 4)
+    >>> concat_rows(list(pixels.split([2, 4]))).data_ptr() == pixels.data_ptr()
+    True
+    ```
+    """
+    first = tensors[0]
+    storage, offset = first.untyped_storage().data_ptr(), first.storage_offset()
+    for tensor in tensors:
+        adjacent = (
+            tensor.is_contiguous()
+            and not tensor.requires_grad
+            and tensor.shape[1:] == first.shape[1:]
+            and tensor.untyped_storage().data_ptr() == storage
+            and tensor.storage_offset() == offset
+        )
+        if not adjacent:
+            return torch.cat(tensors)
+        offset += tensor.numel()
+    rows = sum(tensor.size(0) for tensor in tensors)
+    return first.as_strided((rows, *first.shape[1:]), first.stride(), first.storage_offset())
+
+
 def pixel_chunks(pixels: torch.Tensor, grid: torch.Tensor, distinct: list[int]) -> dict[int, torch.Tensor]:
     """The frame patches of each row in `distinct` (the first row of each distinct video, in order), from
     `pixel_values_videos` laid out one video per row or one per distinct video (`trainer.video_fields`)."""
@@ -60,7 +89,8 @@ class SharedVideoFeatures:
         features = {}
         output = None
         if todo:
-            output = self.get_video_features(torch.cat([chunks[row] for row in todo]), video_grid_thw[todo], **kwargs)
+            pixels = concat_rows([chunks[row] for row in todo])
+            output = self.get_video_features(pixels, video_grid_thw[todo], **kwargs)
             self.videos_encoded += len(todo)
             for row, feature in zip(todo, output.pooler_output, strict=True):
                 features[id(samples[row])] = feature

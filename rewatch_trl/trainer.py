@@ -32,7 +32,7 @@ from trl import GRPOTrainer
 
 from rewatch_trl.collator import PROCESSOR_VIDEO_KWARGS, VideoCollator
 from rewatch_trl.prompts import VideoSettings
-from rewatch_trl.sharing import first_rows, install_shared_prefix, install_shared_video_features
+from rewatch_trl.sharing import concat_rows, first_rows, install_shared_prefix, install_shared_video_features
 from rewatch_trl.video import SampledVideo, VideoCache
 
 
@@ -54,7 +54,7 @@ def video_fields(samples: list[dict[str, torch.Tensor]], distinct_pixels: bool =
     of first appearance: the layout `SharedVideoFeatures` reads, G times fewer bytes copied for G rows a prompt."""
     fields = {key: torch.cat([sample[key] for sample in samples]) for key in ("video_grid_thw", "second_per_grid_ts")}
     pixel_samples = [samples[row] for row in first_rows(samples).values()] if distinct_pixels else samples
-    fields["pixel_values_videos"] = torch.cat([sample["pixel_values_videos"] for sample in pixel_samples])
+    fields["pixel_values_videos"] = concat_rows([sample["pixel_values_videos"] for sample in pixel_samples])
     return fields
 
 

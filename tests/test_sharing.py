@@ -209,3 +209,18 @@ def test_pixels_of_each_distinct_video_once():
         chunks = pixel_chunks(fields["pixel_values_videos"], fields["video_grid_thw"], [0, 3])
         assert sorted(chunks) == [0, 3]
         assert torch.equal(chunks[0], a["pixel_values_videos"]) and torch.equal(chunks[3], b["pixel_values_videos"])
+
+
+def test_concat_rows_is_a_view_only_of_adjacent_blocks_in_order():
+    from rewatch_trl.sharing import concat_rows
+
+    pixels = torch.arange(24.0).reshape(8, 3)
+    blocks = list(pixels.split([2, 1, 5]))
+    whole = concat_rows(blocks)
+    assert torch.equal(whole, pixels) and whole.data_ptr() == pixels.data_ptr()
+    tail = concat_rows(blocks[1:])
+    assert torch.equal(tail, pixels[2:]) and tail.data_ptr() == pixels[2:].data_ptr()
+    for parts in ([blocks[2], blocks[0]], [blocks[0], blocks[2]], [blocks[0], torch.ones(1, 3)], [pixels[:, :2]]):
+        joined = concat_rows(parts)
+        assert torch.equal(joined, torch.cat(parts))
+        assert all(joined.data_ptr() != part.data_ptr() for part in parts if part.numel())

@@ -5,7 +5,15 @@ from qwen_vl_utils import process_vision_info
 from rewatch_trl.collator import VideoCollator
 from rewatch_trl.prompts import VideoSettings, build_messages
 from rewatch_trl.tiny import TINY_VIDEO_SETTINGS, write_synthetic_video
-from rewatch_trl.video import VideoCache, VideoError, decode_video, sample_clip, sample_video, video_duration
+from rewatch_trl.video import (
+    VideoCache,
+    VideoError,
+    compact_frames,
+    decode_video,
+    sample_clip,
+    sample_video,
+    video_duration,
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +44,13 @@ def test_frames_equal_qwen_vl_utils_own(clip_path, backend):
     assert ours.fps == pytest.approx(len(ours.frame_indices) / 60 * 6)
 
 
+def test_frames_are_compacted_only_when_exact():
+    whole = torch.tensor([[0.0, 17.0], [254.0, 255.0]])
+    assert torch.equal(compact_frames(whole), whole.to(torch.uint8))
+    for inexact in (torch.tensor([0.0, 17.5]), torch.tensor([-1.0, 3.0]), torch.tensor([256.0])):
+        assert compact_frames(inexact) is inexact
+
+
 def test_collator_frames_and_grid_times_match_sampling(clip_path, tiny_model_and_processor):
     _, processor = tiny_model_and_processor
     settings = TINY_VIDEO_SETTINGS
@@ -47,7 +62,9 @@ def test_collator_frames_and_grid_times_match_sampling(clip_path, tiny_model_and
     # the processor's own pixels of the frames qwen-vl-utils sampled, through the same message
     _, reference, _ = process_vision_info(collator.messages(row), return_video_kwargs=True, return_video_metadata=True)
     frames, meta = reference[0]
-    assert torch.equal(video.frames, frames)
+    # kept as uint8, the same whole numbers qwen-vl-utils returns as float; the processor's pixels below are those
+    # of qwen-vl-utils' float frames
+    assert video.frames.dtype == torch.uint8 and torch.equal(video.frames.to(frames.dtype), frames)
     expected = processor.video_processor(
         videos=[frames],
         video_metadata=[meta],
