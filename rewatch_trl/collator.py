@@ -49,6 +49,7 @@ class VideoCollator:
         self.settings = settings or VideoSettings()
         self.video_root = Path(video_root) if video_root else None
         self.cache = cache if cache is not None else default_video_cache()
+        self._sent: set[str] = set()  # videos this process's `decode_ahead` has handed out
 
     def _resolve(self, video: str) -> str:
         # Absolute, so that resolving a prompt's (already resolved) path again changes nothing.
@@ -74,7 +75,10 @@ class VideoCollator:
     def decode_ahead(self, batch: dict[str, list]) -> dict[str, list]:
         """A `datasets` transform that adds each row's sampled video (column `sampled_video`). Set on the training
         set when DataLoader workers run (`dataloader_num_workers > 0`), it decodes in them, ahead of the step that
-        needs the frames; `keep` then hands those frames to this process's cache.
+        needs the frames; `keep` then hands those frames to this process's cache. A worker sends each video once
+        (later rows of it get `None`): the training process keeps it, and a repeat of the batch (GRPO's
+        `num_iterations`) or another question on the same video costs no second transfer. Should the training
+        process's cache have let it go by then, it decodes the video itself.
 
         Example:
         ```python
@@ -82,12 +86,15 @@ class VideoCollator:
         ```
         """
         rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
-        return batch | {"sampled_video": self.videos(rows)}
+        videos = self.videos(rows)
+        new = {video.path for video in videos} - self._sent
+        self._sent |= new
+        return batch | {"sampled_video": [video if video.path in new else None for video in videos]}
 
-    def keep(self, videos: list[SampledVideo]) -> None:
+    def keep(self, videos: list[SampledVideo | None]) -> None:
         """Put videos sampled with these settings elsewhere (by `decode_ahead`) in this process's cache."""
         # the G rows of a prompt arrive holding one object: each is put (its file looked up) once
-        for video in {id(video): video for video in videos}.values():
+        for video in {id(video): video for video in videos if video is not None}.values():
             self.cache.put(video, self.settings)
 
     def prompt_text(self, messages: list[dict]) -> str:

@@ -273,3 +273,28 @@ def test_dataloader_workers_decode_the_videos(tiny_world, tmp_path):
     row = trainer.train_dataset[0]
     (video,) = trainer.video_collator.decode_ahead({key: [value] for key, value in row.items()})["sampled_video"]
     assert torch.equal(video.frames, sample_video(trainer.video_collator.video_path(row), TINY_VIDEO_SETTINGS).frames)
+
+
+def test_a_worker_sends_each_video_once(tiny_world, tmp_path):
+    trainer, dataset = make_trainer(tiny_world, tmp_path)
+    collator = trainer.video_collator
+    rows = [dataset[i] for i in range(len(dataset))]
+    by_video = {}
+    for row in rows:
+        by_video.setdefault(collator.video_path(row), []).append(row)
+    assert len(by_video) >= 2 and any(len(same) > 1 for same in by_video.values())
+    first, second = list(by_video.values())[:2]
+
+    def ahead(batch_rows):
+        return collator.decode_ahead({key: [row[key] for row in batch_rows] for key in batch_rows[0]})["sampled_video"]
+
+    sent = ahead(first[:1] * 3)  # the G copies of one prompt: one object, sent
+    assert sent[0] is not None and sent[0] is sent[1] is sent[2]
+    again, other = ahead(first[-1:] + second[:1])
+    assert again is None and other.path == collator.video_path(second[0]) != sent[0].path
+    # the training process keeps what arrives and skips the rest
+    collator.cache.clear()
+    decodes = collator.cache.decodes
+    collator.keep(sent + [None])
+    assert len(collator.cache._items) == 1
+    assert collator.videos(first[:1])[0] is sent[0] and collator.cache.decodes == decodes
