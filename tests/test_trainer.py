@@ -259,15 +259,23 @@ def test_dataloader_workers_decode_the_videos(tiny_world, tmp_path):
         seen.append(sorted(kwargs))
         return [0.0] * len(completions)
 
-    trainer, _ = make_trainer(tiny_world, tmp_path, dataloader_num_workers=1)
+    # 4 steps of 2 prompts: every row of the world, whose videos hold more than one question each
+    trainer, _ = make_trainer(tiny_world, tmp_path, dataloader_num_workers=1, max_steps=4)
+    arrived = []
+    keep = trainer.video_collator.keep
+    trainer.video_collator.keep = lambda videos: arrived.append(videos) or keep(videos)
     trainer.reward_funcs.append(columns)
     trainer.reward_func_names.append("columns")
     trainer.reward_processing_classes.append(None)
     trainer.reward_weights = torch.cat([trainer.reward_weights, torch.ones(1)])
     trainer.train()
-    assert trainer.state.global_step == 2
+    assert trainer.state.global_step == 4
     cache = trainer.video_collator.cache
     assert cache.decodes == 0 and len(cache._items) > 0  # every frame came from the worker
+    # each video's frames crossed over once; its later rows came without them
+    sent = [video.path for videos in arrived for video in {id(v): v for v in videos if v is not None}.values()]
+    assert len(sent) == len(set(sent)) == len(cache._items)
+    assert any(video is None for videos in arrived for video in videos)
     assert seen and all("sampled_video" not in keys and "answer" in keys for keys in seen)
     # each training row's video decoded in the worker equals the same video decoded here
     row = trainer.train_dataset[0]
