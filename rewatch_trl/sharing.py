@@ -73,7 +73,6 @@ class SharedVideoFeatures:
 
     def __init__(self, base_model, frozen: bool = False):
         self.get_video_features = base_model.get_video_features
-        self.merge = base_model.visual.spatial_merge_size**2
         self.frozen = frozen
         self.samples: list[dict] | None = None
         self.videos_encoded = 0
@@ -174,7 +173,7 @@ class SharedPrefix:
                 input_ids=input_ids[distinct, :prompt],
                 attention_mask=attention_mask[distinct, :prompt],
                 position_ids=positions[:, distinct, :prompt],
-                pixel_values_videos=torch.cat([chunks[row] for row in distinct]),
+                pixel_values_videos=concat_rows([chunks[row] for row in distinct]),
                 video_grid_thw=grid[distinct],
                 second_per_grid_ts=seconds[distinct],
                 mm_token_type_ids=mm[distinct, :prompt],
@@ -248,7 +247,7 @@ def _reentrant(layers) -> bool:
     return False
 
 
-def _backbone(model):
+def backbone(model):
     """The Qwen2_5_VLModel inside a (PEFT-wrapped or not) Qwen2.5-VL for conditional generation."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.model
@@ -256,7 +255,7 @@ def _backbone(model):
 
 def install_shared_video_features(model, frozen: bool = False) -> SharedVideoFeatures:
     """Put a `SharedVideoFeatures` in place of the `get_video_features` of a Qwen2.5-VL."""
-    inner = _backbone(model)  # its forward calls self.get_video_features
+    inner = backbone(model)  # its forward calls self.get_video_features
     shared = SharedVideoFeatures(inner, frozen=frozen)
     inner.get_video_features = shared
     return shared
@@ -264,7 +263,7 @@ def install_shared_video_features(model, frozen: bool = False) -> SharedVideoFea
 
 def install_shared_prefix(model, shared_features: SharedVideoFeatures | None = None) -> SharedPrefix:
     """Put a `SharedPrefix` in place of the `forward` of a Qwen2.5-VL's backbone."""
-    inner = _backbone(model)
+    inner = backbone(model)
     shared = SharedPrefix(inner, shared_features)
     inner.forward = shared
     return shared

@@ -32,7 +32,13 @@ from trl import GRPOTrainer
 
 from rewatch_trl.collator import PROCESSOR_VIDEO_KWARGS, VideoCollator
 from rewatch_trl.prompts import VideoSettings
-from rewatch_trl.sharing import concat_rows, first_rows, install_shared_prefix, install_shared_video_features
+from rewatch_trl.sharing import (
+    backbone,
+    concat_rows,
+    first_rows,
+    install_shared_prefix,
+    install_shared_video_features,
+)
 from rewatch_trl.video import SampledVideo, VideoCache
 
 
@@ -181,8 +187,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._shared_features = []
         self._shared_prefixes = []
         if getattr(self.args, "freeze_vision_tower", False):
-            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-            base.model.visual.requires_grad_(False)
+            backbone(self.model).visual.requires_grad_(False)
         if getattr(self.args, "share_video_features", False):
             frozen = getattr(self.args, "freeze_vision_tower", False)
             models = [self.model] + ([self.ref_model] if self.ref_model is not None else [])
