@@ -53,9 +53,12 @@ class Predictor:
             import torch
             from transformers import AutoModelForImageTextToText
 
+            from rewatch_trl.positions import use_original_rope
+
             self.model = AutoModelForImageTextToText.from_pretrained(
                 model, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
             ).eval()
+            use_original_rope(self.model)
             if torch.cuda.is_available():
                 self.model = self.model.cuda()
             self.config = self.model.config

@@ -31,6 +31,7 @@ import torch
 from trl import GRPOTrainer
 
 from rewatch_trl.collator import PROCESSOR_VIDEO_KWARGS, VideoCollator
+from rewatch_trl.positions import use_original_rope
 from rewatch_trl.prompts import VideoSettings
 from rewatch_trl.sharing import (
     backbone,
@@ -184,6 +185,10 @@ class VideoGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.video_collator = VideoCollator(self.processing_class, video_settings, video_root, video_cache)
         self._vision_config = self.model.config
+        # the position rule the model was pretrained with and vLLM samples under, also for a model handed in
+        for model in (self.model, self.ref_model):
+            if model is not None:
+                use_original_rope(self.accelerator.unwrap_model(model))
         self._shared_features = []
         self._shared_prefixes = []
         if getattr(self.args, "freeze_vision_tower", False):

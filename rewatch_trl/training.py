@@ -9,22 +9,25 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig
 
 from rewatch_trl.configs import ScriptArguments
+from rewatch_trl.positions import use_original_rope
 
 
 logger = logging.getLogger(__name__)
 
 
 def load_model(model_args: ModelConfig):
-    """The policy (a Qwen2.5-VL-style image-text-to-text model) as the recipe names it."""
+    """The policy (a Qwen2.5-VL-style image-text-to-text model) as the recipe names it, with the original M-RoPE
+    position rule (`positions.use_original_rope`)."""
     if model_args.model_name_or_path is None:
         raise ValueError("the recipe needs `model_name_or_path`")
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    return AutoModelForImageTextToText.from_pretrained(
+    model = AutoModelForImageTextToText.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
         dtype=dtype,
         attn_implementation=model_args.attn_implementation,
     )
+    return use_original_rope(model)
 
 
 def load_processor(model_args: ModelConfig, padding_side: str):
