@@ -133,10 +133,12 @@ TINY_SIZES = {
         "hidden_size": 64,
         "intermediate_size": 128,
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        # one head of size 64: a head size vLLM's CPU attention supports (16 is refused), so that one tiny world
+        # serves the vLLM tests too; M-RoPE's sections split its 32 frequencies as the 7B's [16, 24, 24] split 64
+        "num_attention_heads": 1,
+        "num_key_value_heads": 1,
         "max_position_embeddings": 32768,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [8, 12, 12]},
     },
     "vision": {
         "depth": 2,
