@@ -17,7 +17,7 @@ from pathlib import Path
 from rewatch_trl.collator import VideoCollator
 from rewatch_trl.prompts import VideoSettings, duration_string
 from rewatch_trl.react import parse_react
-from rewatch_trl.trainer import suppressed_token_ids, vllm_video_requests
+from rewatch_trl.suppression import suppressed_token_ids
 from rewatch_trl.video import VideoCache, sample_video, video_duration
 
 
@@ -25,7 +25,7 @@ class Predictor:
     """A trained model (a directory or a Hub id) that answers seed-format rows, in batches.
 
     `backend="transformers"` generates with `model.generate`; `backend="vllm"` with a vLLM `LLM` fed the same
-    frames (`vllm_video_requests`).
+    frames and prompt ids (`vllm_video.VideoLLM`).
     """
 
     def __init__(
@@ -36,6 +36,7 @@ class Predictor:
         max_new_tokens: int = 4096,
         backend: str = "transformers",
         dtype: str = "auto",
+        vllm_kwargs: dict | None = None,
     ):
         from transformers import AutoProcessor
 
@@ -70,7 +71,10 @@ class Predictor:
             from transformers import AutoConfig
 
             self.config = AutoConfig.from_pretrained(model)
-            self.model = LLM(model=model, dtype=dtype, limit_mm_per_prompt={"video": 1, "image": 0})
+            from rewatch_trl.vllm_video import VideoLLM
+
+            llm = LLM(model=model, dtype=dtype, limit_mm_per_prompt={"video": 1, "image": 0}, **(vllm_kwargs or {}))
+            self.model = VideoLLM(llm, self.config)
         else:
             raise ValueError(f"unknown backend {backend!r}: transformers or vllm")
 
@@ -82,12 +86,8 @@ class Predictor:
 
             keep = batch["attention_mask"].bool()
             requests = [{"prompt_token_ids": ids[m].tolist()} for ids, m in zip(batch["input_ids"], keep, strict=True)]
-            params = SamplingParams(
-                temperature=0.0,
-                max_tokens=self.max_new_tokens,
-                logit_bias=dict.fromkeys(suppressed_token_ids(self.config), -100.0),
-            )
-            outputs = self.model.generate(vllm_video_requests(requests, self.collator.videos(rows)), params)
+            params = SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens)
+            outputs = self.model.generate(requests, params, videos=self.collator.videos(rows))
             return [output.outputs[0].text for output in outputs]
         import torch
 

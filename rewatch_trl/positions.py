@@ -25,7 +25,6 @@ Example:
 
 import bisect
 import itertools
-import types
 
 import torch
 
@@ -40,9 +39,9 @@ def rope_index(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """3D positions `(3, batch, length)` of `input_ids` by the original Qwen2.5-VL rule, and the deltas
     `(batch, 1)` (largest position + 1 - the row's length without padding) that place the tokens generated after
-    them. Videos and images are taken in order through the batch, as the processor lays out their grids;
-    `second_per_grid_ts` keeps its dtype, as in the original arithmetic. Padding (`attention_mask` 0, either side)
-    gets position 1."""
+    them. Videos and images are taken in order through the batch, as the processor lays out their grids. Each
+    `second_per_grid_ts` is read at the value its dtype holds, and the temporal index is computed in double
+    precision, as vLLM computes it. Padding (`attention_mask` 0, either side) gets position 1."""
     vision = getattr(config, "vision_config", config)
     merge = vision.spatial_merge_size
     tokens_per_second = getattr(vision, "tokens_per_second", 1)
@@ -73,7 +72,8 @@ def rope_index(
             if grid is None or second is None:
                 raise ValueError(f"row {row} has more vision tokens than the grids given describe")
             t, h, w = int(grid[0]), int(grid[1]) // merge, int(grid[2]) // merge
-            temporal = (torch.arange(t).view(-1, 1).expand(-1, h * w) * second * tokens_per_second).long().flatten()
+            step = float(second) * tokens_per_second
+            temporal = (torch.arange(t, dtype=torch.float64) * step).long().repeat_interleave(h * w)
             height = torch.arange(h).view(1, -1, 1).expand(t, -1, w).flatten()
             width = torch.arange(w).view(1, 1, -1).expand(t, h, -1).flatten()
             block = torch.stack([temporal, height, width]) + next_position
@@ -86,25 +86,30 @@ def rope_index(
     return positions, torch.tensor(deltas, device=input_ids.device).unsqueeze(1)
 
 
-def _get_rope_index(
-    self,
-    input_ids,
-    mm_token_type_ids=None,
-    image_grid_thw=None,
-    video_grid_thw=None,
-    second_per_grid_ts=None,
-    attention_mask=None,
-    **kwargs,
-):
-    # transformers' signature: its forward and `generate` call the backbone's `get_rope_index` with these names
-    return rope_index(self.config, input_ids, attention_mask, video_grid_thw, second_per_grid_ts, image_grid_thw)
-
-
-def use_original_rope(model):
+def use_original_rope(model, seconds_dtype: torch.dtype | None = None):
     """Have a (PEFT-wrapped or not) Qwen2.5-VL compute its M-RoPE positions with `rope_index`, in training passes,
-    `generate` and its decoding steps alike. Returns the model."""
+    `generate` and its decoding steps alike. Returns the model.
+
+    `second_per_grid_ts` is first cast to `seconds_dtype` (by default the model's dtype), as vLLM does: it casts
+    every floating output of the processor to its model's dtype, so in a bf16 run a 6.2604 s grid counts 6.25 s."""
     from rewatch_trl.sharing import backbone
 
     inner = backbone(model)
-    inner.get_rope_index = types.MethodType(_get_rope_index, inner)
+    dtype = seconds_dtype or inner.dtype
+
+    # transformers' signature: its forward and `generate` call the backbone's `get_rope_index` with these names
+    def get_rope_index(
+        input_ids,
+        mm_token_type_ids=None,
+        image_grid_thw=None,
+        video_grid_thw=None,
+        second_per_grid_ts=None,
+        attention_mask=None,
+        **kwargs,
+    ):
+        if second_per_grid_ts is not None:
+            second_per_grid_ts = torch.as_tensor(second_per_grid_ts).to(dtype)
+        return rope_index(inner.config, input_ids, attention_mask, video_grid_thw, second_per_grid_ts, image_grid_thw)
+
+    inner.get_rope_index = get_rope_index
     return model

@@ -13,8 +13,6 @@ Both give what the unshared model gives (tests/test_sharing.py: log-probs within
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from rewatch_trl.positions import rope_index
-
 
 def first_rows(samples: list[dict]) -> dict[int, int]:
     """Each distinct sample of a call (rows that share a sample dict hold the same prompt and video) → its first
@@ -159,7 +157,10 @@ class SharedPrefix:
         distinct = list(first.values())
         where = {key: i for i, key in enumerate(first)}
         index = torch.tensor([where[id(sample)] for sample in samples], device=input_ids.device)
-        positions, _ = rope_index(self.inner.config, input_ids, attention_mask, grid, seconds)
+        # the model's own rule (`positions.use_original_rope`, installed by the trainer)
+        positions, _ = self.inner.get_rope_index(
+            input_ids, mm, video_grid_thw=grid, second_per_grid_ts=seconds, attention_mask=attention_mask
+        )
         chunks = pixel_chunks(pixels, grid, distinct)
         cache = PrefixCache()
         if self.shared_features is not None:

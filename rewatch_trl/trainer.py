@@ -9,8 +9,8 @@ multimodal path collects images only). Four small overrides wire the video throu
   reference passes alike);
 - `_generate_and_score_completions` / `_compute_loss`: carry the per-sample video inputs through TRL's
   shuffle and split of the generation batch, to the loss pass;
-- with `use_vllm` (colocate), TRL's `LLM.generate` requests get the same frames (`vllm_video_requests`), and
-  the G copies of a prompt go to vLLM as one request for G completions (`same_prompt_rows`): one prefill.
+- with `use_vllm` (colocate), TRL's `LLM.generate` requests get the same frames and the G copies of a prompt go
+  to vLLM as one request for G completions: one prefill (`vllm_video.VideoLLM`).
 
 The G completions of a prompt share its video: one decode, one processor call, one vision-tower run per pass,
 and one prompt prefill in the log-prob passes (`sharing.py`, switched by the config's `share_*` options).
@@ -22,7 +22,7 @@ Example:
 ```
 """
 
-import copy
+import contextlib
 import functools
 import json
 
@@ -30,7 +30,7 @@ import datasets
 import torch
 from trl import GRPOTrainer
 
-from rewatch_trl.collator import PROCESSOR_VIDEO_KWARGS, VideoCollator
+from rewatch_trl.collator import VideoCollator
 from rewatch_trl.positions import use_original_rope
 from rewatch_trl.prompts import VideoSettings
 from rewatch_trl.sharing import (
@@ -40,7 +40,9 @@ from rewatch_trl.sharing import (
     install_shared_prefix,
     install_shared_video_features,
 )
+from rewatch_trl.suppression import suppress_vision_tokens, suppressed_token_ids
 from rewatch_trl.video import SampledVideo, VideoCache
+from rewatch_trl.vllm_video import VideoLLM
 
 
 def split_video_inputs(batch) -> list[dict[str, torch.Tensor]]:
@@ -75,93 +77,6 @@ def video_forward_kwargs(
     return video_fields(samples, distinct_pixels) | {"mm_token_type_ids": mm_token_type_ids}
 
 
-def vllm_video_requests(requests: list[dict], videos: list[SampledVideo]) -> list[dict]:
-    """TRL's vLLM requests (`{"prompt_token_ids": ...}`, one per prompt, prompts already repeated G times) with
-    the frames of each prompt's video: the same frames, fps and processor settings as the loss pass, so that
-    vLLM's M-RoPE temporal positions (`second_per_grid_ts`) agree with the trainer's.
-
-    Example:
-    ```python
-    >>> vllm_video_requests([{"prompt_token_ids": [1, 2]}], [video])[0]["mm_processor_kwargs"]  # doctest: +SKIP
-    {'do_sample_frames': False, 'do_resize': False, 'cap_pixels_per_frame': True}
-    ```
-    """
-    if len(requests) != len(videos):
-        raise ValueError(f"{len(requests)} vLLM requests for {len(videos)} videos")
-    return [
-        {
-            **request,
-            "multi_modal_data": {"video": (video.frames, video.metadata())},
-            "mm_processor_kwargs": dict(PROCESSOR_VIDEO_KWARGS),
-        }
-        for request, video in zip(requests, videos, strict=True)
-    ]
-
-
-def same_prompt_rows(requests: list[dict]) -> list[list[int]]:
-    """The rows of vLLM requests grouped by prompt: same token ids and the same video (the G copies of a prompt),
-    groups in order of first appearance. One request per group with `n` = its size has vLLM prefill each prompt
-    (and encode its video) once, and sample its G completions from that one prefill.
-
-    Example:
-    ```python
-    >>> same_prompt_rows([{"prompt_token_ids": [1]}, {"prompt_token_ids": [2]}, {"prompt_token_ids": [1]}])
-    [[0, 2], [1]]
-    ```
-    """
-    groups: dict[tuple, list[int]] = {}
-    for row, request in enumerate(requests):
-        video = request.get("multi_modal_data", {}).get("video")
-        key = (tuple(request["prompt_token_ids"]), id(video[0]) if video else None)
-        groups.setdefault(key, []).append(row)
-    return list(groups.values())
-
-
-def suppressed_token_ids(config) -> list[int]:
-    """Tokens a completion must never hold: a sampled `<|video_pad|>`, `<|image_pad|>` or `<|vision_start|>`
-    would make the next forward pass look for visual features that do not exist."""
-    return sorted({config.video_token_id, config.image_token_id, config.vision_start_token_id})
-
-
-class _VideoLLM:
-    """TRL's colocated vLLM `LLM`, whose `generate` adds the current batch's videos to TRL's requests and sends
-    the G copies of a prompt as one request for G completions (`same_prompt_rows`)."""
-
-    def __init__(self, llm, trainer: "VideoGRPOTrainer"):
-        self._llm = llm
-        self._trainer = trainer
-
-    def generate(self, prompts, sampling_params=None, **kwargs):
-        videos = self._trainer._pending_videos
-        if videos is None:
-            return self._llm.generate(prompts, sampling_params=sampling_params, **kwargs)
-        requests = vllm_video_requests(prompts, videos)
-        banned = dict.fromkeys(suppressed_token_ids(self._trainer._vision_config), -100.0)
-        sampling_params.logit_bias = {**(sampling_params.logit_bias or {}), **banned}
-        # TRL asks for one completion per row; the G rows of a prompt become one request for G completions.
-        groups = same_prompt_rows(requests)
-        params = []
-        for rows in groups:
-            group_params = sampling_params
-            if len(rows) > 1:
-                group_params = sampling_params.clone()
-                group_params.n = len(rows) * sampling_params.n
-            params.append(group_params)
-        outputs = self._llm.generate([requests[rows[0]] for rows in groups], sampling_params=params, **kwargs)
-        # Back to one output per row, in TRL's order, each with its share of its group's completions.
-        per_row = [None] * len(requests)
-        share = sampling_params.n
-        for rows, output in zip(groups, outputs, strict=True):
-            for i, row in enumerate(rows):
-                row_output = copy.copy(output)
-                row_output.outputs = output.outputs[i * share : (i + 1) * share]
-                per_row[row] = row_output
-        return per_row
-
-    def __getattr__(self, name):
-        return getattr(self._llm, name)
-
-
 class VideoGRPOTrainer(GRPOTrainer):
     """`GRPOTrainer` for prompts that hold one video each (a `{"type": "video", "video": PATH}` block).
 
@@ -185,10 +100,15 @@ class VideoGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.video_collator = VideoCollator(self.processing_class, video_settings, video_root, video_cache)
         self._vision_config = self.model.config
-        # the position rule the model was pretrained with and vLLM samples under, also for a model handed in
+        # vLLM reads `second_per_grid_ts` in its own model dtype: the positions here must read it alike
+        seconds_dtype = self.vllm_generation.llm.llm_engine.model_config.dtype if self.use_vllm else None
         for model in (self.model, self.ref_model):
             if model is not None:
-                use_original_rope(self.accelerator.unwrap_model(model))
+                model = self.accelerator.unwrap_model(model)
+                # the position rule the model was pretrained with and vLLM samples under, also for a model handed in
+                use_original_rope(model, seconds_dtype)
+                # scored under the distribution that samples: the vision tokens suppressed
+                suppress_vision_tokens(model)
         self._shared_features = []
         self._shared_prefixes = []
         if getattr(self.args, "freeze_vision_tower", False):
@@ -209,7 +129,7 @@ class VideoGRPOTrainer(GRPOTrainer):
                 raise NotImplementedError(
                     "video generation with vLLM needs vllm_mode='colocate' and vllm_tensor_parallel_size=1"
                 )
-            self.vllm_generation.llm = _VideoLLM(self.vllm_generation.llm, self)
+            self.vllm_generation.llm = VideoLLM(self.vllm_generation.llm, self._vision_config)
         else:
             known = list(self.generation_kwargs.get("suppress_tokens") or [])
             self.generation_kwargs["suppress_tokens"] = sorted(set(known) | set(suppressed))
@@ -244,10 +164,12 @@ class VideoGRPOTrainer(GRPOTrainer):
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
         self._sharing(self._video_inputs)
+        serving = self.vllm_generation.llm.serving(self._pending_videos) if self.use_vllm else contextlib.nullcontext()
         try:
-            return super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs
-            )
+            with serving:
+                return super()._generate_single_turn(
+                    prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs
+                )
         finally:
             self._sharing(None)
 

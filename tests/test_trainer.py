@@ -10,8 +10,9 @@ from rewatch_trl.configs import GRPOConfig
 from rewatch_trl.grpo import add_prompts
 from rewatch_trl.rewards import get_reward_funcs
 from rewatch_trl.tiny import TINY_VIDEO_SETTINGS
-from rewatch_trl.trainer import VideoGRPOTrainer, split_video_inputs, video_forward_kwargs, vllm_video_requests
+from rewatch_trl.trainer import VideoGRPOTrainer, split_video_inputs, video_forward_kwargs
 from rewatch_trl.video import VideoCache, sample_video
+from rewatch_trl.vllm_video import VideoLLM, collapse_placeholders, vllm_video_requests
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -176,11 +177,17 @@ def test_vllm_requests_carry_the_loss_pass_frames(tiny_world, tmp_path):
     trainer, dataset = make_trainer(tiny_world, tmp_path)
     rows = [dataset[0], dataset[0], dataset[2], dataset[2]]
     prompt_ids, _, fields = trainer._tokenize_prompts([row["prompt"] for row in rows])
-    requests = vllm_video_requests([{"prompt_token_ids": ids} for ids in prompt_ids], trainer._pending_videos)
+    video_token = trainer.model.config.video_token_id
+    requests = vllm_video_requests(
+        [{"prompt_token_ids": ids} for ids in prompt_ids], trainer._pending_videos, video_token
+    )
     loss_inputs = trainer._video_inputs
     processor = trainer.processing_class
     for request, ids, loss_video in zip(requests, prompt_ids, loss_inputs, strict=True):
-        assert request["prompt_token_ids"] == ids
+        # one placeholder a video: vLLM expands it to the video's 16 tokens itself
+        assert ids.count(video_token) == 16 and request["prompt_token_ids"].count(video_token) == 1
+        first = ids.index(video_token)
+        assert request["prompt_token_ids"] == ids[: first + 1] + ids[first + 16 :]
         frames, metadata = request["multi_modal_data"]["video"]
         assert request["mm_processor_kwargs"] == {
             "do_sample_frames": False,
@@ -198,14 +205,12 @@ def test_vllm_requests_carry_the_loss_pass_frames(tiny_world, tmp_path):
             loss_video["second_per_grid_ts"].item()
         )
     with pytest.raises(ValueError, match="2 vLLM requests for 4 videos"):
-        vllm_video_requests(requests[:2], trainer._pending_videos)
+        vllm_video_requests(requests[:2], trainer._pending_videos, video_token)
 
 
 def test_vllm_gets_one_request_per_prompt_for_its_g_completions(tiny_world, tmp_path):
     import copy
     from types import SimpleNamespace
-
-    from rewatch_trl.trainer import _VideoLLM
 
     class Params(SimpleNamespace):  # vLLM's SamplingParams as TRL sets it: n = 1, cloned per request group
         def clone(self):
@@ -225,10 +230,14 @@ def test_vllm_gets_one_request_per_prompt_for_its_g_completions(tiny_world, tmp_
     trainer, dataset = make_trainer(tiny_world, tmp_path)
     rows = [dataset[0], dataset[2], dataset[0], dataset[0], dataset[2], dataset[1]]
     prompt_ids, _, _ = trainer._tokenize_prompts([row["prompt"] for row in rows])
-    llm = _VideoLLM(FakeLLM(), trainer)
+    llm = VideoLLM(FakeLLM(), trainer.model.config)
     params = Params(n=1, logit_bias=None)
-    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=params, use_tqdm=False)
-    calls = llm._llm.calls
+    with llm.serving(trainer._pending_videos):
+        outputs = llm.generate(
+            [{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=params, use_tqdm=False
+        )
+    calls = llm.llm.calls
+    prompt_ids = [collapse_placeholders(ids, trainer.model.config.video_token_id) for ids in prompt_ids]
     # three distinct prompts: three requests, for 3, 2 and 1 completions, each with its video and the banned tokens
     assert [p["prompt_token_ids"] for p, _ in calls] == [prompt_ids[0], prompt_ids[1], prompt_ids[5]]
     assert [params.n for _, params in calls] == [3, 2, 1]

@@ -1,0 +1,118 @@
+"""vLLM requests with videos, for the trainer's colocated rollouts and for `infer`/`eval --backend vllm`.
+
+One video per prompt, the frames `video.py` sampled (the loss pass's frames), the prompt as the trainer's token
+ids with each video's placeholder run collapsed to one `<|video_pad|>` (vLLM expands it itself: given the
+processor's expanded ids it would expand every pad again), and the vision tokens suppressed by a logit bias.
+Nothing here imports vLLM: requests are plain dicts, and `VideoLLM` wraps whatever `LLM` it is given.
+
+Example:
+```python
+>>> collapse_placeholders([1, 9, 9, 9, 2], video_token_id=9)
+[1, 9, 2]
+>>> same_prompt_rows([{"prompt_token_ids": [1]}, {"prompt_token_ids": [2]}, {"prompt_token_ids": [1]}])
+[[0, 2], [1]]
+```
+"""
+
+import contextlib
+import copy
+
+from rewatch_trl.collator import PROCESSOR_VIDEO_KWARGS
+from rewatch_trl.suppression import suppression_logit_bias
+from rewatch_trl.video import SampledVideo
+
+
+def collapse_placeholders(token_ids: list[int], video_token_id: int) -> list[int]:
+    """Each run of `video_token_id` collapsed to one token: the prompt as vLLM expects it before it expands each
+    video's placeholder to the video's feature count."""
+    return [t for i, t in enumerate(token_ids) if t != video_token_id or i == 0 or token_ids[i - 1] != t]
+
+
+def vllm_video_requests(requests: list[dict], videos: list[SampledVideo], video_token_id: int) -> list[dict]:
+    """TRL's vLLM requests (`{"prompt_token_ids": ...}`, the processor's ids, one per prompt) with the frames of
+    each prompt's video: the same frames, fps and processor settings as the loss pass, so that vLLM's prompt ids
+    and M-RoPE temporal positions (`second_per_grid_ts`) are the trainer's.
+
+    Example:
+    ```python
+    >>> vllm_video_requests([{"prompt_token_ids": [1, 2]}], [video], 9)[0]["mm_processor_kwargs"]  # doctest: +SKIP
+    {'do_sample_frames': False, 'do_resize': False, 'cap_pixels_per_frame': True}
+    ```
+    """
+    if len(requests) != len(videos):
+        raise ValueError(f"{len(requests)} vLLM requests for {len(videos)} videos")
+    return [
+        {
+            **request,
+            "prompt_token_ids": collapse_placeholders(list(request["prompt_token_ids"]), video_token_id),
+            "multi_modal_data": {"video": (video.frames, video.metadata())},
+            "mm_processor_kwargs": dict(PROCESSOR_VIDEO_KWARGS),
+        }
+        for request, video in zip(requests, videos, strict=True)
+    ]
+
+
+def same_prompt_rows(requests: list[dict]) -> list[list[int]]:
+    """The rows of vLLM requests grouped by prompt: same token ids and the same video (the G copies of a prompt),
+    groups in order of first appearance. One request per group with `n` = its size has vLLM prefill each prompt
+    (and encode its video) once, and sample its G completions from that one prefill."""
+    groups: dict[tuple, list[int]] = {}
+    for row, request in enumerate(requests):
+        video = request.get("multi_modal_data", {}).get("video")
+        key = (tuple(request["prompt_token_ids"]), id(video[0]) if video else None)
+        groups.setdefault(key, []).append(row)
+    return list(groups.values())
+
+
+class VideoLLM:
+    """A vLLM `LLM` whose `generate` takes TRL's requests (one per row, a prompt's G copies in a row) and the
+    `videos` of those rows: it adds each row's video, suppresses the vision tokens, and sends the G copies of a
+    prompt as one request for G completions (`same_prompt_rows`), handing back one output per row. Anything else
+    (weight loading, cache resets, sleep) goes to the `LLM` itself.
+    """
+
+    def __init__(self, llm, config):
+        self.llm = llm
+        self.video_token_id = config.video_token_id
+        self.logit_bias = suppression_logit_bias(config)
+        self.videos: list[SampledVideo] | None = None
+
+    @contextlib.contextmanager
+    def serving(self, videos: list[SampledVideo]):
+        """Within the block, `generate` (as TRL calls it, without videos) is for rows holding `videos`."""
+        self.videos = videos
+        try:
+            yield self
+        finally:
+            self.videos = None
+
+    def generate(self, prompts, sampling_params=None, videos: list[SampledVideo] | None = None, **kwargs):
+        videos = self.videos if videos is None else videos
+        if videos is None:
+            return self.llm.generate(prompts, sampling_params=sampling_params, **kwargs)
+        requests = vllm_video_requests(prompts, videos, self.video_token_id)
+        sampling_params.logit_bias = {**(sampling_params.logit_bias or {}), **self.logit_bias}
+        groups = same_prompt_rows(requests)
+        params = []
+        for rows in groups:
+            group_params = sampling_params
+            if len(rows) > 1:
+                group_params = sampling_params.clone()
+                group_params.n = len(rows) * sampling_params.n
+            params.append(group_params)
+        outputs = self.llm.generate([requests[rows[0]] for rows in groups], sampling_params=params, **kwargs)
+        # Back to one output per row, in TRL's order, each with its share of its group's completions.
+        per_row = [None] * len(requests)
+        share = sampling_params.n
+        for rows, output in zip(groups, outputs, strict=True):
+            for i, row in enumerate(rows):
+                row_output = copy.copy(output)
+                row_output.outputs = output.outputs[i * share : (i + 1) * share]
+                per_row[row] = row_output
+        return per_row
+
+    def __getattr__(self, name):
+        # only called for names not found on the proxy; a copy or unpickled proxy has no `llm` yet: no recursion
+        if name == "llm":
+            raise AttributeError(name)
+        return getattr(self.llm, name)

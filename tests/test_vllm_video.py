@@ -1,0 +1,51 @@
+"""vLLM requests without the engine: placeholders, and the proxy's plumbing (the engine's tier: tests/vllm/)."""
+
+import copy
+import pickle
+from types import SimpleNamespace
+
+from rewatch_trl.suppression import SUPPRESSION_BIAS, suppression_logit_bias
+from rewatch_trl.vllm_video import VideoLLM, collapse_placeholders
+
+
+CONFIG = SimpleNamespace(video_token_id=9, image_token_id=8, vision_start_token_id=7)
+
+
+def test_each_placeholder_run_collapses_to_one():
+    assert collapse_placeholders([9, 9, 1, 9, 9, 9, 2, 9], 9) == [9, 1, 9, 2, 9]
+    assert collapse_placeholders([1, 2], 9) == [1, 2]
+
+
+def test_the_proxy_copies_and_pickles_without_recursing():
+    proxy = VideoLLM(SimpleNamespace(name="engine"), CONFIG)
+    assert copy.copy(proxy).name == "engine"
+    assert pickle.loads(pickle.dumps(proxy)).llm.name == "engine"
+    bare = VideoLLM.__new__(VideoLLM)  # what copy and pickle start from
+    assert not hasattr(bare, "anything")  # an AttributeError, not a RecursionError
+
+
+def test_suppression_bias_covers_the_vision_tokens():
+    assert suppression_logit_bias(CONFIG) == {7: SUPPRESSION_BIAS, 8: SUPPRESSION_BIAS, 9: SUPPRESSION_BIAS}
+
+
+def test_suppressed_head_scores_what_vllm_samples_and_saves_nothing(tiny_world, tmp_path):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from rewatch_trl.suppression import suppress_vision_tokens, suppressed_token_ids
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_world.root).eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        suppress_vision_tokens(model)
+        suppress_vision_tokens(model)  # idempotent
+        after = model(input_ids=ids).logits
+    banned = suppressed_token_ids(model.config)
+    assert torch.allclose(after[..., banned], before[..., banned] + SUPPRESSION_BIAS)
+    others = [t for t in range(before.size(-1)) if t not in banned]
+    assert torch.equal(after[..., others], before[..., others])
+    assert not any("lm_head.bias" in name for name, _ in model.named_parameters())
+    model.save_pretrained(tmp_path / "saved")
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "saved").eval()
+    assert reloaded.lm_head.bias is None
