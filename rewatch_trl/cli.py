@@ -68,7 +68,16 @@ def _video_settings(args):
 def _infer(args) -> None:
     from rewatch_trl.infer import dumps, format_result, infer
 
-    result = infer(args.model, args.video, args.question, _video_settings(args), args.max_new_tokens, args.backend)
+    result = infer(
+        args.model,
+        args.video,
+        args.question,
+        _video_settings(args),
+        args.max_new_tokens,
+        args.backend,
+        args.dtype,
+        _vllm_kwargs(args),
+    )
     print(dumps(result) if args.json else format_result(result))
 
 
@@ -80,12 +89,22 @@ def _eval(args) -> None:
     dataset = load_prepared(args.data, args.split)
     check_rows(dataset)
     root = video_root_of(args.data, args.video_root)
-    predictor = Predictor(args.model, _video_settings(args), root, args.max_new_tokens, args.backend)
+    predictor = Predictor(
+        args.model, _video_settings(args), root, args.max_new_tokens, args.backend, args.dtype, _vllm_kwargs(args)
+    )
     result = evaluate(predictor, dataset, args.out, args.batch_size, args.limit)
     overall = result["overall"]
     print(
         f"{overall['n']} rows: accuracy {overall['accuracy']:.3f}, format {overall['format_rate']:.3f}; report: {args.out}"
     )
+
+
+def _vllm_kwargs(args) -> dict:
+    """The vLLM engine arguments the command line sets (for `--backend vllm`)."""
+    kwargs = {"enforce_eager": True} if args.enforce_eager else {}
+    if args.max_model_len is not None:
+        kwargs["max_model_len"] = args.max_model_len
+    return kwargs
 
 
 def _add_generation_options(parser) -> None:
@@ -94,6 +113,9 @@ def _add_generation_options(parser) -> None:
     parser.add_argument("--model", required=True, help="a trained model directory or Hub id")
     parser.add_argument("--max-new-tokens", type=int, default=4096)
     parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
+    parser.add_argument("--dtype", default="auto", help="model dtype (vLLM's 'auto' makes an fp32 checkpoint bf16)")
+    parser.add_argument("--max-model-len", type=int, help="vLLM: context to reserve (default: the model's)")
+    parser.add_argument("--enforce-eager", action="store_true", help="vLLM: no CUDA graphs / compilation")
     # The seed's video settings by default; a model is best used with those it was trained with.
     defaults = VideoSettings()
     parser.add_argument("--fps", type=float, default=defaults.video_fps)

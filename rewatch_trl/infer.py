@@ -25,7 +25,7 @@ class Predictor:
     """A trained model (a directory or a Hub id) that answers seed-format rows, in batches.
 
     `backend="transformers"` generates with `model.generate`; `backend="vllm"` with a vLLM `LLM` fed the same
-    frames and prompt ids (`vllm_video.VideoLLM`).
+    frames and prompt ids (`vllm_video.VideoLLM`), built with `vllm_kwargs` (e.g. `max_model_len`).
     """
 
     def __init__(
@@ -109,11 +109,15 @@ def infer(
     settings: VideoSettings | None = None,
     max_new_tokens: int = 4096,
     backend="transformers",
+    dtype: str = "auto",
+    vllm_kwargs: dict | None = None,
 ) -> dict:
     """Answer one question about one video file: the prompt, the frames used, the parsed trace and timings."""
     start = time.perf_counter()
     duration = round(video_duration(video))
-    predictor = Predictor(model, settings, max_new_tokens=max_new_tokens, backend=backend)
+    predictor = Predictor(
+        model, settings, max_new_tokens=max_new_tokens, backend=backend, dtype=dtype, vllm_kwargs=vllm_kwargs
+    )
     loaded = time.perf_counter()
     row = {"problem": question, "videos": str(Path(video).absolute()), "duration": duration}
     frames = sample_video(row["videos"], predictor.settings, predictor.collator.cache)

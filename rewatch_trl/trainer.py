@@ -42,7 +42,7 @@ from rewatch_trl.sharing import (
 )
 from rewatch_trl.suppression import suppress_vision_tokens, suppressed_token_ids
 from rewatch_trl.video import SampledVideo, VideoCache
-from rewatch_trl.vllm_video import VideoLLM
+from rewatch_trl.vllm_video import VideoLLM, reload_weights
 
 
 def split_video_inputs(batch) -> list[dict[str, torch.Tensor]]:
@@ -100,8 +100,21 @@ class VideoGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.video_collator = VideoCollator(self.processing_class, video_settings, video_root, video_cache)
         self._vision_config = self.model.config
-        # vLLM reads `second_per_grid_ts` in its own model dtype: the positions here must read it alike
-        seconds_dtype = self.vllm_generation.llm.llm_engine.model_config.dtype if self.use_vllm else None
+        seconds_dtype = None
+        if self.use_vllm:
+            if self.vllm_generation.mode != "colocate" or self.vllm_generation.tensor_parallel_size != 1:
+                raise NotImplementedError(
+                    "video generation with vLLM needs vllm_mode='colocate' and vllm_tensor_parallel_size=1"
+                )
+            self.vllm_generation.llm = VideoLLM(self.vllm_generation.llm, self._vision_config)
+            self.vllm_generation.sync_weights = functools.partial(reload_weights, self.vllm_generation)
+            # vLLM reads `second_per_grid_ts` in its model's dtype: the positions here must read it alike
+            seconds_dtype = self.vllm_generation.llm.llm_engine.model_config.dtype
+        else:
+            known = list(self.generation_kwargs.get("suppress_tokens") or [])
+            suppressed = suppressed_token_ids(self._vision_config)
+            self.generation_kwargs["suppress_tokens"] = sorted(set(known) | set(suppressed))
+            self.generation_config.suppress_tokens = self.generation_kwargs["suppress_tokens"]
         for model in (self.model, self.ref_model):
             if model is not None:
                 model = self.accelerator.unwrap_model(model)
@@ -123,17 +136,6 @@ class VideoGRPOTrainer(GRPOTrainer):
             self._shared_prefixes = [install_shared_prefix(m, f) for m, f in zip(models, features, strict=True)]
         self._video_inputs: list[dict] | None = None  # per sample, for the log-prob passes of the batch at hand
         self._pending_videos: list[SampledVideo] | None = None  # per prompt, for vLLM
-        suppressed = suppressed_token_ids(self._vision_config)
-        if self.use_vllm:
-            if self.vllm_generation.mode != "colocate" or self.vllm_generation.tensor_parallel_size != 1:
-                raise NotImplementedError(
-                    "video generation with vLLM needs vllm_mode='colocate' and vllm_tensor_parallel_size=1"
-                )
-            self.vllm_generation.llm = VideoLLM(self.vllm_generation.llm, self._vision_config)
-        else:
-            known = list(self.generation_kwargs.get("suppress_tokens") or [])
-            self.generation_kwargs["suppress_tokens"] = sorted(set(known) | set(suppressed))
-            self.generation_config.suppress_tokens = self.generation_kwargs["suppress_tokens"]
 
     def _tokenize_prompts(self, prompts: list):
         # The G copies of a prompt are encoded once and share one sample dict: that is how the later passes

@@ -64,11 +64,25 @@ def same_prompt_rows(requests: list[dict]) -> list[list[int]]:
     return list(groups.values())
 
 
+def reload_weights(generation) -> None:
+    """TRL's colocated weight sync (`VLLMGeneration.sync_weights`) through vLLM's in-place `reload_weights`: the
+    policy's parameters streamed (gathered one at a time under ZeRO-3, adapters merged under PEFT, as TRL iterates
+    them) into one reload that re-runs vLLM's weight post-processing. TRL writes each parameter with the model's
+    `load_weights`, which vLLM's CPU build cannot take (its linear layers hand their weights to packed kernels and
+    keep empty ones); one path serves both. With sleep mode (GPU only), TRL's own sync, which wakes the weights."""
+    if generation.enable_sleep_mode:
+        return type(generation).sync_weights(generation)
+    runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner
+    runner.reload_weights(weights_iterator=generation._iter_named_params())
+    generation.llm.reset_prefix_cache()  # a `VideoLLM` resets the encoder cache with it
+
+
 class VideoLLM:
     """A vLLM `LLM` whose `generate` takes TRL's requests (one per row, a prompt's G copies in a row) and the
     `videos` of those rows: it adds each row's video, suppresses the vision tokens, and sends the G copies of a
-    prompt as one request for G completions (`same_prompt_rows`), handing back one output per row. Anything else
-    (weight loading, cache resets, sleep) goes to the `LLM` itself.
+    prompt as one request for G completions (`same_prompt_rows`), handing back one output per row. Resetting the
+    prefix cache (as TRL does after a weight sync) resets the encoder cache too. Anything else (weight loading,
+    sleep) goes to the `LLM` itself.
     """
 
     def __init__(self, llm, config):
@@ -110,6 +124,13 @@ class VideoLLM:
                 row_output.outputs = output.outputs[i * share : (i + 1) * share]
                 per_row[row] = row_output
         return per_row
+
+    def reset_prefix_cache(self, *args, **kwargs):
+        # TRL calls this after each weight sync. vLLM's encoder cache, keyed by the video's content, would otherwise
+        # hand a video seen before the sync the vision features of the old weights (vision tower trained).
+        reset = self.llm.reset_prefix_cache(*args, **kwargs)
+        self.llm.llm_engine.reset_encoder_cache()
+        return reset
 
     def __getattr__(self, name):
         # only called for names not found on the proxy; a copy or unpickled proxy has no `llm` yet: no recursion

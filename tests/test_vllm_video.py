@@ -49,3 +49,17 @@ def test_suppressed_head_scores_what_vllm_samples_and_saves_nothing(tiny_world, 
     model.save_pretrained(tmp_path / "saved")
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "saved").eval()
     assert reloaded.lm_head.bias is None
+
+
+def test_the_paper_recipe_reserves_the_context_its_videos_need():
+    from pathlib import Path
+
+    import yaml
+
+    recipe = yaml.safe_load((Path(__file__).parents[1] / "recipes/grpo.yaml").read_text())
+    grids = recipe["video_max_frames"] // 2  # the processor's temporal patch of 2 frames
+    video_tokens = grids * recipe["video_max_pixels"] // (28 * 28)  # one token a 28x28 (merged) patch
+    assert video_tokens == 12288
+    reserved = recipe["vllm_max_model_length"]
+    assert reserved >= video_tokens + recipe["max_completion_length"] + 1024  # room for the prompt's text
+    assert reserved < 32768  # not the model's whole context

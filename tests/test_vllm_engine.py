@@ -1,0 +1,216 @@
+"""The vLLM tier: the real engine (vLLM's CPU build), in-process, on the tiny world. `make test-vllm` runs it.
+
+The engine runs in fp32: TRL builds it with dtype "auto", which vLLM turns into bf16 for an fp32 checkpoint, and
+then its log-probs differ from the trainer's by bf16 rounding (~2e-3), hiding anything smaller.
+"""
+
+import functools
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rewatch_trl.positions import rope_index
+
+
+pytestmark = [pytest.mark.vllm, pytest.mark.filterwarnings("ignore::UserWarning")]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_world, tmp_path_factory):
+    """A colocated-vLLM `VideoGRPOTrainer` (3 steps, lr 5e-2), the requests that reach the engine and the M-RoPE
+    positions vLLM computes."""
+    import trl.generation.vllm_generation as generation
+    import vllm
+    from test_trainer import make_trainer
+    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration as VllmQwen
+
+    positions = []
+    original = VllmQwen.get_mrope_input_positions
+
+    def spy(self, input_tokens, mm_features):
+        result = original(self, input_tokens, mm_features)
+        positions.append((list(input_tokens), result[0].clone(), result[1]))
+        return result
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            generation, "LLM", functools.partial(vllm.LLM, dtype="float32", enforce_eager=True, max_logprobs=-1)
+        )
+        patch.setattr(VllmQwen, "get_mrope_input_positions", spy)
+        trainer, dataset = make_trainer(
+            tiny_world,
+            tmp_path_factory.mktemp("grpo-vllm"),
+            use_vllm=True,
+            vllm_mode="colocate",
+            vllm_max_model_length=1024,
+            max_steps=3,
+            learning_rate=5e-2,
+        )
+        llm_engine = trainer.vllm_generation.llm.llm.llm_engine
+        requests = []
+        add_request = llm_engine.add_request
+
+        def count(*args, **kwargs):
+            requests.append(args[0] if args else kwargs.get("request_id"))
+            return add_request(*args, **kwargs)
+
+        llm_engine.add_request = count
+        yield SimpleNamespace(trainer=trainer, dataset=dataset, positions=positions, requests=requests)
+
+
+def prompt_batch(trainer, rows):
+    ids, _, _ = trainer._tokenize_prompts([row["prompt"] for row in rows])
+    return ids, trainer._pending_videos, trainer._video_inputs
+
+
+def test_vllm_renders_the_trainer_prompt_ids_and_positions(engine):
+    from vllm import SamplingParams
+
+    from rewatch_trl.collator import PROCESSOR_VIDEO_KWARGS
+
+    trainer, dataset = engine.trainer, engine.dataset
+    config = trainer.model.config
+    ids, videos, video_inputs = prompt_batch(trainer, [dataset[0], dataset[0], dataset[1], dataset[1]])
+    llm = trainer.vllm_generation.llm
+    engine.positions.clear()
+    engine.requests.clear()
+    with llm.serving(videos):
+        outputs = llm.generate([{"prompt_token_ids": row} for row in ids], SamplingParams(max_tokens=2))
+    assert [output.prompt_token_ids for output in outputs] == ids
+    assert ids[0].count(config.video_token_id) == 16
+    assert len(engine.requests) == 2  # two prompts, each one request for its G = 2 completions
+    # vLLM's M-RoPE positions for those prompts are the trainer's rule
+    assert engine.positions
+    for tokens, positions, delta in engine.positions:
+        row = ids.index(tokens)
+        expected, deltas = rope_index(
+            config,
+            torch.tensor([tokens]),
+            video_grid_thw=video_inputs[row]["video_grid_thw"],
+            second_per_grid_ts=video_inputs[row]["second_per_grid_ts"],
+        )
+        assert torch.equal(positions, expected[:, 0]), row
+        assert delta == deltas.item()
+    # what the processor's expanded ids make of vLLM: each video pad expanded again (15 pads fed as text)
+    doubled = llm.llm.generate(
+        [
+            {
+                "prompt_token_ids": ids[0],
+                "multi_modal_data": {"video": (videos[0].frames, videos[0].metadata())},
+                "mm_processor_kwargs": dict(PROCESSOR_VIDEO_KWARGS),
+            }
+        ],
+        SamplingParams(max_tokens=1),
+    )
+    assert len(doubled[0].prompt_token_ids) == len(ids[0]) + 15
+    assert doubled[0].prompt_token_ids.count(config.video_token_id) == 31
+
+
+def vllm_completion_logps(trainer, prompt_ids, video, completion):
+    """vLLM's log-probs of a fixed completion after a prompt (its prompt log-probs, vision tokens suppressed as in
+    sampling: prompt log-probs are the model's raw ones, so the suppressed tokens' mass is taken out here)."""
+    from vllm import SamplingParams
+
+    from rewatch_trl.suppression import suppressed_token_ids
+
+    llm = trainer.vllm_generation.llm
+    banned = suppressed_token_ids(trainer.model.config)
+    (output,) = llm.generate(
+        [{"prompt_token_ids": prompt_ids + completion}],
+        SamplingParams(max_tokens=1, prompt_logprobs=-1),
+        videos=[video],
+    )
+    logps = []
+    for token, scored in zip(completion, output.prompt_logprobs[-len(completion) :], strict=True):
+        kept = 1 - sum(torch.tensor(scored[t].logprob).exp() for t in banned)
+        logps.append(scored[token].logprob - kept.log().item())
+    return torch.tensor(logps)
+
+
+def trainer_completion_logps(trainer, prompt_ids, sample, completion):
+    ids = torch.tensor([prompt_ids + completion])
+    trainer._video_inputs = [sample]
+    try:
+        with torch.no_grad():
+            logps, _, _ = trainer._get_per_token_logps_and_entropies(
+                trainer.model, ids, torch.ones_like(ids), len(completion)
+            )
+    finally:
+        trainer._video_inputs = None
+    return logps[0]
+
+
+def test_grpo_colocate_trains_and_syncs_weights_into_vllm(engine, capsys):
+    trainer, dataset = engine.trainer, engine.dataset
+    ids, videos, video_inputs = prompt_batch(trainer, [dataset[2]])
+    completion = [10, 20, 30, 40, 50]
+    before = vllm_completion_logps(trainer, ids[0], videos[0], completion)
+    assert (before - trainer_completion_logps(trainer, ids[0], video_inputs[0], completion)).abs().max() <= 1e-4
+    weights = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    engine.requests.clear()
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "reward" in entry]
+    assert len(logs) == 3
+    assert all("rewards/letter_share/mean" in entry for entry in logs)
+    differences = [entry["sampling/sampling_logp_difference/max"] for entry in logs]
+    with capsys.disabled():
+        print(f"\nsampling_logp_difference/max per step (vLLM vs trainer old-policy log-probs): {differences}")
+    assert max(differences) <= 1e-3
+    assert len(engine.requests) == 3 * 2  # 2 prompts a step, one request each
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(weights[n], p.detach())]
+    assert any("visual" in n for n in changed) and any("language_model" in n for n in changed)
+    # the last step's weights reached vLLM (the vision tower's too: the encoder cache was reset with the sync)
+    trainer.vllm_generation.sync_weights()
+    after = vllm_completion_logps(trainer, ids[0], videos[0], completion)
+    assert (after - before).abs().max() > 1e-2
+    updated = trainer_completion_logps(trainer, ids[0], video_inputs[0], completion)
+    assert (after - updated).abs().max() <= 1e-3
+
+
+def test_old_policy_log_probs_agree_with_vllm(engine, capsys):
+    trainer, dataset = engine.trainer, engine.dataset
+    output = trainer._generate_and_score_completions([dataset[i] for i in (0, 0, 3, 3)])
+    kept = output["completion_mask"].bool()
+    difference = (output["old_per_token_logps"] - output["sampling_per_token_logps"])[kept].abs().max().item()
+    with capsys.disabled():
+        print(f"\nmax |vLLM log-prob - trainer old-policy log-prob|: {difference:.2e}")
+    assert difference <= 1e-3
+
+
+def test_infer_and_eval_backends_see_the_same_prompt_and_frames(tiny_world, engine):
+    from rewatch_trl.infer import Predictor
+    from rewatch_trl.tiny import TINY_VIDEO_SETTINGS
+
+    rows = tiny_world.rows[:2]
+    local = Predictor(str(tiny_world.root), TINY_VIDEO_SETTINGS, tiny_world.video_dir, max_new_tokens=4)
+    batch = local.collator(rows)
+    served = Predictor(
+        str(tiny_world.root),
+        TINY_VIDEO_SETTINGS,
+        tiny_world.video_dir,
+        max_new_tokens=4,
+        backend="vllm",
+        dtype="float32",
+        vllm_kwargs={"enforce_eager": True, "max_model_len": 1024},
+    )
+    seen = []
+    generate = served.model.llm.generate
+
+    def keep(requests, *args, **kwargs):
+        outputs = generate(requests, *args, **kwargs)
+        seen.extend(
+            (output.prompt_token_ids, request["multi_modal_data"]["video"][0])
+            for output, request in zip(outputs, requests, strict=True)
+        )
+        return outputs
+
+    served.model.llm.generate = keep
+    texts = served.generate(rows)
+    assert len(texts) == 2
+    keep_mask = batch["attention_mask"].bool()
+    assert [prompt for prompt, _ in seen] == [
+        row[m].tolist() for row, m in zip(batch["input_ids"], keep_mask, strict=True)
+    ]
+    for (_, frames), video in zip(seen, local.collator.videos(rows), strict=True):
+        assert torch.equal(torch.as_tensor(frames), video.frames)
