@@ -214,3 +214,46 @@ def test_infer_and_eval_backends_see_the_same_prompt_and_frames(tiny_world, engi
     ]
     for (_, frames), video in zip(seen, local.collator.videos(rows), strict=True):
         assert torch.equal(torch.as_tensor(frames), video.frames)
+
+
+def test_bf16_engine_and_trainer_agree_on_a_fractional_grid(tiny_world, engine, tmp_path, monkeypatch):
+    """vLLM casts `second_per_grid_ts` to its model dtype: in bf16 a 6.2604 s grid counts 6.25 s. The trainer,
+    told the engine's dtype, reads it alike (here its own weights are fp32)."""
+    import dataclasses
+
+    import trl.generation.vllm_generation as generation
+    import vllm
+    from datasets import Dataset
+    from test_trainer import make_trainer
+    from vllm import SamplingParams
+
+    from rewatch_trl.collator import VideoCollator
+    from rewatch_trl.grpo import add_prompts
+    from rewatch_trl.tiny import TINY_VIDEO_SETTINGS, write_synthetic_video
+
+    write_synthetic_video(tmp_path / "long.mp4", seconds=601, fps=1, size=(56, 56))
+    monkeypatch.setattr(generation, "LLM", functools.partial(vllm.LLM, enforce_eager=True))  # TRL's "auto"
+    trainer, _ = make_trainer(
+        tiny_world, tmp_path / "run", use_vllm=True, vllm_mode="colocate", vllm_max_model_length=1024
+    )
+    llm = trainer.vllm_generation.llm
+    assert llm.llm_engine.model_config.dtype == torch.bfloat16  # vLLM's "auto" for an fp32 checkpoint
+    settings = dataclasses.replace(TINY_VIDEO_SETTINGS, video_max_frames=192, video_total_pixels=192 * 56 * 56)
+    trainer.video_collator = VideoCollator(trainer.processing_class, settings, tmp_path)
+    row = tiny_world.rows[0] | {"videos": "long.mp4", "duration": 601}
+    (row,) = add_prompts(Dataset.from_list([row]), trainer.video_collator)
+    ids, videos, video_inputs = prompt_batch(trainer, [row])
+    seconds, grid = video_inputs[0]["second_per_grid_ts"], video_inputs[0]["video_grid_thw"]
+    assert grid[0, 0].item() == 96 and seconds.dtype == torch.float32 and abs(seconds.item() - 6.2604) < 1e-4
+    engine.positions.clear()
+    with llm.serving(videos):
+        (output,) = llm.generate([{"prompt_token_ids": ids[0]}], SamplingParams(max_tokens=1))
+    assert output.prompt_token_ids == ids[0]
+    ((tokens, positions, delta),) = engine.positions
+    received, deltas = trainer.model.model.get_rope_index(
+        torch.tensor([tokens]), video_grid_thw=grid, second_per_grid_ts=seconds
+    )
+    assert torch.equal(positions, received[:, 0]) and delta == deltas.item()
+    # read in fp32, the same grid would place the video and the text after it elsewhere
+    fp32, _ = rope_index(trainer.model.config, torch.tensor([tokens]), video_grid_thw=grid, second_per_grid_ts=seconds)
+    assert (fp32[:, 0] != positions).any(0).sum() > 100
