@@ -82,13 +82,14 @@ def _infer(args) -> None:
 
 
 def _eval(args) -> None:
-    from rewatch_trl.data import load_prepared, video_root_of
+    from rewatch_trl.data import check_videos, load_prepared, video_root_of
     from rewatch_trl.eval import check_rows, evaluate
     from rewatch_trl.infer import Predictor
 
     dataset = load_prepared(args.data, args.split)
     check_rows(dataset)
-    root = video_root_of(args.data, args.video_root)
+    root = video_root_of(args.data, args.video_root, dataset)
+    check_videos(dataset, root, args.data)
     predictor = Predictor(
         args.model, _video_settings(args), root, args.max_new_tokens, args.backend, args.dtype, _vllm_kwargs(args)
     )

@@ -43,9 +43,15 @@ class VideoCollator:
     """Builds prompts (for generation) or prompt + answer with a label mask (for SFT) from seed-format rows."""
 
     def __init__(
-        self, processor, settings: VideoSettings | None = None, video_root=None, cache: VideoCache | None = None
+        self,
+        processor,
+        settings: VideoSettings | None = None,
+        video_root=None,
+        cache: VideoCache | None = None,
+        chat_template_kwargs: dict | None = None,
     ):
         self.processor = processor
+        self.chat_template_kwargs = chat_template_kwargs or {}
         self.settings = settings or VideoSettings()
         self.video_root = Path(video_root) if video_root else None
         self.cache = cache if cache is not None else default_video_cache()
@@ -98,7 +104,9 @@ class VideoCollator:
             self.cache.put(video, self.settings)
 
     def prompt_text(self, messages: list[dict]) -> str:
-        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.processor.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
+        )
 
     def encode(self, texts: list[str], videos: list[SampledVideo], **kwargs):
         """Tokenize texts that hold one video placeholder each, with those videos' frames: the processor call."""

@@ -233,12 +233,50 @@ def load_prepared(name_or_path, split: str = "train", captions_path=None, video_
     return load_dataset(str(name_or_path), split=split)
 
 
-def video_root_of(name_or_path, video_root=None):
-    """Where a prepared dataset's videos are: `video_root` if given, else the `videos/` folder saved beside it."""
+def prepared_record(dataset) -> dict:
+    """What `save_prepared` wrote into a dataset's info: `video_root` (absolute, or relative to the saved dataset
+    when its videos went along) and `videos_included`. Empty for a dataset prepared elsewhere."""
+    try:
+        return json.loads(dataset.info.description or "{}").get("rewatch_trl", {})
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+
+
+def video_root_of(name_or_path, video_root=None, dataset=None):
+    """Where a prepared dataset's videos are: `video_root` if given; else the `videos/` folder beside the data (in
+    a saved dataset's directory, or next to a JSONL file); else the root recorded when it was prepared."""
     if video_root is not None:
         return Path(video_root)
-    beside = Path(name_or_path) / "videos"
-    return beside if beside.is_dir() else None
+    path = Path(name_or_path)
+    folder = path if path.is_dir() else path.parent if path.suffix in {".jsonl", ".json"} else None
+    if folder is not None and (folder / "videos").is_dir():
+        return folder / "videos"
+    recorded = prepared_record(dataset).get("video_root") if dataset is not None else None
+    if recorded is not None and Path(recorded).is_absolute():  # a relative one is the `videos/` beside it
+        return Path(recorded)
+    return None
+
+
+def check_videos(dataset, video_root, source) -> None:
+    """Every row's video exists (relative names under `video_root`): else a `DataError` that names the dataset, the
+    first rows whose video is missing and the flag that says where the videos are."""
+    missing = []
+    for index, name in enumerate(dataset["videos"]):
+        name = name[0] if isinstance(name, (list, tuple)) and len(name) == 1 else name
+        path = Path(name) if Path(name).is_absolute() or video_root is None else Path(video_root) / name
+        if not path.is_file():
+            missing.append(f"row {index}: {path}")
+    if not missing:
+        return
+    record = prepared_record(dataset)
+    why = ""
+    if record.get("videos_included") is False:
+        why = " It was prepared without its videos (`rewatch-trl data --embed-videos` takes them along)."
+    shown = "; ".join(missing[:3]) + (f" (and {len(missing) - 3} more)" if len(missing) > 3 else "")
+    raise DataError(
+        f"{source}: {len(missing)} row(s) name a video that is not there: {shown}.{why} Say where the videos are "
+        "with --video-root DIR (a recipe's `video_root`)."
+    )
 
 
 def save_prepared(dataset, video_root=None, save_to_disk=None, push_to_hub=None, embed_videos: bool = False) -> None:
@@ -247,6 +285,9 @@ def save_prepared(dataset, video_root=None, save_to_disk=None, push_to_hub=None,
     names = sorted(set(dataset["videos"]))
     if embed_videos and video_root is None:
         raise DataError("--embed-videos needs --video-root")
+    # the dataset remembers where its videos are (`video_root_of`), or that they are not with it
+    root = "videos" if embed_videos else (str(Path(video_root).absolute()) if video_root is not None else None)
+    dataset.info.description = json.dumps({"rewatch_trl": {"video_root": root, "videos_included": embed_videos}})
     if save_to_disk:
         dataset.save_to_disk(str(save_to_disk))
         if embed_videos:

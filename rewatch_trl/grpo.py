@@ -32,7 +32,6 @@ def judge_options(script_args: ScriptArguments) -> dict:
 
 def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: ModelConfig, video_args: VideoSettings):
     from rewatch_trl.collator import VideoCollator
-    from rewatch_trl.data import video_root_of
     from rewatch_trl.rewards import get_reward_funcs
     from rewatch_trl.trainer import VideoGRPOTrainer
     from rewatch_trl.training import load_model, load_processor, load_train_dataset, train_and_save
@@ -40,8 +39,8 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
     set_seed(training_args.seed)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     processor = load_processor(model_args, padding_side="left")
-    video_root = video_root_of(script_args.dataset_name, script_args.video_root)
-    dataset = add_prompts(load_train_dataset(script_args), VideoCollator(processor, video_args, video_root))
+    dataset, video_root = load_train_dataset(script_args)
+    dataset = add_prompts(dataset, VideoCollator(processor, video_args, video_root))
     trainer = VideoGRPOTrainer(
         model=load_model(model_args),
         reward_funcs=get_reward_funcs(script_args.reward_funcs, **judge_options(script_args)),

@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 
@@ -52,7 +51,8 @@ def parse_verdict(reply: str | None) -> float | None:
 
 
 class JudgeClient:
-    """Concurrent, retrying chat-completion requests to one judge model."""
+    """Concurrent chat-completion requests to one judge model; the `openai` client retries what is retryable (up
+    to `max_retries` times, with backoff), a request that still fails gives None."""
 
     def __init__(
         self,
@@ -62,7 +62,6 @@ class JudgeClient:
         max_concurrency: int = 16,
         max_retries: int = 3,
         timeout: float = 60.0,
-        backoff: float = 0.5,
         max_tokens: int = 512,
         temperature: float = 0.0,
     ):
@@ -79,7 +78,6 @@ class JudgeClient:
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
         self.timeout = timeout
-        self.backoff = backoff
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.failures = 0
@@ -91,30 +89,27 @@ class JudgeClient:
         if self._client is None:
             from openai import OpenAI  # imported here: the rewards import this module without any network stack
 
-            # Retries are ours (bounded, counted), not the client's.
-            self._client = OpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout, max_retries=0)
+            # The client's retries: only what can pass on a second try (connection errors, timeouts, 408, 409, 429,
+            # 5xx), with exponential backoff and jitter, and `Retry-After` honoured.
+            self._client = OpenAI(
+                base_url=self.base_url, api_key=self.api_key, timeout=self.timeout, max_retries=self.max_retries
+            )
         return self._client
 
     def _ask_one(self, prompt: str) -> str | None:
-        for attempt in range(self.max_retries + 1):
-            try:
-                response = self.client.chat.completions.create(
-                    model=self.model,
-                    messages=[{"role": "user", "content": prompt}],
-                    max_tokens=self.max_tokens,
-                    temperature=self.temperature,
-                )
-                return response.choices[0].message.content or ""
-            except Exception as error:  # noqa: BLE001 - any endpoint failure becomes a counted None
-                last = error
-                if attempt < self.max_retries:
-                    time.sleep(self.backoff * 2**attempt)
-        with self._lock:
-            self.failures += 1
-        logger.warning(
-            "judge request failed after %d tries (%d failures so far): %s", self.max_retries + 1, self.failures, last
-        )
-        return None
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model,
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+            )
+            return response.choices[0].message.content or ""
+        except Exception as error:  # noqa: BLE001 - any endpoint failure becomes a counted None
+            with self._lock:
+                self.failures += 1
+            logger.warning("judge request failed (%d failures so far): %s", self.failures, error)
+            return None
 
     def ask(self, prompts: list[str]) -> list[str | None]:
         """Replies to each prompt, in order; None where the endpoint failed every try."""

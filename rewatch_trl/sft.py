@@ -35,14 +35,12 @@ class SFTVideoCollator:
 
 
 def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig, video_args: VideoSettings):
-    from rewatch_trl.data import video_root_of
     from rewatch_trl.training import load_model, load_processor, load_train_dataset, train_and_save
 
     set_seed(training_args.seed)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     processor = load_processor(model_args, padding_side="right")
-    video_root = video_root_of(script_args.dataset_name, script_args.video_root)
-    dataset = load_train_dataset(script_args)
+    dataset, video_root = load_train_dataset(script_args)
     if script_args.response_field not in dataset.column_names:
         raise ValueError(
             f"the dataset has no {script_args.response_field!r} column (the SFT target); it has "

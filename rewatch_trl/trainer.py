@@ -97,8 +97,16 @@ class VideoGRPOTrainer(GRPOTrainer):
         video_cache: VideoCache | None = None,
         **kwargs,
     ):
+        for unsupported in ("tools", "environment_factory"):
+            if kwargs.get(unsupported):
+                raise NotImplementedError(
+                    f"VideoGRPOTrainer does not take `{unsupported}`: its prompts are single-turn video prompts "
+                    "rendered by the VideoCollator (tool calls and environments would need multi-turn video)"
+                )
         super().__init__(*args, **kwargs)
-        self.video_collator = VideoCollator(self.processing_class, video_settings, video_root, video_cache)
+        self.video_collator = VideoCollator(
+            self.processing_class, video_settings, video_root, video_cache, self.chat_template_kwargs
+        )
         self._vision_config = self.model.config
         seconds_dtype = None
         if self.use_vllm:

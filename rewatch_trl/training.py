@@ -4,9 +4,10 @@ import logging
 import os
 
 import torch
+from accelerate import PartialState
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerState
 from transformers.trainer_utils import get_last_checkpoint
-from trl import ModelConfig
+from trl import ModelConfig, get_quantization_config
 
 from rewatch_trl.configs import ScriptArguments
 from rewatch_trl.positions import use_original_rope
@@ -21,11 +22,16 @@ def load_model(model_args: ModelConfig):
     if model_args.model_name_or_path is None:
         raise ValueError("the recipe needs `model_name_or_path`")
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    # `load_in_4bit` / `load_in_8bit` and their bitsandbytes options, as TRL's scripts read them; a k-bit model
+    # sits whole on this process's device
+    quantization = get_quantization_config(model_args)
     model = AutoModelForImageTextToText.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
         dtype=dtype,
         attn_implementation=model_args.attn_implementation,
+        quantization_config=quantization,
+        device_map=None if quantization is None else {"": PartialState().local_process_index},
     )
     return use_original_rope(model)
 
@@ -39,15 +45,19 @@ def load_processor(model_args: ModelConfig, padding_side: str):
 
 
 def load_train_dataset(script_args: ScriptArguments):
-    """The training rows, validated: a QA JSONL (+ captions), a prepared directory, or a Hub dataset id."""
-    from rewatch_trl.data import load_prepared
+    """The training rows, validated (a QA JSONL (+ captions), a prepared directory, or a Hub dataset id), and where
+    their videos are; every row's video is checked to be there before any model is loaded."""
+    from rewatch_trl.data import check_videos, load_prepared, video_root_of
 
     name = script_args.dataset_name
     if name is None:
         raise ValueError("the recipe needs `dataset_name`: a prepared dataset directory, a QA JSONL or a Hub id")
-    return load_prepared(
+    dataset = load_prepared(
         name, script_args.dataset_train_split, script_args.captions, script_args.video_root, script_args.skip_invalid
     )
+    video_root = video_root_of(name, script_args.video_root, dataset)
+    check_videos(dataset, video_root, name)
+    return dataset, video_root
 
 
 def resume_checkpoint(training_args) -> str | None:

@@ -145,3 +145,43 @@ def test_each_video_file_is_probed_once_per_file(tiny_world, monkeypatch):
     monkeypatch.setattr(video, "video_duration", lambda path: calls.append(path) or real(path))
     load_qa(tiny_world.qa_path, video_root=tiny_world.video_dir, progress=False)
     assert len(tiny_world.rows) == 2 * len(calls) == 8  # two questions a video, one probe a video
+
+
+def test_a_prepared_dataset_remembers_where_its_videos_are(tiny_world, tmp_path, monkeypatch, capsys):
+    from rewatch_trl.data import check_videos, video_root_of
+
+    out = tmp_path / "ds"
+    code = cli(
+        [
+            "data",
+            "--qa",
+            str(tiny_world.qa_path),
+            "--video-root",
+            str(tiny_world.video_dir),
+            "--save-to-disk",
+            str(out),
+        ]
+    )
+    assert code == 0
+    monkeypatch.chdir(tmp_path)  # not where the videos are
+    dataset = load_prepared(out)
+    assert video_root_of(out, None, dataset) == tiny_world.video_dir.absolute()
+    check_videos(dataset, video_root_of(out, None, dataset), str(out))
+    report = tmp_path / "report.json"
+    args = ["eval", "--model", str(tiny_world.root), "--data", str(out), "--out", str(report), "--limit", "1"]
+    args += ["--max-new-tokens", "4", "--max-frames", "8", "--min-pixels", "3136", "--max-pixels", "3136"]
+    assert cli(args + ["--total-pixels", "25088"]) == 0
+    assert json.loads(report.read_text())["overall"]["n"] == 1
+    # an explicit root still wins; where the videos are not, the error names the dataset, the rows and the flag
+    with pytest.raises(DataError) as error:
+        check_videos(dataset, video_root_of(out, tmp_path / "elsewhere", dataset), str(out))
+    message = str(error.value)
+    assert message.startswith(f"{out}: 8 row(s) name a video that is not there: row 0: {tmp_path / 'elsewhere'}")
+    assert "(and 5 more)" in message and "--video-root DIR" in message
+    assert "prepared without its videos (`rewatch-trl data --embed-videos`" in message
+
+
+def test_a_jsonl_finds_the_videos_folder_beside_it(tiny_world):
+    from rewatch_trl.data import video_root_of
+
+    assert video_root_of(tiny_world.qa_path) == tiny_world.video_dir

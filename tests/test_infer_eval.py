@@ -138,3 +138,12 @@ def test_vllm_backend_without_vllm_says_how_to_install(tiny_world):
             Predictor(str(tiny_world.root), backend="vllm")
     with pytest.raises(ValueError, match="unknown backend 'tgi'"):
         Predictor(str(tiny_world.root), backend="tgi")
+
+
+def test_infer_does_not_import_the_trainer():
+    import subprocess
+    import sys
+
+    code = "import sys, rewatch_trl.infer; print('rewatch_trl.trainer' in sys.modules, 'trl' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]

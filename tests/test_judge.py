@@ -14,6 +14,7 @@ from rewatch_trl.judge import JudgeClient, parse_verdict
 class JudgeHandler(BaseHTTPRequestHandler):
     calls: dict = {}
     lock = threading.Lock()
+    barrier = threading.Barrier(8)
 
     def log_message(self, *args):
         pass
@@ -34,6 +35,13 @@ class JudgeHandler(BaseHTTPRequestHandler):
             count = self.calls[prompt]
         if "SLOW" in prompt:
             time.sleep(1.0)
+        if "TOGETHER" in prompt:
+            try:  # all 8 must be in flight at once to pass
+                self.barrier.wait(timeout=30)
+            except threading.BrokenBarrierError:
+                return self._reply(400, b'{"error": {"message": "not concurrent"}}')
+        if "BAD" in prompt:
+            return self._reply(400, b'{"error": {"message": "bad request"}}')
         if "DOWN" in prompt or ("FLAKY" in prompt and count < 3):
             return self._reply(503, b'{"error": {"message": "overloaded"}}')
         if "GARBAGE" in prompt:
@@ -61,16 +69,22 @@ def server():
 
 
 def make(url, **kwargs):
-    return JudgeClient(base_url=url, model="judge", api_key="k", backoff=0.01, **kwargs)
+    return JudgeClient(base_url=url, model="judge", api_key="k", **kwargs)
 
 
 def test_answers_in_order_and_concurrently(server):
-    judge = make(server, max_concurrency=8)
-    prompts = [f"question {i}: SLOW" for i in range(8)]
-    start = time.perf_counter()
-    assert judge.ask(prompts) == ["yes"] * 8
-    assert time.perf_counter() - start < 4.0  # 8 one-second replies, run side by side
+    JudgeHandler.barrier = threading.Barrier(8)
+    judge = make(server, max_concurrency=8, max_retries=0)
+    prompts = [f"question {i}: TOGETHER" for i in range(8)]
+    assert judge.ask(prompts) == ["yes"] * 8  # each request waited for the 7 others at the server
     assert judge.failures == 0
+
+
+def test_a_bad_request_is_not_retried(server):
+    judge = make(server, max_retries=3)
+    assert judge.ask(["BAD"]) == [None]
+    assert JudgeHandler.calls["BAD"] == 1
+    assert judge.failures == 1
 
 
 def test_retries_then_succeeds(server):

@@ -56,3 +56,15 @@ def test_sft_without_the_target_column_says_so(tiny_world, tmp_path):
     )  # fmt: skip
     with pytest.raises(ValueError, match="no 'trace' column"):
         main(*args)
+
+
+def test_quantization_keys_reach_the_model(tiny_world):
+    from trl import ModelConfig
+
+    from rewatch_trl.training import load_model
+
+    # honoured, not dropped: bitsandbytes (not installed here) is asked for, where the key used to load fp32 silently
+    with pytest.raises(ImportError, match="bitsandbytes"):
+        load_model(ModelConfig(model_name_or_path=str(tiny_world.root), load_in_4bit=True))
+    with pytest.raises(ImportError, match="bitsandbytes"):
+        load_model(ModelConfig(model_name_or_path=str(tiny_world.root), load_in_8bit=True))

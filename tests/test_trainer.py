@@ -25,6 +25,9 @@ def letter_share(completions, **kwargs):
 
 
 def make_trainer(world, tmp_path, rows=None, peft_config=None, **config):
+    """A `VideoGRPOTrainer` on the tiny world; `config` sets `GRPOConfig` fields, its `__init__` entry the
+    trainer's own keyword arguments."""
+    init = config.pop("__init__", {})
     from datasets import Dataset
 
     processor = AutoProcessor.from_pretrained(world.root)
@@ -56,6 +59,7 @@ def make_trainer(world, tmp_path, rows=None, peft_config=None, **config):
         video_root=world.video_dir,
         video_cache=VideoCache(),
         peft_config=peft_config,
+        **init,
     ), dataset
 
 
@@ -315,3 +319,26 @@ def test_a_worker_sends_each_video_once(tiny_world, tmp_path):
     collator.keep(sent + [None])
     assert len(collator.cache._items) == 1
     assert collator.videos(first[:1])[0] is sent[0] and collator.cache.decodes == decodes
+
+
+@pytest.mark.parametrize("key", ["tools", "environment_factory"])
+def test_tools_and_environments_are_refused_by_name(tiny_world, tmp_path, key):
+    def lookup(query: str) -> str:
+        """Look something up.
+
+        Args:
+            query: what to look up.
+        """
+        return query
+
+    value = [lookup] if key == "tools" else (lambda: object())
+    with pytest.raises(NotImplementedError, match=f"does not take `{key}`"):
+        make_trainer(tiny_world, tmp_path, **{"__init__": {key: value}})
+
+
+def test_chat_template_kwargs_reach_the_prompts(tiny_world, tmp_path):
+    trainer, dataset = make_trainer(tiny_world, tmp_path, chat_template_kwargs={"reasoning": "brief"})
+    processor = trainer.processing_class
+    processor.chat_template = processor.chat_template + "{% if reasoning %}reasoning: {{ reasoning }}{% endif %}"
+    ids, _, _ = trainer._tokenize_prompts([dataset[0]["prompt"]])
+    assert processor.tokenizer.decode(ids[0]).endswith("reasoning: brief")
