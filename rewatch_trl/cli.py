@@ -11,28 +11,39 @@ def _tiny(args) -> None:
     print(f"tiny world written to {world.root}: model + processor, {len(world.rows)} rows in {world.qa_path.name}")
 
 
+SHARING_COUNTS = {"videos_decoded": "decoded", "videos_encoded": "encoded", "prompt_rows": "prompts"}
+
+
 def reward_summary(run_dir) -> str:
-    """A table of the rewards a training run logged per step (from its `trainer_state.json`)."""
+    """A table of the rewards a training run logged per step (from its `trainer_state.json`), with the videos
+    decoded and encoded and the prompt rows through the language model in each step."""
     import json
     from pathlib import Path
 
     path = Path(run_dir) / "trainer_state.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trainer state (has the run finished or saved a checkpoint?)")
-    logs = [entry for entry in json.loads(path.read_text())["log_history"] if "reward" in entry]
-    if not logs:
+    history = json.loads(path.read_text())["log_history"]
+    # a step that reuses an earlier generation (`num_iterations` > 1) logs no reward, but its sharing counts
+    logs = [entry for entry in history if "reward" in entry or "sharing/prompt_rows" in entry]
+    rewarded = [entry for entry in logs if "reward" in entry]
+    if not rewarded:
         raise ValueError(f"{path}: no rewards were logged")
     names = sorted(
         {key.split("/")[1] for entry in logs for key in entry if key.startswith("rewards/") and key.endswith("/mean")}
     )
     short = [name.removesuffix("_reward") for name in names]
-    lines = ["step  reward  " + "  ".join(f"{name:>18}" for name in short)]
+    # what sharing did each step (`VideoGRPOTrainer`'s counts), when the run logged it
+    counts = [key for key in SHARING_COUNTS if any(f"sharing/{key}" in entry for entry in logs)]
+    header = "  ".join(f"{name:>18}" for name in short) + "".join(f"  {SHARING_COUNTS[key]:>8}" for key in counts)
+    lines = ["step  reward  " + header]
     for entry in logs:
         values = "  ".join(f"{entry.get(f'rewards/{name}/mean', float('nan')):>18.3f}" for name in names)
-        lines.append(f"{entry['step']:>4}  {entry['reward']:>6.3f}  {values}")
-    half = max(1, len(logs) // 2)
-    first = sum(entry["reward"] for entry in logs[:half]) / half
-    last = sum(entry["reward"] for entry in logs[-half:]) / half
+        values += "".join(f"  {entry.get(f'sharing/{key}', float('nan')):>8g}" for key in counts)
+        lines.append(f"{entry['step']:>4}  {entry.get('reward', float('nan')):>6.3f}  {values}")
+    half = max(1, len(rewarded) // 2)
+    first = sum(entry["reward"] for entry in rewarded[:half]) / half
+    last = sum(entry["reward"] for entry in rewarded[-half:]) / half
     lines.append(f"mean reward: first {half} steps {first:.3f} -> last {half} steps {last:.3f}")
     return "\n".join(lines)
 

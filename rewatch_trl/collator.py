@@ -56,6 +56,7 @@ class VideoCollator:
         self.video_root = Path(video_root) if video_root else None
         self.cache = cache if cache is not None else default_video_cache()
         self._sent: set[str] = set()  # videos this process's `decode_ahead` has handed out
+        self.received = 0  # videos `keep` took from DataLoader workers
 
     def _resolve(self, video: str) -> str:
         # Absolute, so that resolving a prompt's (already resolved) path again changes nothing.
@@ -102,6 +103,7 @@ class VideoCollator:
         # the G rows of a prompt arrive holding one object: each is put (its file looked up) once
         for video in {id(video): video for video in videos if video is not None}.values():
             self.cache.put(video, self.settings)
+            self.received += 1
 
     def prompt_text(self, messages: list[dict]) -> str:
         return self.processor.apply_chat_template(

@@ -1,7 +1,7 @@
 """Sharing one prompt's video and prefix across its G completions, exactly.
 
-Two stand-ins, installed on a Qwen2.5-VL's backbone by `VideoGRPOTrainer` and told by it, around each model
-call, which rows hold the same prompt (rows that share a sample dict):
+Two stand-ins, installed on a Qwen2.5-VL's backbone by `VideoGRPOTrainer` and handed by it, around each model
+call, the `SharedRows` of that call: which rows hold the same prompt and video (rows that share a sample dict).
 
 - `SharedVideoFeatures` replaces `get_video_features`: the vision tower runs once per distinct video;
 - `SharedPrefix` replaces the backbone's `forward` in the log-prob passes: each distinct prompt goes through the
@@ -9,6 +9,9 @@ call, which rows hold the same prompt (rows that share a sample dict):
 
 Both give what the unshared model gives (tests/test_sharing.py: log-probs within 1e-5, gradients within 1e-4).
 """
+
+import functools
+from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -21,6 +24,29 @@ def first_rows(samples: list[dict]) -> dict[int, int]:
     for row, sample in enumerate(samples):
         first.setdefault(id(sample), row)
     return first
+
+
+@dataclass
+class SharedRows:
+    """The rows of one model call and what they share: one sample dict per row (the processor's video tensors of
+    its prompt), the G copies of a prompt holding the same dict, so the same prompt and the same video; and, in a
+    log-prob pass, the `completion_length` tokens that end each row (0 in generation).
+
+    Example:
+    ```python
+    >>> video_a, video_b = {}, {}
+    >>> SharedRows([video_a, video_a, video_b]).distinct
+    [0, 2]
+    ```
+    """
+
+    samples: list[dict]
+    completion_length: int = 0
+
+    @functools.cached_property
+    def distinct(self) -> list[int]:
+        """The first row of each distinct sample, in order of first appearance."""
+        return list(first_rows(self.samples).values())
 
 
 def concat_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -66,7 +92,7 @@ class SharedVideoFeatures:
     """Stands in for a Qwen2.5-VL model's `get_video_features`: runs the vision tower once per distinct video of a
     call and hands every row the features of its video, so the G completions of a prompt share one encoding.
 
-    `samples` (set by the trainer around each call, one per video of the call) says which videos are the same;
+    `rows` (set by the trainer around each call, one sample per video of the call) says which videos are the same;
     with `frozen`, the features are also kept on the sample (`sample["video_features"]`, no grad) and reused
     by every later pass over it. `videos_encoded` counts the videos that went through the tower.
     """
@@ -74,17 +100,16 @@ class SharedVideoFeatures:
     def __init__(self, base_model, frozen: bool = False):
         self.get_video_features = base_model.get_video_features
         self.frozen = frozen
-        self.samples: list[dict] | None = None
+        self.rows: SharedRows | None = None
         self.videos_encoded = 0
 
     def __call__(self, pixel_values_videos, video_grid_thw=None, **kwargs):
-        samples = self.samples
-        if samples is None or len(samples) != len(video_grid_thw):
+        if self.rows is None or len(self.rows.samples) != len(video_grid_thw):
             self.videos_encoded += len(video_grid_thw)
             return self.get_video_features(pixel_values_videos, video_grid_thw, **kwargs)
-        first = first_rows(samples)
-        chunks = pixel_chunks(pixel_values_videos, video_grid_thw, list(first.values()))
-        todo = [row for row in first.values() if "video_features" not in samples[row]]
+        samples, distinct = self.rows.samples, self.rows.distinct
+        chunks = pixel_chunks(pixel_values_videos, video_grid_thw, distinct)
+        todo = [row for row in distinct if "video_features" not in samples[row]]
         features = {}
         output = None
         if todo:
@@ -95,7 +120,7 @@ class SharedVideoFeatures:
                 features[id(samples[row])] = feature
                 if self.frozen:
                     samples[row]["video_features"] = feature.detach()
-        for row in first.values():
+        for row in distinct:
             features.setdefault(id(samples[row]), samples[row].get("video_features"))
         pooled = tuple(features[id(sample)] for sample in samples)
         if output is None:
@@ -112,7 +137,7 @@ class SharedPrefix:
     and values, instead of G full sequences. M-RoPE positions come from the full sequences, so every token sits
     where it would have; the hidden states returned are those of the full sequences.
 
-    The trainer sets `samples` (one per row) and `completion_length` around each pass. Under gradient
+    The trainer sets `rows` (a sample per row, the completion length) around each pass. Under gradient
     checkpointing (the policy pass of a checkpointed run) the keys and values go through a `PrefixCache`, whose
     writes and reads give the same tensors when a checkpointed layer is replayed in the backward; only reentrant
     checkpointing, whose forward keeps no graph to the cached states, takes the model's own path.
@@ -123,19 +148,19 @@ class SharedPrefix:
         self.inner = base_model
         self.forward = base_model.forward
         self.shared_features = shared_features
-        self.samples: list[dict] | None = None
-        self.completion_length = 0
+        self.rows: SharedRows | None = None
         self.prefix_rows = 0
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
-        samples, length = self.samples, self.completion_length
+        rows = self.rows
+        length = rows.completion_length if rows is not None else 0
         layers = self.inner.language_model.layers
         # TRL switches checkpointing off for its no-grad passes; layers only checkpoint in training mode
         checkpointed = self.inner.training and any(layer.gradient_checkpointing for layer in layers)
         # Anything but plain video rows (embeddings, a cache, images, positions given) takes the model's own path.
         given = ("inputs_embeds", "past_key_values", "pixel_values", "image_grid_thw")
         if (
-            samples is None
+            rows is None
             or input_ids is None
             or position_ids is not None
             or (checkpointed and _reentrant(layers))
@@ -153,9 +178,8 @@ class SharedPrefix:
         pixels, grid = kwargs.pop("pixel_values_videos"), kwargs.pop("video_grid_thw")
         seconds, mm = kwargs.pop("second_per_grid_ts"), kwargs.pop("mm_token_type_ids")
         prompt = input_ids.size(1) - length
-        first = first_rows(samples)
-        distinct = list(first.values())
-        where = {key: i for i, key in enumerate(first)}
+        samples, distinct = rows.samples, rows.distinct
+        where = {id(samples[row]): i for i, row in enumerate(distinct)}
         index = torch.tensor([where[id(sample)] for sample in samples], device=input_ids.device)
         # the model's own rule (`positions.use_original_rope`, installed by the trainer)
         positions, _ = self.inner.get_rope_index(
@@ -163,8 +187,8 @@ class SharedPrefix:
         )
         chunks = pixel_chunks(pixels, grid, distinct)
         cache = PrefixCache()
-        if self.shared_features is not None:
-            self.shared_features.samples = [samples[row] for row in distinct]
+        if self.shared_features is not None:  # the prefix pass holds each distinct prompt once
+            self.shared_features.rows = SharedRows([samples[row] for row in distinct])
         # A checkpointing layer drops the cache it is given unless told that replaying it is safe, as it is here.
         saved = [layer.__dict__.get("_can_checkpoint_with_cache") for layer in layers]
         for layer in layers:
@@ -191,7 +215,7 @@ class SharedPrefix:
             )
         finally:
             if self.shared_features is not None:
-                self.shared_features.samples = samples
+                self.shared_features.rows = rows
             for layer, value in zip(layers, saved, strict=True):
                 if value is None:
                     del layer._can_checkpoint_with_cache
@@ -246,6 +270,43 @@ def _reentrant(layers) -> bool:
             if keywords is None or keywords.get("use_reentrant", True) is not False:
                 return True
     return False
+
+
+class SharingCounter:
+    """What a run's model calls did, counted at the modules themselves (so with sharing on or off): videos through
+    the vision tower (`videos_encoded`), rows through the language model that hold a prompt (`prompt_rows`: a
+    forward with no cached prompt before it; decoding steps and the completions that read a shared prefix are not
+    counted), and videos decoded or received from DataLoader workers (`videos_decoded`, from the collator).
+    `take()` gives the counts since the last `take()`."""
+
+    def __init__(self, models, collator=None):
+        self.collator = collator
+        self.counts = {"videos_decoded": 0, "videos_encoded": 0, "prompt_rows": 0}
+        self._decoded = self._decoded_so_far()
+        for model in models:
+            inner = backbone(model)
+            inner.visual.register_forward_pre_hook(self._vision, with_kwargs=True)
+            inner.language_model.register_forward_pre_hook(self._language, with_kwargs=True)
+
+    def _decoded_so_far(self) -> int:
+        return 0 if self.collator is None else self.collator.cache.decodes + self.collator.received
+
+    def _vision(self, module, args, kwargs):
+        grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
+        self.counts["videos_encoded"] += len(grid)
+
+    def _language(self, module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        if cache is None or cache.get_seq_length() == 0:
+            rows = kwargs.get("inputs_embeds")
+            rows = rows if rows is not None else kwargs.get("input_ids", args[0] if args else None)
+            self.counts["prompt_rows"] += rows.size(0)
+
+    def take(self) -> dict[str, int]:
+        decoded = self._decoded_so_far()
+        self.counts["videos_decoded"], self._decoded = decoded - self._decoded, decoded
+        taken, self.counts = self.counts, dict.fromkeys(self.counts, 0)
+        return taken
 
 
 def backbone(model):

@@ -34,6 +34,8 @@ from rewatch_trl.collator import VideoCollator
 from rewatch_trl.positions import use_original_rope
 from rewatch_trl.prompts import VideoSettings
 from rewatch_trl.sharing import (
+    SharedRows,
+    SharingCounter,
     backbone,
     concat_rows,
     first_rows,
@@ -142,6 +144,11 @@ class VideoGRPOTrainer(GRPOTrainer):
             models = [self.model] + ([self.ref_model] if self.ref_model is not None else [])
             features = self._shared_features or [None] * len(models)
             self._shared_prefixes = [install_shared_prefix(m, f) for m, f in zip(models, features, strict=True)]
+        models = [self.model] + ([self.ref_model] if self.ref_model is not None else [])
+        self.sharing_counter = SharingCounter(
+            [self.accelerator.unwrap_model(model) for model in models], self.video_collator
+        )
+        self._steps_to_log = 0  # optimizer steps since the sharing counts were last logged
         self._video_inputs: list[dict] | None = None  # per sample, for the log-prob passes of the batch at hand
         self._pending_videos: list[SampledVideo] | None = None  # per prompt, for vLLM
 
@@ -167,21 +174,44 @@ class VideoGRPOTrainer(GRPOTrainer):
         fields["mm_token_type_ids"] = [mm[i] for i in rows]
         return [ids[i] for i in rows], None, fields
 
-    def _sharing(self, samples: list[dict] | None):
-        """Tell the shared video features which videos of the next model call are the same."""
+    @contextlib.contextmanager
+    def shared_rows(self, samples: list[dict], completion_length: int = 0):
+        """Within the block, the model is called on rows holding `samples` (one per row; the G copies of a prompt
+        hold the same dict: the same prompt and video) that end in `completion_length` completion tokens: the shared
+        video features and prompt prefix (`sharing.py`) encode each distinct video, and prefill each distinct
+        prompt, once."""
+        rows = SharedRows(samples, completion_length)
         for shared in self._shared_features:
-            shared.samples = samples
+            shared.rows = rows
+        for shared in self._shared_prefixes:
+            shared.rows = rows if completion_length else None
+        try:
+            yield rows
+        finally:
+            for shared in [*self._shared_features, *self._shared_prefixes]:
+                shared.rows = None
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._step % self.current_gradient_accumulation_steps == 0:  # TRL's count of micro-steps
+            self._steps_to_log += 1
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # what sharing did, per optimizer step since the last log, beside TRL's metrics (`sharing/...`)
+        if self.model.training and self._steps_to_log:
+            for key, count in self.sharing_counter.take().items():
+                self._metrics["train"][f"sharing/{key}"] = [count / self._steps_to_log]
+            self._steps_to_log = 0
+        super().log(logs, start_time)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
-        self._sharing(self._video_inputs)
+        # the rows of this generation are the prompts `_tokenize_prompts` just encoded, with their videos
         serving = self.vllm_generation.llm.serving(self._pending_videos) if self.use_vllm else contextlib.nullcontext()
-        try:
-            with serving:
-                return super()._generate_single_turn(
-                    prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs
-                )
-        finally:
-            self._sharing(None)
+        with self.shared_rows(self._video_inputs), serving:
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs
+            )
 
     def get_train_dataloader(self):
         # With DataLoader workers, the training set's videos are decoded in them, ahead of the steps that need them.
@@ -231,17 +261,10 @@ class VideoGRPOTrainer(GRPOTrainer):
                     samples[rows], input_ids[rows], self._vision_config, distinct_pixels=bool(self._shared_features)
                 ),
             )
-            self._sharing(samples[rows])
-            for prefix in self._shared_prefixes:
-                prefix.samples, prefix.completion_length = samples[rows], logits_to_keep
-            try:
+            with self.shared_rows(samples[rows], logits_to_keep):
                 chunk = super()._get_per_token_logps_and_entropies(
                     video_model, input_ids[rows], attention_mask[rows], logits_to_keep, batch_size, **kwargs
                 )
-            finally:
-                self._sharing(None)
-                for prefix in self._shared_prefixes:
-                    prefix.samples = None
             logps.append(chunk[0])
             entropies.append(chunk[1])
             aux_losses.append(chunk[2])

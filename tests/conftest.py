@@ -7,6 +7,66 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def letter_share(completions, **kwargs):
+    """A reward with spread on random text, so that advantages are non-zero."""
+    texts = [c[0]["content"] for c in completions]
+    return [sum(ch.isalpha() for ch in t) / max(len(t), 1) for t in texts]
+
+
+def build_trainer(world, tmp_path, rows=None, peft_config=None, **config):
+    """A `VideoGRPOTrainer` on the tiny world; `config` sets `GRPOConfig` fields, its `__init__` entry the
+    trainer's own keyword arguments."""
+    init = config.pop("__init__", {})
+    from datasets import Dataset
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from rewatch_trl.collator import VideoCollator
+    from rewatch_trl.configs import GRPOConfig
+    from rewatch_trl.grpo import add_prompts
+    from rewatch_trl.rewards import get_reward_funcs
+    from rewatch_trl.tiny import TINY_VIDEO_SETTINGS
+    from rewatch_trl.trainer import VideoGRPOTrainer
+    from rewatch_trl.video import VideoCache
+
+    processor = AutoProcessor.from_pretrained(world.root)
+    model = AutoModelForImageTextToText.from_pretrained(world.root)
+    collator = VideoCollator(processor, TINY_VIDEO_SETTINGS, world.video_dir)
+    dataset = add_prompts(Dataset.from_list(rows or world.rows), collator)
+    settings = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=8,
+        max_steps=2,
+        logging_steps=1,
+        learning_rate=1e-2,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,  # TRL's default is bf16 autocast, also on CPU: the exactness checks are in fp32
+        save_strategy="no",
+        seed=0,
+    )
+    args = GRPOConfig(**(settings | config))
+    return VideoGRPOTrainer(
+        model=model,
+        reward_funcs=[letter_share, *get_reward_funcs(["format", "accuracy"])],
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        video_settings=TINY_VIDEO_SETTINGS,
+        video_root=world.video_dir,
+        video_cache=VideoCache(),
+        peft_config=peft_config,
+        **init,
+    ), dataset
+
+
+@pytest.fixture(scope="session")
+def make_trainer():
+    """`build_trainer`: `make_trainer(tiny_world, tmp_path, **config)` in a test."""
+    return build_trainer
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """The offline world, built once per test session."""

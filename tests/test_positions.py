@@ -163,9 +163,7 @@ def expected_positions(config, ids, mask, video_inputs):
     return rope_index(config, ids, mask, grid, seconds)
 
 
-def test_rollout_generation_receives_the_rule(tiny_world, tmp_path, received):
-    from test_trainer import make_trainer
-
+def test_rollout_generation_receives_the_rule(tiny_world, tmp_path, received, make_trainer):
     trainer, dataset = make_trainer(tiny_world, tmp_path, max_completion_length=6)
     rows = [dataset[i] for i in (0, 0, 1, 1)]  # two prompts of different lengths: left padding
     output = trainer._generate_and_score_completions(rows)
@@ -185,9 +183,7 @@ def test_rollout_generation_receives_the_rule(tiny_world, tmp_path, received):
 
 
 @pytest.mark.parametrize("sharing", [False, True])
-def test_log_prob_passes_receive_the_rule(tiny_world, tmp_path, received, sharing):
-    from test_trainer import make_trainer
-
+def test_log_prob_passes_receive_the_rule(tiny_world, tmp_path, received, sharing, make_trainer):
     trainer, dataset = make_trainer(
         tiny_world, tmp_path, share_video_features=sharing, share_prompt_prefix=sharing, beta=0.1
     )

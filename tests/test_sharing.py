@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from test_trainer import make_trainer
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -51,7 +50,7 @@ def loss_grads(trainer, inputs, sharing: bool):
 
 
 @pytest.mark.parametrize(("g", "beta"), [(2, 0.0), (4, 0.0), (2, 0.1), (4, 0.1)])
-def test_sharing_is_exact(tiny_world, tmp_path, g, beta):
+def test_sharing_is_exact(tiny_world, tmp_path, g, beta, make_trainer):
     trainer, dataset = make_trainer(
         tiny_world, tmp_path, num_generations=g, per_device_train_batch_size=2 * g, beta=beta, num_iterations=2
     )
@@ -85,7 +84,7 @@ def count_step(trainer, rows):
     return [shared.videos_encoded for shared in trainer._shared_features]
 
 
-def test_vision_tower_runs_once_per_distinct_video_per_pass(tiny_world, tmp_path):
+def test_vision_tower_runs_once_per_distinct_video_per_pass(tiny_world, tmp_path, make_trainer):
     g = 4
     trainer, dataset = make_trainer(
         tiny_world, tmp_path, num_generations=g, per_device_train_batch_size=2 * g, beta=0.1, num_iterations=2
@@ -95,7 +94,7 @@ def test_vision_tower_runs_once_per_distinct_video_per_pass(tiny_world, tmp_path
     assert trainer.video_collator.cache.decodes == 2  # each video decoded once
 
 
-def test_frozen_vision_tower_runs_once_per_video_per_step(tiny_world, tmp_path):
+def test_frozen_vision_tower_runs_once_per_video_per_step(tiny_world, tmp_path, make_trainer):
     g = 4
     trainer, dataset = make_trainer(
         tiny_world, tmp_path, num_generations=g, per_device_train_batch_size=2 * g, beta=0.1, num_iterations=2,
@@ -106,7 +105,7 @@ def test_frozen_vision_tower_runs_once_per_video_per_step(tiny_world, tmp_path):
     assert (policy, reference) == (2, 0)  # once, in generation; every later pass reuses the features
 
 
-def test_without_sharing_the_tower_runs_per_completion(tiny_world, tmp_path):
+def test_without_sharing_the_tower_runs_per_completion(tiny_world, tmp_path, make_trainer):
     g = 4
     trainer, dataset = make_trainer(
         tiny_world, tmp_path, num_generations=g, per_device_train_batch_size=2 * g,
@@ -123,7 +122,7 @@ def test_without_sharing_the_tower_runs_per_completion(tiny_world, tmp_path):
     assert videos == [2 * g, 2 * g]  # generation and loss each encode all 8 rows' videos (2 distinct)
 
 
-def test_each_prompt_goes_through_the_language_model_once_per_pass(tiny_world, tmp_path):
+def test_each_prompt_goes_through_the_language_model_once_per_pass(tiny_world, tmp_path, make_trainer):
     g = 4
     trainer, dataset = make_trainer(
         tiny_world, tmp_path, num_generations=g, per_device_train_batch_size=2 * g, beta=0.1, num_iterations=2
@@ -134,7 +133,7 @@ def test_each_prompt_goes_through_the_language_model_once_per_pass(tiny_world, t
 
 
 @pytest.mark.parametrize("reentrant", [False, True])
-def test_sharing_under_gradient_checkpointing_is_exact(tiny_world, tmp_path, reentrant):
+def test_sharing_under_gradient_checkpointing_is_exact(tiny_world, tmp_path, reentrant, make_trainer):
     g = 2
     trainer, dataset = make_trainer(
         tiny_world, tmp_path, num_generations=g, per_device_train_batch_size=2 * g, gradient_checkpointing=True,
@@ -159,7 +158,9 @@ def test_sharing_under_gradient_checkpointing_is_exact(tiny_world, tmp_path, ree
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_sharing_with_a_lora_policy_and_its_disabled_adapter_as_reference(tiny_world, tmp_path, checkpointing):
+def test_sharing_with_a_lora_policy_and_its_disabled_adapter_as_reference(
+    tiny_world, tmp_path, checkpointing, make_trainer
+):
     from peft import LoraConfig
 
     g = 2
@@ -224,3 +225,36 @@ def test_concat_rows_is_a_view_only_of_adjacent_blocks_in_order():
         joined = concat_rows(parts)
         assert torch.equal(joined, torch.cat(parts))
         assert all(joined.data_ptr() != part.data_ptr() for part in parts if part.numel())
+
+
+def test_sharing_counts_are_logged_per_step(tiny_world, tmp_path, make_trainer):
+    g = 4
+    rows = [tiny_world.rows[i] for i in (0, 2)]
+    trainer, _ = make_trainer(
+        tiny_world, tmp_path, rows, num_generations=g, per_device_train_batch_size=2 * g, beta=0.1, num_iterations=2,
+        max_steps=2,
+    )  # fmt: skip
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "sharing/videos_encoded" in entry]
+    assert len(logs) == 2
+    first, second = logs
+    # step 1 generates: the two videos decoded once; the tower runs once per distinct video in generation,
+    # old-policy, loss and reference passes (2 x 4); the language model takes the 8 rows in generation's prefill,
+    # then each prompt once in the old-policy, loss and reference passes (8 + 2 x 3)
+    assert (first["sharing/videos_decoded"], first["sharing/videos_encoded"], first["sharing/prompt_rows"]) == (
+        2,
+        8,
+        14,
+    )
+    # step 2 reuses step 1's generation (num_iterations 2): the loss pass only, nothing decoded
+    assert (second["sharing/videos_decoded"], second["sharing/videos_encoded"], second["sharing/prompt_rows"]) == (
+        0,
+        2,
+        2,
+    )
+    from rewatch_trl.cli import reward_summary
+
+    trainer.state.save_to_json(str(tmp_path / "trainer_state.json"))
+    table = reward_summary(tmp_path).splitlines()
+    assert table[0].split()[-3:] == ["decoded", "encoded", "prompts"]
+    assert table[1].split()[-3:] == ["2", "8", "14"] and table[2].split()[-3:] == ["0", "2", "2"]

@@ -2,65 +2,15 @@
 
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import GRPOTrainer
 
-from rewatch_trl.collator import VideoCollator
-from rewatch_trl.configs import GRPOConfig
-from rewatch_trl.grpo import add_prompts
-from rewatch_trl.rewards import get_reward_funcs
 from rewatch_trl.tiny import TINY_VIDEO_SETTINGS
-from rewatch_trl.trainer import VideoGRPOTrainer, split_video_inputs, video_forward_kwargs
-from rewatch_trl.video import VideoCache, sample_video
+from rewatch_trl.trainer import split_video_inputs, video_forward_kwargs
+from rewatch_trl.video import sample_video
 from rewatch_trl.vllm_video import VideoLLM, collapse_placeholders, vllm_video_requests
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def letter_share(completions, **kwargs):
-    """A reward with spread on random text, so that advantages are non-zero."""
-    texts = [c[0]["content"] for c in completions]
-    return [sum(ch.isalpha() for ch in t) / max(len(t), 1) for t in texts]
-
-
-def make_trainer(world, tmp_path, rows=None, peft_config=None, **config):
-    """A `VideoGRPOTrainer` on the tiny world; `config` sets `GRPOConfig` fields, its `__init__` entry the
-    trainer's own keyword arguments."""
-    init = config.pop("__init__", {})
-    from datasets import Dataset
-
-    processor = AutoProcessor.from_pretrained(world.root)
-    model = AutoModelForImageTextToText.from_pretrained(world.root)
-    collator = VideoCollator(processor, TINY_VIDEO_SETTINGS, world.video_dir)
-    dataset = add_prompts(Dataset.from_list(rows or world.rows), collator)
-    settings = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        num_generations=2,
-        max_completion_length=8,
-        max_steps=2,
-        logging_steps=1,
-        learning_rate=1e-2,
-        report_to="none",
-        use_cpu=True,
-        bf16=False,  # TRL's default is bf16 autocast, also on CPU: the exactness checks are in fp32
-        save_strategy="no",
-        seed=0,
-    )
-    args = GRPOConfig(**(settings | config))
-    return VideoGRPOTrainer(
-        model=model,
-        reward_funcs=[letter_share, *get_reward_funcs(["format", "accuracy"])],
-        args=args,
-        train_dataset=dataset,
-        processing_class=processor,
-        video_settings=TINY_VIDEO_SETTINGS,
-        video_root=world.video_dir,
-        video_cache=VideoCache(),
-        peft_config=peft_config,
-        **init,
-    ), dataset
 
 
 def direct_logps(model, collator, rows, completion_ids, completion_mask, pixel_transform=None):
@@ -85,7 +35,7 @@ def direct_logps(model, collator, rows, completion_ids, completion_mask, pixel_t
     return logps.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
 
 
-def test_every_logp_pass_sees_the_video(tiny_world, tmp_path):
+def test_every_logp_pass_sees_the_video(tiny_world, tmp_path, make_trainer):
     trainer, dataset = make_trainer(tiny_world, tmp_path, beta=0.1, num_iterations=2)
     rows = [dataset[i] for i in (0, 0, 1, 1)]  # two prompts, G = 2, of different lengths (left padding)
     trainer.model.train()
@@ -118,7 +68,7 @@ def test_every_logp_pass_sees_the_video(tiny_world, tmp_path):
     assert stock is None or (stock[kept] - expected[kept]).abs().max() > 1e-3
 
 
-def test_loss_pass_log_probs_follow_the_shuffled_batch(tiny_world, tmp_path):
+def test_loss_pass_log_probs_follow_the_shuffled_batch(tiny_world, tmp_path, make_trainer):
     # questions tagged with their id, so that a sample's prompt text tells which row (and video) it came from
     tagged = [row | {"problem": f"[{row['problem_id']}] {row['problem']}"} for row in tiny_world.rows]
     trainer, dataset = make_trainer(
@@ -153,7 +103,7 @@ def test_loss_pass_log_probs_follow_the_shuffled_batch(tiny_world, tmp_path):
     assert (policy_logps[kept] - expected[kept]).abs().max() <= 1e-5
 
 
-def test_two_grpo_steps_learn_and_log_rewards(tiny_world, tmp_path):
+def test_two_grpo_steps_learn_and_log_rewards(tiny_world, tmp_path, make_trainer):
     trainer, _ = make_trainer(tiny_world, tmp_path, save_strategy="steps", save_steps=2)
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     trainer.train()
@@ -170,14 +120,14 @@ def test_two_grpo_steps_learn_and_log_rewards(tiny_world, tmp_path):
     assert trainer.state.global_step == 2
 
 
-def test_video_tokens_are_never_generated(tiny_world, tmp_path):
+def test_video_tokens_are_never_generated(tiny_world, tmp_path, make_trainer):
     trainer, _ = make_trainer(tiny_world, tmp_path)
     config = trainer.model.config
     suppressed = set(trainer.generation_config.suppress_tokens)
     assert {config.video_token_id, config.image_token_id, config.vision_start_token_id} <= suppressed
 
 
-def test_vllm_requests_carry_the_loss_pass_frames(tiny_world, tmp_path):
+def test_vllm_requests_carry_the_loss_pass_frames(tiny_world, tmp_path, make_trainer):
     trainer, dataset = make_trainer(tiny_world, tmp_path)
     rows = [dataset[0], dataset[0], dataset[2], dataset[2]]
     prompt_ids, _, fields = trainer._tokenize_prompts([row["prompt"] for row in rows])
@@ -212,7 +162,7 @@ def test_vllm_requests_carry_the_loss_pass_frames(tiny_world, tmp_path):
         vllm_video_requests(requests[:2], trainer._pending_videos, video_token)
 
 
-def test_vllm_gets_one_request_per_prompt_for_its_g_completions(tiny_world, tmp_path):
+def test_vllm_gets_one_request_per_prompt_for_its_g_completions(tiny_world, tmp_path, make_trainer):
     import copy
     from types import SimpleNamespace
 
@@ -257,7 +207,7 @@ def test_vllm_gets_one_request_per_prompt_for_its_g_completions(tiny_world, tmp_
     ]  # fmt: skip
 
 
-def test_video_forward_kwargs_mark_video_tokens(tiny_world, tmp_path):
+def test_video_forward_kwargs_mark_video_tokens(tiny_world, tmp_path, make_trainer):
     trainer, dataset = make_trainer(tiny_world, tmp_path)
     batch = trainer.video_collator([dataset[0], dataset[1]])
     kwargs = video_forward_kwargs(split_video_inputs(batch), batch["input_ids"], trainer.model.config)
@@ -265,7 +215,7 @@ def test_video_forward_kwargs_mark_video_tokens(tiny_world, tmp_path):
     assert torch.equal(kwargs["pixel_values_videos"], batch["pixel_values_videos"])
 
 
-def test_dataloader_workers_decode_the_videos(tiny_world, tmp_path):
+def test_dataloader_workers_decode_the_videos(tiny_world, tmp_path, make_trainer):
     seen = []
 
     def columns(completions, **kwargs):
@@ -296,7 +246,7 @@ def test_dataloader_workers_decode_the_videos(tiny_world, tmp_path):
     assert torch.equal(video.frames, sample_video(trainer.video_collator.video_path(row), TINY_VIDEO_SETTINGS).frames)
 
 
-def test_a_worker_sends_each_video_once(tiny_world, tmp_path):
+def test_a_worker_sends_each_video_once(tiny_world, tmp_path, make_trainer):
     trainer, dataset = make_trainer(tiny_world, tmp_path)
     collator = trainer.video_collator
     rows = [dataset[i] for i in range(len(dataset))]
@@ -322,7 +272,7 @@ def test_a_worker_sends_each_video_once(tiny_world, tmp_path):
 
 
 @pytest.mark.parametrize("key", ["tools", "environment_factory"])
-def test_tools_and_environments_are_refused_by_name(tiny_world, tmp_path, key):
+def test_tools_and_environments_are_refused_by_name(tiny_world, tmp_path, key, make_trainer):
     def lookup(query: str) -> str:
         """Look something up.
 
@@ -336,7 +286,7 @@ def test_tools_and_environments_are_refused_by_name(tiny_world, tmp_path, key):
         make_trainer(tiny_world, tmp_path, **{"__init__": {key: value}})
 
 
-def test_chat_template_kwargs_reach_the_prompts(tiny_world, tmp_path):
+def test_chat_template_kwargs_reach_the_prompts(tiny_world, tmp_path, make_trainer):
     trainer, dataset = make_trainer(tiny_world, tmp_path, chat_template_kwargs={"reasoning": "brief"})
     processor = trainer.processing_class
     processor.chat_template = processor.chat_template + "{% if reasoning %}reasoning: {{ reasoning }}{% endif %}"

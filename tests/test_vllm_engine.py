@@ -17,12 +17,11 @@ pytestmark = [pytest.mark.vllm, pytest.mark.filterwarnings("ignore::UserWarning"
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_world, tmp_path_factory):
+def engine(tiny_world, tmp_path_factory, make_trainer):
     """A colocated-vLLM `VideoGRPOTrainer` (3 steps, lr 5e-2), the requests that reach the engine and the M-RoPE
     positions vLLM computes."""
     import trl.generation.vllm_generation as generation
     import vllm
-    from test_trainer import make_trainer
     from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration as VllmQwen
 
     positions = []
@@ -216,7 +215,7 @@ def test_infer_and_eval_backends_see_the_same_prompt_and_frames(tiny_world, engi
         assert torch.equal(torch.as_tensor(frames), video.frames)
 
 
-def test_bf16_engine_and_trainer_agree_on_a_fractional_grid(tiny_world, engine, tmp_path, monkeypatch):
+def test_bf16_engine_and_trainer_agree_on_a_fractional_grid(tiny_world, engine, tmp_path, monkeypatch, make_trainer):
     """vLLM casts `second_per_grid_ts` to its model dtype: in bf16 a 6.2604 s grid counts 6.25 s. The trainer,
     told the engine's dtype, reads it alike (here its own weights are fp32)."""
     import dataclasses
@@ -224,7 +223,6 @@ def test_bf16_engine_and_trainer_agree_on_a_fractional_grid(tiny_world, engine, 
     import trl.generation.vllm_generation as generation
     import vllm
     from datasets import Dataset
-    from test_trainer import make_trainer
     from vllm import SamplingParams
 
     from rewatch_trl.collator import VideoCollator
