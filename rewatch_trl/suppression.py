@@ -42,7 +42,16 @@ def suppress_vision_tokens(model) -> None:
         return  # already installed
     if head.bias is not None:
         raise ValueError("the LM head already has a trained bias: suppression would replace it")
-    bias = torch.zeros(head.weight.size(0), dtype=head.weight.dtype, device=head.weight.device)
+    # `out_features`, not the weight's shape: under ZeRO-3 the weight is a partitioned (empty) placeholder
+    bias = torch.zeros(head.out_features, dtype=head.weight.dtype, device=head.weight.device)
     bias[suppressed_token_ids(base.config)] = SUPPRESSION_BIAS
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+        # TRL's fused head gathers the head's weight and bias under ZeRO-3, reading each one's `ds_status`: this
+        # bias is a buffer, whole on every rank, so it is there already
+        bias.ds_status = ZeroParamStatus.AVAILABLE
     del head.bias
     head.register_buffer("bias", bias, persistent=False)

@@ -25,9 +25,11 @@ Example:
 import contextlib
 import functools
 import json
+import logging
 
 import datasets
 import torch
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl import GRPOTrainer
 
 from rewatch_trl.collator import VideoCollator
@@ -45,6 +47,9 @@ from rewatch_trl.sharing import (
 from rewatch_trl.suppression import suppress_vision_tokens, suppressed_token_ids
 from rewatch_trl.video import SampledVideo, VideoCache
 from rewatch_trl.vllm_video import VideoLLM, reload_weights
+
+
+logger = logging.getLogger(__name__)
 
 
 def split_video_inputs(batch) -> list[dict[str, torch.Tensor]]:
@@ -144,6 +149,11 @@ class VideoGRPOTrainer(GRPOTrainer):
             models = [self.model] + ([self.ref_model] if self.ref_model is not None else [])
             features = self._shared_features or [None] * len(models)
             self._shared_prefixes = [install_shared_prefix(m, f) for m, f in zip(models, features, strict=True)]
+        if is_deepspeed_zero3_enabled():
+            params = list(self.model.parameters())
+            # a parameter ZeRO-3 partitions at load keeps an empty placeholder here
+            partitioned = sum(1 for p in params if hasattr(p, "ds_numel") and p.numel() < p.ds_numel)
+            logger.info("ZeRO-3: %d of the policy's %d parameters are partitioned", partitioned, len(params))
         models = [self.model] + ([self.ref_model] if self.ref_model is not None else [])
         self.sharing_counter = SharingCounter(
             [self.accelerator.unwrap_model(model) for model in models], self.video_collator

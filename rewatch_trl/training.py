@@ -70,6 +70,19 @@ def resume_checkpoint(training_args) -> str | None:
     return None
 
 
+MODEL_FILES = ("config.json", "generation_config.json", "model*.safetensors*", "adapter_*")
+
+
+def copy_model_files(checkpoint, output_dir) -> None:
+    """The model a checkpoint holds (weights, or a PEFT adapter, and their configs) into `output_dir`."""
+    import shutil
+    from pathlib import Path
+
+    for pattern in MODEL_FILES:
+        for path in Path(checkpoint).glob(pattern):
+            shutil.copy2(path, Path(output_dir) / path.name)
+
+
 def train_and_save(trainer, processor, script_args: ScriptArguments) -> None:
     """Train (resuming where a killed run stopped), then save the model, its processor (left-padded, ready for
     generation) and the state; push to the Hub if asked."""
@@ -81,15 +94,17 @@ def train_and_save(trainer, processor, script_args: ScriptArguments) -> None:
         done = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
     if done is not None and 0 < args.max_steps <= done.global_step:
         # The run was killed after its last checkpoint: finish it from there (transformers would take one step
-        # past `max_steps` when resumed at it).
-        trainer._load_from_checkpoint(checkpoint)
+        # past `max_steps` when resumed at it). The checkpoint's model files are the final model: copied, not
+        # loaded (a ZeRO-3 model, partitioned and not yet prepared, could not take them).
         trainer.state = done
+        if trainer.accelerator.is_main_process:
+            copy_model_files(checkpoint, args.output_dir)
     else:
         result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
+        trainer.save_model(args.output_dir)
     trainer.save_state()
-    trainer.save_model(args.output_dir)
     if trainer.accelerator.is_main_process:
         processor.tokenizer.padding_side = "left"
         processor.save_pretrained(args.output_dir)

@@ -1,4 +1,8 @@
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +96,54 @@ os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "vllm: runs the real vLLM engine (its CPU build): `make test-vllm`")
+
+
+class Launcher:
+    """`accelerate launch` of the tiny recipes in subprocesses, as a user runs them."""
+
+    root = Path(__file__).resolve().parents[1]
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+
+    def command(
+        self, world, output_dir, num_processes=1, stage="grpo", config="accelerate_configs/cpu.yaml", **overrides
+    ):
+        """The command line of a tiny `stage` run on `world` under the accelerate `config`; `overrides` are recipe
+        keys."""
+        settings = (
+            {
+                "model_name_or_path": world.root,
+                "dataset_name": world.qa_path,
+                "captions": world.captions_path,
+                "video_root": world.video_dir,
+                "output_dir": output_dir,
+                "max_steps": 2,
+            }
+            | ({"max_completion_length": 8} if stage == "grpo" else {})
+            | overrides
+        )
+        command = [self.accelerate, "launch", "--config_file", str(self.root / config)]
+        command += ["--num_processes", str(num_processes), "-m", f"rewatch_trl.{stage}"]
+        command += ["--config", str(self.root / f"recipes/tiny/{stage}.yaml")]
+        for key, value in settings.items():
+            command += [f"--{key}", str(value)]
+        return command
+
+    @staticmethod
+    def environment():
+        return os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+
+    def run(self, command, timeout=300):
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, env=self.environment(), cwd=self.root
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    @staticmethod
+    def state(output_dir):
+        return json.loads((Path(output_dir) / "trainer_state.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def launcher():
+    return Launcher()

@@ -1,0 +1,119 @@
+"""The tiny recipes under DeepSpeed (ZeRO-2 and ZeRO-3, 2 CPU processes over gloo) against DDP from the same start.
+
+The CPU configs (tests/deepspeed/) differ from accelerate_configs/zero*.yaml only where CPU needs it: no bf16, and,
+for ZeRO-3, `stage3_param_persistence_threshold: 0`, without which the tiny model's every parameter would stay whole
+(nothing gathered: the test would prove nothing).
+"""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+
+ZERO2, ZERO3, DDP = "tests/deepspeed/zero2_cpu.yaml", "tests/deepspeed/zero3_cpu.yaml", "accelerate_configs/cpu.yaml"
+SHARING = ("sharing/videos_decoded", "sharing/videos_encoded", "sharing/prompt_rows")
+
+
+@pytest.fixture(scope="module")
+def sft_model(tiny_world, tmp_path_factory, launcher):
+    """The tiny model after a short SFT: its completions earn varied rewards, so GRPO's 2 steps move the weights."""
+    out = tmp_path_factory.mktemp("sft")
+    launcher.run(launcher.command(tiny_world, out, 1, stage="sft", max_steps=60, save_strategy="no"))
+    return out
+
+
+def grpo(launcher, world, model, out, config, **overrides):
+    settings = {"model_name_or_path": model, "max_completion_length": 64, "save_strategy": "no"} | overrides
+    return launcher.run(launcher.command(world, out, 2, config=config, **settings))
+
+
+def weights(directory) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(directory) / "model.safetensors"))
+
+
+def max_difference(a, b) -> float:
+    assert a.keys() == b.keys()
+    return max((a[name] - b[name]).abs().max().item() for name in a)
+
+
+def sharing_counts(output_dir, launcher):
+    history = launcher.state(output_dir)["log_history"]
+    return [tuple(entry[key] for key in SHARING) for entry in history if SHARING[0] in entry]
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tiny_world, sft_model, tmp_path_factory, launcher):
+    """The DDP reference runs, by `beta`."""
+    runs = {}
+    for beta in (0.0, 0.04):
+        out = tmp_path_factory.mktemp(f"ddp-{beta}")
+        grpo(launcher, tiny_world, sft_model, out, DDP, beta=beta, save_strategy="steps", save_steps=2)
+        runs[beta] = out
+    return runs
+
+
+@pytest.mark.parametrize(("config", "beta"), [(ZERO3, 0.0), (ZERO2, 0.0), (ZERO3, 0.04)])
+def test_zero_run_equals_ddp(tiny_world, sft_model, ddp_runs, tmp_path, launcher, config, beta):
+    from transformers import AutoModelForImageTextToText
+
+    out = tmp_path / "run"
+    result = grpo(launcher, tiny_world, sft_model, out, config, beta=beta, save_strategy="steps", save_steps=2)
+    if config == ZERO3:
+        assert "ZeRO-3: 57 of the policy's 57 parameters are partitioned" in result.stderr
+    reference = ddp_runs[beta]
+    assert max_difference(weights(out), weights(reference)) <= 1e-5
+    assert max_difference(weights(out), weights(sft_model)) > 1e-5  # the 2 steps moved the weights
+    # both ranks reached step 2: each wrote its own shard (and RNG state) of the step-2 checkpoint
+    checkpoint = out / "checkpoint-2"
+    for rank in (0, 1):
+        assert (checkpoint / f"rng_state_{rank}.pth").is_file()
+        assert (checkpoint / "global_step2" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").is_file()
+    assert launcher.state(out)["global_step"] == 2
+    assert sharing_counts(out, launcher) == sharing_counts(reference, launcher)
+    assert sharing_counts(out, launcher)  # counted at all
+    AutoModelForImageTextToText.from_pretrained(out)  # the saved (gathered) model loads
+
+
+def test_zero3_killed_after_a_checkpoint_resumes_to_the_same_weights(tiny_world, sft_model, tmp_path, launcher):
+    settings = {"model_name_or_path": sft_model, "max_completion_length": 64, "max_steps": 4}
+    settings |= {"save_strategy": "steps", "save_steps": 2}
+    whole = tmp_path / "whole"
+    launcher.run(launcher.command(tiny_world, whole, 2, config=ZERO3, **settings))
+    killed = tmp_path / "killed"
+    command = launcher.command(tiny_world, killed, 2, config=ZERO3, **settings)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=launcher.environment(),
+        cwd=launcher.root,
+        start_new_session=True,
+    )
+    deadline = time.time() + 240
+    try:
+        while not (killed / "checkpoint-2" / "trainer_state.json").is_file():
+            assert process.poll() is None, "the run ended before its first checkpoint"
+            assert time.time() < deadline, "no checkpoint within the time limit"
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not (killed / "checkpoint-4").exists()  # it died mid-run
+    launcher.run(command)
+    assert launcher.state(killed)["global_step"] == 4
+    assert max_difference(weights(killed), weights(whole)) <= 1e-5
+
+
+def test_sft_under_zero3_equals_ddp(tiny_world, tmp_path, launcher):
+    runs = {}
+    for name, config in (("ddp", DDP), ("zero3", ZERO3)):
+        runs[name] = tmp_path / name
+        launcher.run(launcher.command(tiny_world, runs[name], 2, stage="sft", config=config, save_strategy="no"))
+    assert max_difference(weights(runs["zero3"]), weights(runs["ddp"])) <= 1e-5
+    assert max_difference(weights(runs["ddp"]), weights(tiny_world.root)) > 1e-5
