@@ -33,7 +33,7 @@ $(STAMP): setup.cfg pyproject.toml
 	else \
 		$(BIN)/python -m pip install -q $(TORCH_SPEC); \
 	fi
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,lmms-eval]"
 	# DeepSpeed builds its CPU communication op at its first start (~40 s, a C++ compiler): here, once, not in a test
 	$(BIN)/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" 2>/dev/null \
 		|| echo "warning: DeepSpeed's shm_comm op did not build (no C++ compiler?): the DeepSpeed tests will try again"

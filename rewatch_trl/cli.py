@@ -177,14 +177,40 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, help="report JSON; predictions go beside it")
     evaluate.set_defaults(func=_eval)
 
+    lmms_eval = commands.add_parser(
+        "lmms-eval",
+        help="run lmms-eval with the rewatch model and the paper's benchmarks (rewatch_minerva, ...) found",
+        description="Everything after `lmms-eval` goes to `python -m lmms_eval`, with --include_path set to the "
+        "tasks shipped with rewatch-trl, e.g. --model rewatch --model_args pretrained=DIR --tasks rewatch_minerva",
+    )
+    lmms_eval.add_argument("arguments", nargs=argparse.REMAINDER)
+    lmms_eval.set_defaults(func=_lmms_eval)
     summary = commands.add_parser("summary", help="print the rewards a training run logged per step")
     summary.add_argument("run_dir", help="the run's output_dir")
     summary.set_defaults(func=_summary)
     return parser
 
 
+def _lmms_eval(args) -> None:
+    import subprocess
+
+    from rewatch_trl.lmms import TASKS_DIR
+
+    # lmms-eval exits 0 when an evaluation fails, unless its verbosity is DEBUG
+    verbosity = [] if "--verbosity" in args.arguments else ["--verbosity", "DEBUG"]
+    command = [sys.executable, "-m", "lmms_eval", "--include_path", str(TASKS_DIR), *verbosity, *args.arguments]
+    code = subprocess.call(command)
+    if code:
+        raise SystemExit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "lmms-eval":  # its options are lmms-eval's own
+        args.arguments = unknown + args.arguments
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as error:

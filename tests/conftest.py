@@ -1,7 +1,9 @@
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,6 +141,26 @@ class Launcher:
         assert result.returncode == 0, result.stderr[-3000:]
         return result
 
+    def kill_after_checkpoint(self, command, output_dir, step: int = 2, timeout: float = 240) -> None:
+        """Start `command` and kill -9 its whole process group as soon as its step-`step` checkpoint is written."""
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=self.environment(),
+            cwd=self.root,
+            start_new_session=True,
+        )
+        deadline = time.time() + timeout
+        try:
+            while not (Path(output_dir) / f"checkpoint-{step}" / "trainer_state.json").is_file():
+                assert process.poll() is None, "the run ended before its checkpoint"
+                assert time.time() < deadline, "no checkpoint within the time limit"
+                time.sleep(0.05)
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
     @staticmethod
     def state(output_dir):
         return json.loads((Path(output_dir) / "trainer_state.json").read_text())
@@ -147,3 +169,11 @@ class Launcher:
 @pytest.fixture(scope="session")
 def launcher():
     return Launcher()
+
+
+@pytest.fixture(scope="session")
+def sft_model(tiny_world, tmp_path_factory, launcher):
+    """The tiny model after the demo's SFT: its completions follow the video and earn varied rewards."""
+    out = tmp_path_factory.mktemp("sft")
+    launcher.run(launcher.command(tiny_world, out, 1, stage="sft", max_steps=60, save_strategy="no"))
+    return out

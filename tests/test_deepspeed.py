@@ -5,10 +5,6 @@ for ZeRO-3, `stage3_param_persistence_threshold: 0`, without which the tiny mode
 (nothing gathered: the test would prove nothing).
 """
 
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -18,14 +14,6 @@ from safetensors.torch import load_file
 
 ZERO2, ZERO3, DDP = "tests/deepspeed/zero2_cpu.yaml", "tests/deepspeed/zero3_cpu.yaml", "accelerate_configs/cpu.yaml"
 SHARING = ("sharing/videos_decoded", "sharing/videos_encoded", "sharing/prompt_rows")
-
-
-@pytest.fixture(scope="module")
-def sft_model(tiny_world, tmp_path_factory, launcher):
-    """The tiny model after a short SFT: its completions earn varied rewards, so GRPO's 2 steps move the weights."""
-    out = tmp_path_factory.mktemp("sft")
-    launcher.run(launcher.command(tiny_world, out, 1, stage="sft", max_steps=60, save_strategy="no"))
-    return out
 
 
 def grpo(launcher, world, model, out, config, **overrides):
@@ -87,23 +75,7 @@ def test_zero3_killed_after_a_checkpoint_resumes_to_the_same_weights(tiny_world,
     launcher.run(launcher.command(tiny_world, whole, 2, config=ZERO3, **settings))
     killed = tmp_path / "killed"
     command = launcher.command(tiny_world, killed, 2, config=ZERO3, **settings)
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=launcher.environment(),
-        cwd=launcher.root,
-        start_new_session=True,
-    )
-    deadline = time.time() + 240
-    try:
-        while not (killed / "checkpoint-2" / "trainer_state.json").is_file():
-            assert process.poll() is None, "the run ended before its first checkpoint"
-            assert time.time() < deadline, "no checkpoint within the time limit"
-            time.sleep(0.05)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    launcher.kill_after_checkpoint(command, killed)
     assert not (killed / "checkpoint-4").exists()  # it died mid-run
     launcher.run(command)
     assert launcher.state(killed)["global_step"] == 4

@@ -1,10 +1,6 @@
 """The tiny recipe through `accelerate launch`: one and two CPU processes, and a killed run resumed."""
 
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -32,23 +28,7 @@ def test_killed_run_resumes_to_the_planned_step(tiny_world, tmp_path, launcher):
 
     output_dir = tmp_path / "run"
     command = launcher.command(tiny_world, output_dir, max_steps=24, save_steps=2, save_total_limit=30)
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=launcher.environment(),
-        cwd=launcher.root,
-        start_new_session=True,
-    )
-    deadline = time.time() + 240
-    try:
-        while not (output_dir / "checkpoint-2" / "trainer_state.json").is_file():
-            assert process.poll() is None, "the run ended before its first checkpoint"
-            assert time.time() < deadline, "no checkpoint within the time limit"
-            time.sleep(0.05)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    launcher.kill_after_checkpoint(command, output_dir)
     killed_at = checkpoint_steps(output_dir)
     assert killed_at and max(killed_at) < 24  # it really died mid-run
     assert not (output_dir / "trainer_state.json").is_file()

@@ -30,6 +30,14 @@ def sequence(config, *parts):
     return torch.tensor([ids])
 
 
+def stock_positions(model, ids, grid, seconds):
+    """transformers 5.17's own `get_rope_index` (the class's, not the one `use_original_rope` installs)."""
+    video = (ids == model.config.video_token_id).long() * 2
+    return qwen.Qwen2_5_VLModel.get_rope_index(
+        model.model, ids, video, video_grid_thw=grid, second_per_grid_ts=seconds
+    )[0]
+
+
 def text(start, count):
     return [list(range(start, start + count))] * 3
 
@@ -48,13 +56,7 @@ def test_tiny_video(config, tiny_model_and_processor):
     assert positions[:, 0].tolist() == expected
     assert deltas.tolist() == [[83 - 86]]
     # transformers 5.17's own rule resumes the text at 30 + 2 (the video's spatial extent): all 40 differ
-    stock, _ = qwen.Qwen2_5_VLModel.get_rope_index(
-        tiny_model_and_processor[0].model,
-        ids,
-        (ids == config.video_token_id).long() * 2,
-        video_grid_thw=grid,
-        second_per_grid_ts=seconds,
-    )
+    stock = stock_positions(tiny_model_and_processor[0], ids, grid, seconds)
     assert stock[:, 0, :46].tolist() == [axis[:46] for axis in expected]  # the video itself agrees
     assert stock[0, 0, 46:].tolist() == list(range(32, 72))
     assert (stock != positions).any(0).sum() == 40
@@ -72,13 +74,7 @@ def test_ten_minute_video_at_192_frames(config, tiny_model_and_processor):
     assert positions[:, 0, 30 + 384 :].tolist() == text(1220, 40)
     assert deltas.tolist() == [[1260 - 454]]
     # transformers 5.17 counts int(6.2604) = 6 s a grid: 12 apart
-    stock, _ = qwen.Qwen2_5_VLModel.get_rope_index(
-        tiny_model_and_processor[0].model,
-        ids,
-        (ids == config.video_token_id).long() * 2,
-        video_grid_thw=grid,
-        second_per_grid_ts=seconds,
-    )
+    stock = stock_positions(tiny_model_and_processor[0], ids, grid, seconds)
     assert stock[0, 0, 30 : 30 + 384 : 4].tolist()[:6] == [30, 42, 54, 66, 78, 90]
     assert (stock != positions).any(0).sum() > 350
 
