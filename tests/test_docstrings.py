@@ -6,7 +6,14 @@ import importlib
 import pytest
 
 
-MODULES = ["rewatch_trl.prompts", "rewatch_trl.react", "rewatch_trl.rewards", "rewatch_trl.judge"]
+MODULES = [
+    "rewatch_trl.prompts",
+    "rewatch_trl.react",
+    "rewatch_trl.rewards",
+    "rewatch_trl.judge",
+    "rewatch_trl.sharing",
+    "rewatch_trl.vllm_video",
+]
 
 
 def _examples(module_name):

@@ -5,9 +5,12 @@ replaces loguru's handlers.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from rewatch_trl.lmms import TASKS_DIR
 
@@ -64,7 +67,7 @@ def test_lmms_eval_answers_as_rewatch_trl_eval(tiny_world, sft_model, tmp_path):
     command += ["--output_path", str(out), "--log_samples"]
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MINERVA_VIDEO_DIR": str(tiny_world.video_dir)}
     env |= {"HF_HOME": str(tmp_path / "hf")}
-    result = subprocess.run(command, capture_output=True, text=True, env=__import__("os").environ | env, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, env=os.environ | env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (results_file,) = out.rglob("*_results.json")
     results = json.loads(results_file.read_text())["results"]["rewatch_minerva_tiny"]
@@ -85,3 +88,96 @@ def test_lmms_eval_answers_as_rewatch_trl_eval(tiny_world, sft_model, tmp_path):
     predictions = [json.loads(line) for line in predictions_path(report).read_text().splitlines()]
     expected = [prediction["completion"] for prediction in predictions]
     assert completions == expected
+
+
+def stand_in_rows(world) -> dict[str, list[dict]]:
+    """Two rows of each shipped benchmark's row format, about the tiny world's videos."""
+    colors = ["blue", "green", "red", "yellow"]
+    lettered = [f"{letter}. {color}" for letter, color in zip("ABCD", colors, strict=True)]
+    rows = {name: [] for name in ("video_holmes", "videomathqa", "cgav_counting", "videomme")}
+    for i, row in enumerate([row for row in world.rows if row["multiple_choice"]][:2]):
+        stem, question = Path(row["videos"]).stem, row["problem"].split("\n")[0]
+        rows["video_holmes"].append(
+            {"video ID": stem, "Question": question, "Options": dict(zip("ABCD", colors, strict=True)),
+             "Answer": row["answer"], "Question Type": "SR"}
+        )  # fmt: skip
+        rows["videomathqa"].append(
+            {"videoID": stem, "question": question, "options": lettered,
+             "answer": row["answer"], "category": "Counting", "question_id": str(i), "length": "short"}
+        )  # fmt: skip
+        rows["cgav_counting"].append(
+            {"index": i, "video": row["videos"], "question": "How many times does the square change colour?",
+             "answer": 3, "category": "event", "type": "count", "query_interval": [0.0, 8.0], "clue": "[]"}
+        )  # fmt: skip
+        rows["videomme"].append(
+            {"videoID": stem, "question_id": f"{i}-1", "duration": "short", "domain": "Knowledge",
+             "sub_category": "Humanity & History", "task_type": "Temporal Perception", "question": question,
+             "options": lettered, "answer": row["answer"]}
+        )  # fmt: skip
+    return rows
+
+
+def test_every_shipped_benchmark_loads_and_runs_on_a_stand_in(tiny_world, tmp_path):
+    import re
+
+    names = [
+        "rewatch_minerva",
+        "rewatch_video_holmes",
+        "rewatch_videomathqa",
+        "rewatch_cgav_counting",
+        "rewatch_videomme",
+    ]
+    assert sorted(path.name for path in TASKS_DIR.iterdir() if path.is_dir()) == sorted(names)
+    # each found by lmms-eval's task manager, offline (a subprocess: lmms-eval's import side effects stay there)
+    code = (
+        "from lmms_eval.tasks import TaskManager; import sys; "
+        f"m = TaskManager(include_path={str(TASKS_DIR)!r}); print(sorted(n for n in m.all_tasks if n.startswith('rewatch_')))"
+    )
+    offline = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    listed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=offline, check=True)
+    assert listed.stdout.strip().splitlines()[-1] == str(sorted(names))
+    # each run on two local rows of its format, with local videos, in one lmms-eval run
+    tasks = tmp_path / "tasks"
+    env = dict(offline)
+    for benchmark, rows in stand_in_rows(tiny_world).items():
+        name = f"rewatch_{benchmark}"
+        data = tmp_path / f"{benchmark}.jsonl"
+        data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        folder = tasks / f"{name}_tiny"
+        folder.mkdir(parents=True)
+        (folder / "utils.py").write_text((TASKS_DIR / name / "utils.py").read_text())
+        recipe = (TASKS_DIR / name / f"{name}.yaml").read_text()
+        local = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test"
+        recipe = re.sub(r"(?ms)^dataset_path:.*?^test_split: test$", local, recipe)
+        (folder / f"{name}_tiny.yaml").write_text(recipe.replace(f"task: {name}", f"task: {name}_tiny"))
+        env[f"{benchmark.upper()}_VIDEO_DIR"] = str(tiny_world.video_dir)
+    out = tmp_path / "lmms"
+    command = [sys.executable, "-m", "rewatch_trl.cli", "lmms-eval", "--model", "rewatch"]
+    command += ["--model_args", f"pretrained={tiny_world.root},max_new_tokens=8,{MODEL_ARGS}"]
+    command += ["--tasks", ",".join(f"{name}_tiny" for name in names[1:]), "--include_path", str(tasks)]
+    command += ["--batch_size", "2", "--output_path", str(out), "--log_samples"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (results_file,) = out.rglob("*_results.json")
+    results = json.loads(results_file.read_text())["results"]
+    for name, metric in zip(
+        names[1:],
+        ["video_holmes_accuracy", "videomathqa_perception_score", "acc", "videomme_perception_score"],
+        strict=True,
+    ):
+        assert f"{metric},none" in results[f"{name}_tiny"], (name, results[f"{name}_tiny"])
+        (samples,) = out.rglob(f"*_samples_{name}_tiny.jsonl")
+        assert len(samples.read_text().splitlines()) == 2
+
+
+def test_a_missing_video_names_the_variable_and_the_file(tmp_path, monkeypatch):
+    from rewatch_trl.lmms.benchmarks import local_video
+
+    monkeypatch.setenv("VIDEOMME_VIDEO_DIR", str(tmp_path))
+    with pytest.raises(
+        FileNotFoundError, match=rf"rewatch_videomme: video 'abc' is not in VIDEOMME_VIDEO_DIR={tmp_path}"
+    ):
+        local_video("VIDEOMME_VIDEO_DIR", "abc", "rewatch_videomme")
+    monkeypatch.delenv("VIDEOMME_VIDEO_DIR")
+    with pytest.raises(FileNotFoundError, match="set VIDEOMME_VIDEO_DIR"):
+        local_video("VIDEOMME_VIDEO_DIR", "abc", "rewatch_videomme")
