@@ -181,3 +181,13 @@ def test_a_missing_video_names_the_variable_and_the_file(tmp_path, monkeypatch):
     monkeypatch.delenv("VIDEOMME_VIDEO_DIR")
     with pytest.raises(FileNotFoundError, match="set VIDEOMME_VIDEO_DIR"):
         local_video("VIDEOMME_VIDEO_DIR", "abc", "rewatch_videomme")
+
+
+def test_the_entry_point_module_is_light():
+    code = "import sys, rewatch_trl.lmms; print('torch' in sys.modules, 'lmms_eval' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]
+    # and lmms-eval's registry finds the model through it
+    code = "from lmms_eval.models import get_model; print(get_model('rewatch', force_simple=True).__module__)"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert found.stdout.strip().splitlines()[-1] == "rewatch_trl.lmms.model", found.stderr[-2000:]
