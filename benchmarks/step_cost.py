@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -34,6 +35,31 @@ from rewatch_trl.rewards import get_reward_funcs  # noqa: E402
 from rewatch_trl.tiny import QWEN2_5_VL_7B_SIZES, build_tiny_tokenizer, build_tiny_world, tiny_config  # noqa: E402
 from rewatch_trl.trainer import VideoGRPOTrainer  # noqa: E402
 from rewatch_trl.video import VideoCache  # noqa: E402
+
+
+def peak_memory(func, device: str = "cpu") -> tuple[object, float]:
+    """`func()` and the peak, in MiB, of the memory its tensors held at once while it ran: on a GPU the caching
+    allocator's own count; on CPU the profiler's memory timeline (every allocation and free during the call,
+    categorised by tensor; a process's RSS would drown it in Python's and torch's baseline)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        output = func()
+        torch.cuda.synchronize()
+        return output, (torch.cuda.max_memory_allocated() - before) / 2**20
+    import json
+    import warnings
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        output = func()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated for CUDA's snapshots, which CPU has not
+        prof.export_memory_timeline(f"{tmp}/timeline.json", device="cpu")
+        _, sizes = json.loads(Path(tmp, "timeline.json").read_text())
+    return output, max((sum(at_time) for at_time in sizes), default=0) / 2**20
 
 
 def video_settings(frames: int) -> VideoSettings:
@@ -149,11 +175,15 @@ def run(world, settings: VideoSettings, mode: dict, options) -> dict:
 
     def training_step(*a, **k):
         try:
+            if warm_up and getattr(options, "measure_memory", False):  # a step after the warm-up, profiled
+                output, result["peak MiB"] = peak_memory(lambda: step(*a, **k), options.device)
+                return output
             return step(*a, **k)
         finally:
             if not warm_up:  # the first step (worker start, first decodes, allocator warm-up) is not counted
                 warm_up.update(times)
 
+    result = {}
     trainer.training_step = training_step
     # the wait for the next batch (the DataLoader workers decode the videos) happens between training steps
     trainer.get_batch_samples = timed(times, "data wait", trainer.get_batch_samples)
@@ -167,7 +197,7 @@ def run(world, settings: VideoSettings, mode: dict, options) -> dict:
 
     trainer._generate_and_score_completions = count_tokens
     trainer.train()
-    result = {phase: (value - warm_up.get(phase, 0.0)) / options.steps for phase, value in times.items()}
+    result |= {phase: (value - warm_up.get(phase, 0.0)) / options.steps for phase, value in times.items()}
     result["tokens"] = sum(tokens) / len(tokens)
     if gpu:
         result["peak GiB"] = torch.cuda.max_memory_allocated() / 2**30
