@@ -26,16 +26,14 @@ MODES = {
 }
 
 
-def point(frames: int, generations: int, mode: str, steps: int) -> dict:
+def point(frames: int, generations: int, mode: str, steps: int, device: str = "cpu") -> dict:
     """One point, in this process: seconds a step (after a warm-up step) and the peak MiB of one more step."""
     from argparse import Namespace
 
-    import torch
     from step_cost import run, video_settings
 
     from rewatch_trl.tiny import build_tiny_world
 
-    torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         world = build_tiny_world(f"{tmp}/world", num_videos=4, seconds=frames, fps=2, size=(224, 224))
         options = Namespace(
@@ -47,12 +45,13 @@ def point(frames: int, generations: int, mode: str, steps: int) -> dict:
     return {"seconds": timed["step"], "peak_mib": measured["peak MiB"]}
 
 
-def measure_all(steps: int) -> dict:
+def measure_all(steps: int, device: str) -> dict:
     results = {}
     points = sorted({(f, 8) for f in FRAMES} | {(64, g) for g in GENERATIONS})
     for frames, generations in points:
         for mode in MODES:
-            command = [sys.executable, __file__, "--point", str(frames), str(generations), mode, "--steps", str(steps)]
+            command = [sys.executable, __file__, "--point", str(frames), str(generations), mode]
+            command += ["--steps", str(steps), "--device", device]
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             results[(frames, generations, mode)] = json.loads(output.strip().splitlines()[-1])
             print(
@@ -99,13 +98,14 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2, help="timed steps a point, after one warm-up step")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--point", nargs=3, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.point:
         frames, generations, mode = int(options.point[0]), int(options.point[1]), options.point[2]
-        print(json.dumps(point(frames, generations, mode, options.steps)))
+        print(json.dumps(point(frames, generations, mode, options.steps, options.device)))
         return
-    results = measure_all(options.steps)
+    results = measure_all(options.steps, options.device)
     print("point                  stock s   shared s   speed-up   stock MiB  shared MiB   memory")
     keys = [(f, 8) for f in FRAMES] + [(64, g) for g in GENERATIONS if g != 8]
     for frames, generations in keys:
