@@ -260,12 +260,13 @@ def video_root_of(name_or_path, video_root=None, dataset=None):
 def check_videos(dataset, video_root, source) -> None:
     """Every row's video exists (relative names under `video_root`): else a `DataError` that names the dataset, the
     first rows whose video is missing and the flag that says where the videos are."""
-    missing = []
-    for index, name in enumerate(dataset["videos"]):
-        name = name[0] if isinstance(name, (list, tuple)) and len(name) == 1 else name
-        path = Path(name) if Path(name).is_absolute() or video_root is None else Path(video_root) / name
-        if not path.is_file():
-            missing.append(f"row {index}: {path}")
+    names = [name[0] if isinstance(name, (list, tuple)) and len(name) == 1 else name for name in dataset["videos"]]
+    paths = {
+        name: Path(name) if Path(name).is_absolute() or video_root is None else Path(video_root) / name
+        for name in set(names)
+    }
+    absent = {name for name, path in paths.items() if not path.is_file()}  # one look a video, not a row
+    missing = [f"row {index}: {paths[name]}" for index, name in enumerate(names) if name in absent]
     if not missing:
         return
     record = prepared_record(dataset)

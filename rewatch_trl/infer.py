@@ -52,14 +52,12 @@ class Predictor:
         self.backend = backend
         if backend == "transformers":
             import torch
-            from transformers import AutoModelForImageTextToText
+            from trl import ModelConfig
 
-            from rewatch_trl.positions import use_original_rope
+            from rewatch_trl.training import load_model
 
-            self.model = AutoModelForImageTextToText.from_pretrained(
-                model, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
-            ).eval()
-            use_original_rope(self.model)
+            # the loader of training: the same model class and position rule
+            self.model = load_model(ModelConfig(model_name_or_path=model, dtype=dtype)).eval()
             if torch.cuda.is_available():
                 self.model = self.model.cuda()
             self.config = self.model.config

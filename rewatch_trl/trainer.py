@@ -130,23 +130,21 @@ class VideoGRPOTrainer(GRPOTrainer):
             suppressed = suppressed_token_ids(self._vision_config)
             self.generation_kwargs["suppress_tokens"] = sorted(set(known) | set(suppressed))
             self.generation_config.suppress_tokens = self.generation_kwargs["suppress_tokens"]
-        for model in (self.model, self.ref_model):
-            if model is not None:
-                model = self.accelerator.unwrap_model(model)
-                # the position rule the model was pretrained with and vLLM samples under, also for a model handed in
-                use_original_rope(model, seconds_dtype)
-                # scored under the distribution that samples: the vision tokens suppressed
-                suppress_vision_tokens(model)
+        # the policy and the reference (if any), unwrapped: every per-model install below serves both
+        models = [self.accelerator.unwrap_model(m) for m in (self.model, self.ref_model) if m is not None]
+        for model in models:
+            # the position rule the model was pretrained with and vLLM samples under, also for a model handed in
+            use_original_rope(model, seconds_dtype)
+            # scored under the distribution that samples: the vision tokens suppressed
+            suppress_vision_tokens(model)
         self._shared_features = []
         self._shared_prefixes = []
         if getattr(self.args, "freeze_vision_tower", False):
             backbone(self.model).visual.requires_grad_(False)
         if getattr(self.args, "share_video_features", False):
             frozen = getattr(self.args, "freeze_vision_tower", False)
-            models = [self.model] + ([self.ref_model] if self.ref_model is not None else [])
             self._shared_features = [install_shared_video_features(m, frozen) for m in models]
         if getattr(self.args, "share_prompt_prefix", False):
-            models = [self.model] + ([self.ref_model] if self.ref_model is not None else [])
             features = self._shared_features or [None] * len(models)
             self._shared_prefixes = [install_shared_prefix(m, f) for m, f in zip(models, features, strict=True)]
         if is_deepspeed_zero3_enabled():
@@ -154,10 +152,7 @@ class VideoGRPOTrainer(GRPOTrainer):
             # a parameter ZeRO-3 partitions at load keeps an empty placeholder here
             partitioned = sum(1 for p in params if hasattr(p, "ds_numel") and p.numel() < p.ds_numel)
             logger.info("ZeRO-3: %d of the policy's %d parameters are partitioned", partitioned, len(params))
-        models = [self.model] + ([self.ref_model] if self.ref_model is not None else [])
-        self.sharing_counter = SharingCounter(
-            [self.accelerator.unwrap_model(model) for model in models], self.video_collator
-        )
+        self.sharing_counter = SharingCounter(models, self.video_collator)
         self._steps_to_log = 0  # optimizer steps since the sharing counts were last logged
         self._video_inputs: list[dict] | None = None  # per sample, for the log-prob passes of the batch at hand
         self._pending_videos: list[SampledVideo] | None = None  # per prompt, for vLLM

@@ -204,7 +204,7 @@ def test_log_prob_passes_receive_the_rule(tiny_world, tmp_path, received, sharin
         assert torch.equal(full[:, kept], positions[:, kept])
 
 
-def test_sft_receives_the_rule(tiny_world, tmp_path, received, monkeypatch):
+def test_sft_receives_the_rule(tiny_world, tmp_path, received, monkeypatch, launcher):
     from rewatch_trl.sft import SFTVideoCollator, main, parse_args
 
     batches = []
@@ -215,18 +215,7 @@ def test_sft_receives_the_rule(tiny_world, tmp_path, received, monkeypatch):
         return batches[-1]
 
     monkeypatch.setattr(SFTVideoCollator, "__call__", keep)
-    args = parse_args(
-        [
-            "--config", "recipes/tiny/sft.yaml",
-            "--model_name_or_path", str(tiny_world.root),
-            "--dataset_name", str(tiny_world.qa_path),
-            "--captions", str(tiny_world.captions_path),
-            "--video_root", str(tiny_world.video_dir),
-            "--output_dir", str(tmp_path / "sft"),
-            "--max_steps", "2",
-            "--save_strategy", "no",
-        ]
-    )  # fmt: skip
+    args = parse_args(launcher.recipe_args(tiny_world, tmp_path / "sft", "sft", save_strategy="no"))
     trainer = main(*args)
     training_passes = [positions for positions in received if positions.shape[-1] > 1][:2]
     assert len(training_passes) == 2 and len(batches) >= 2

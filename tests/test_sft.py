@@ -9,25 +9,14 @@ from rewatch_trl.sft import main, parse_args
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def test_sft_learns_the_traces_and_the_model_generates_with_the_video(tiny_world, tmp_path):
+def test_sft_learns_the_traces_and_the_model_generates_with_the_video(tiny_world, tmp_path, launcher):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from rewatch_trl.collator import VideoCollator
     from rewatch_trl.tiny import TINY_VIDEO_SETTINGS
 
     out = tmp_path / "sft"
-    args = parse_args(
-        [
-            "--config", "recipes/tiny/sft.yaml",
-            "--model_name_or_path", str(tiny_world.root),
-            "--dataset_name", str(tiny_world.qa_path),
-            "--captions", str(tiny_world.captions_path),
-            "--video_root", str(tiny_world.video_dir),
-            "--output_dir", str(out),
-            "--max_steps", "40",
-            "--logging_steps", "5",
-        ]
-    )  # fmt: skip
+    args = parse_args(launcher.recipe_args(tiny_world, out, "sft", max_steps=40, logging_steps=5))
     trainer = main(*args)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 8
@@ -42,18 +31,8 @@ def test_sft_learns_the_traces_and_the_model_generates_with_the_video(tiny_world
     assert all(text.startswith("<action>") for text in texts), texts  # it learnt the ReAct opening
 
 
-def test_sft_without_the_target_column_says_so(tiny_world, tmp_path):
-    args = parse_args(
-        [
-            "--config", "recipes/tiny/sft.yaml",
-            "--model_name_or_path", str(tiny_world.root),
-            "--dataset_name", str(tiny_world.qa_path),
-            "--video_root", str(tiny_world.video_dir),
-            "--captions", str(tiny_world.captions_path),
-            "--response_field", "trace",
-            "--output_dir", str(tmp_path / "x"),
-        ]
-    )  # fmt: skip
+def test_sft_without_the_target_column_says_so(tiny_world, tmp_path, launcher):
+    args = parse_args(launcher.recipe_args(tiny_world, tmp_path / "x", "sft", response_field="trace"))
     with pytest.raises(ValueError, match="no 'trace' column"):
         main(*args)
 

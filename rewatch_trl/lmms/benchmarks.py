@@ -3,6 +3,7 @@
 by an environment variable, and scores the `<answer>` of the ReAct completion with the stock task's own scorer.
 """
 
+import importlib
 import os
 import re
 from pathlib import Path
@@ -34,6 +35,18 @@ def answered(results: list[str]) -> list[str]:
     return [trace.answer or ""]
 
 
+def stock_scorer(task: str, function: str):
+    """The `process_results` of a stock lmms-eval task (`lmms_eval.tasks.<task>.utils.<function>`), applied to the
+    `<answer>` of the ReAct completion; the stock module is imported when lmms-eval first scores."""
+
+    def process_results(doc, results):
+        scorer = getattr(importlib.import_module(f"lmms_eval.tasks.{task}.utils"), function)
+        return scorer(doc, answered(results))
+
+    process_results.__name__ = f"{task}_process_results"
+    return process_results
+
+
 def question_with_options(question: str, options: list[str]) -> str:
     return "\n".join([question.strip(), *(f"{LETTERS[i]}: {option}" for i, option in enumerate(options))])
 
@@ -50,10 +63,7 @@ def minerva_doc_to_text(doc, lmms_eval_specific_kwargs=None):
     return question_with_options(str(doc["question"]), options)
 
 
-def minerva_process_results(doc, results):
-    from lmms_eval.tasks.minerva import utils as stock
-
-    return stock.minerva_process_results(doc, answered(results))
+minerva_process_results = stock_scorer("minerva", "minerva_process_results")
 
 
 def strip_letter(option: str) -> str:
@@ -71,10 +81,7 @@ def video_holmes_doc_to_text(doc, lmms_eval_specific_kwargs=None):
     return question_with_options(str(doc["Question"]), [str(options[letter]) for letter in sorted(options)])
 
 
-def video_holmes_process_results(doc, results):
-    from lmms_eval.tasks.video_holmes import utils as stock
-
-    return stock.video_holmes_process_results(doc, answered(results))
+video_holmes_process_results = stock_scorer("video_holmes", "video_holmes_process_results")
 
 
 # VideoMathQA (multiple choice): rows `videoID`, `question`, `options` (`A. text`), `answer`; $VIDEOMATHQA_VIDEO_DIR
@@ -86,10 +93,7 @@ def videomathqa_doc_to_text(doc, lmms_eval_specific_kwargs=None):
     return question_with_options(str(doc["question"]), [strip_letter(option) for option in doc["options"]])
 
 
-def videomathqa_process_results(doc, results):
-    from lmms_eval.tasks.videomathqa import utils as stock
-
-    return stock.videomathqa_process_results(doc, answered(results))
+videomathqa_process_results = stock_scorer("videomathqa", "videomathqa_process_results")
 
 
 # CG-AV-Counting (whole video): rows `video` (a file name), `question`, `answer` (a count); $CGAV_COUNTING_VIDEO_DIR
@@ -101,10 +105,7 @@ def cgav_counting_doc_to_text(doc, lmms_eval_specific_kwargs=None):
     return f"{doc['question']} Answer with a number."
 
 
-def cgav_counting_process_results(doc, results):
-    from lmms_eval.tasks.cgav_counting import utils as stock
-
-    return stock.cgav_process_results_long(doc, answered(results))
+cgav_counting_process_results = stock_scorer("cgav_counting", "cgav_process_results_long")
 
 
 # Video-MME: rows `videoID`, `question`, `options` (`A. text`), `answer`; $VIDEOMME_VIDEO_DIR
@@ -116,7 +117,4 @@ def videomme_doc_to_text(doc, lmms_eval_specific_kwargs=None):
     return question_with_options(str(doc["question"]), [strip_letter(option) for option in doc["options"]])
 
 
-def videomme_process_results(doc, results):
-    from lmms_eval.tasks.videomme import utils as stock
-
-    return stock.videomme_process_results(doc, answered(results))
+videomme_process_results = stock_scorer("videomme", "videomme_process_results")
