@@ -12,6 +12,8 @@ Example:
 
 from pathlib import Path
 
+import torch
+
 from rewatch_trl.prompts import VideoSettings, build_messages
 from rewatch_trl.video import SampledVideo, VideoCache, default_video_cache, sample_video
 
@@ -155,6 +157,18 @@ class VideoCollator:
                 labels[i, last - len(tail) + 1 : last + 1] = IGNORE_INDEX
         batch["labels"] = labels
         return batch
+
+
+def split_video_inputs(batch) -> list[dict[str, torch.Tensor]]:
+    """Processor video inputs of a batch (one video per sample) → one dict per sample, so that TRL's shuffle and
+    split of a generation batch (which index lists and tensors by sample) keep each video with its sample."""
+    grids = batch["video_grid_thw"]
+    rows = torch.split(batch["pixel_values_videos"], grids.prod(-1).tolist())
+    seconds = torch.as_tensor(batch["second_per_grid_ts"]).reshape(-1)
+    return [
+        {"pixel_values_videos": pixels, "video_grid_thw": grid[None], "second_per_grid_ts": second[None]}
+        for pixels, grid, second in zip(rows, grids, seconds, strict=True)
+    ]
 
 
 def _last_index(sequence: list[int], pattern: list[int]) -> int:

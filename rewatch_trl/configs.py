@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import trl
 
 from rewatch_trl.prompts import VideoSettings
+from rewatch_trl.rewatch import RewatchSettings
 
 
 @dataclass
@@ -43,8 +44,9 @@ class ScriptArguments(trl.ScriptArguments):
 
 
 @dataclass
-class GRPOConfig(trl.GRPOConfig):
-    """`trl.GRPOConfig` with the defaults a video run needs: the rewards read the dataset's columns."""
+class GRPOConfig(RewatchSettings, trl.GRPOConfig):
+    """`trl.GRPOConfig` with the defaults a video run needs (the rewards read the dataset's columns), the sharing
+    switches, and how the model re-watches (`RewatchSettings`: imagined, the paper's, or agentic)."""
 
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep every column: the rewards read `answer`, `problem`, `captions`, ..."}

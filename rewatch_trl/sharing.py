@@ -29,24 +29,50 @@ def first_rows(samples: list[dict]) -> dict[int, int]:
 @dataclass
 class SharedRows:
     """The rows of one model call and what they share: one sample dict per row (the processor's video tensors of
-    its prompt), the G copies of a prompt holding the same dict, so the same prompt and the same video; and, in a
-    log-prob pass, the `completion_length` tokens that end each row (0 in generation).
+    its prompt), the G copies of a prompt holding the same dict, so the same prompt and the same video; in a
+    log-prob pass, the `completion_length` tokens that end each row (0 in generation); and, in agentic mode, the
+    clips each row was shown in its completion (`clips[i]`: sample dicts, in order; a clip's dict may be shared).
 
     Example:
     ```python
-    >>> video_a, video_b = {}, {}
+    >>> video_a, video_b, clip = {}, {}, {}
     >>> SharedRows([video_a, video_a, video_b]).distinct
+    [0, 2]
+    >>> SharedRows([video_a, video_a], clips=[[clip], []]).video_rows
     [0, 2]
     ```
     """
 
     samples: list[dict]
     completion_length: int = 0
+    clips: list[list[dict]] | None = None
 
     @functools.cached_property
     def distinct(self) -> list[int]:
         """The first row of each distinct sample, in order of first appearance."""
         return list(first_rows(self.samples).values())
+
+    @functools.cached_property
+    def videos(self) -> list[dict]:
+        """Every video of the call in the model's order: each row's prompt video, then its clips."""
+        if self.clips is None:
+            return self.samples
+        return [video for sample, clips in zip(self.samples, self.clips, strict=True) for video in (sample, *clips)]
+
+    @functools.cached_property
+    def video_rows(self) -> list[int]:
+        """The index in `videos` of each row's prompt video."""
+        if self.clips is None:
+            return list(range(len(self.samples)))
+        starts = [0]
+        for clips in self.clips[:-1]:
+            starts.append(starts[-1] + 1 + len(clips))
+        return starts
+
+    @functools.cached_property
+    def distinct_videos(self) -> list[int]:
+        """The index in `videos` of each distinct video, in order of first appearance."""
+        return list(first_rows(self.videos).values())
 
 
 def concat_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -79,8 +105,8 @@ def concat_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def pixel_chunks(pixels: torch.Tensor, grid: torch.Tensor, distinct: list[int]) -> dict[int, torch.Tensor]:
-    """The frame patches of each row in `distinct` (the first row of each distinct video, in order), from
-    `pixel_values_videos` laid out one video per row or one per distinct video (`trainer.video_fields`)."""
+    """The frame patches of each video in `distinct` (the first of each distinct video, in order), from
+    `pixel_values_videos` laid out one per video or one per distinct video (`trainer.video_fields`)."""
     sizes = grid.prod(-1).tolist()
     if pixels.size(0) == sum(sizes):
         chunks = torch.split(pixels, sizes)
@@ -92,7 +118,8 @@ class SharedVideoFeatures:
     """Stands in for a Qwen2.5-VL model's `get_video_features`: runs the vision tower once per distinct video of a
     call and hands every row the features of its video, so the G completions of a prompt share one encoding.
 
-    `rows` (set by the trainer around each call, one sample per video of the call) says which videos are the same;
+    `rows` (set by the trainer around each call, `rows.videos` one sample per video of the call) says which videos
+    are the same;
     with `frozen`, the features are also kept on the sample (`sample["video_features"]`, no grad) and reused
     by every later pass over it. `videos_encoded` counts the videos that went through the tower.
     """
@@ -104,10 +131,10 @@ class SharedVideoFeatures:
         self.videos_encoded = 0
 
     def __call__(self, pixel_values_videos, video_grid_thw=None, **kwargs):
-        if self.rows is None or len(self.rows.samples) != len(video_grid_thw):
+        if self.rows is None or len(self.rows.videos) != len(video_grid_thw):
             self.videos_encoded += len(video_grid_thw)
             return self.get_video_features(pixel_values_videos, video_grid_thw, **kwargs)
-        samples, distinct = self.rows.samples, self.rows.distinct
+        samples, distinct = self.rows.videos, self.rows.distinct_videos
         chunks = pixel_chunks(pixel_values_videos, video_grid_thw, distinct)
         todo = [row for row in distinct if "video_features" not in samples[row]]
         features = {}
@@ -185,7 +212,11 @@ class SharedPrefix:
         positions, _ = self.inner.get_rope_index(
             input_ids, mm, video_grid_thw=grid, second_per_grid_ts=seconds, attention_mask=attention_mask
         )
-        chunks = pixel_chunks(pixels, grid, distinct)
+        chunks = pixel_chunks(pixels, grid, rows.distinct_videos)
+        first = first_rows(rows.videos)
+        chunk_of = [chunks[first[id(video)]] for video in rows.videos]  # each video's patches
+        prompt_videos = [rows.video_rows[row] for row in distinct]
+        clip_videos = sorted(set(range(len(rows.videos))) - set(rows.video_rows))
         cache = PrefixCache()
         if self.shared_features is not None:  # the prefix pass holds each distinct prompt once
             self.shared_features.rows = SharedRows([samples[row] for row in distinct])
@@ -198,16 +229,27 @@ class SharedPrefix:
                 input_ids=input_ids[distinct, :prompt],
                 attention_mask=attention_mask[distinct, :prompt],
                 position_ids=positions[:, distinct, :prompt],
-                pixel_values_videos=concat_rows([chunks[row] for row in distinct]),
-                video_grid_thw=grid[distinct],
-                second_per_grid_ts=seconds[distinct],
+                pixel_values_videos=concat_rows([chunk_of[video] for video in prompt_videos]),
+                video_grid_thw=grid[prompt_videos],
+                second_per_grid_ts=seconds[prompt_videos],
                 mm_token_type_ids=mm[distinct, :prompt],
                 past_key_values=cache,
                 **kwargs,
             )
             self.prefix_rows += len(distinct)
+            completion_ids = input_ids[:, prompt:]
+            embeds = self.inner.get_input_embeddings()(completion_ids)
+            if clip_videos:  # agentic mode: the clips shown in the completions, in their places
+                if self.shared_features is not None:
+                    self.shared_features.rows = SharedRows([rows.videos[video] for video in clip_videos])
+                features = self.inner.get_video_features(
+                    concat_rows([chunk_of[video] for video in clip_videos]), grid[clip_videos]
+                ).pooler_output
+                features = torch.cat(features).to(embeds.device, embeds.dtype)
+                placeholders = (completion_ids == self.inner.config.video_token_id).unsqueeze(-1)
+                embeds = embeds.masked_scatter(placeholders.expand_as(embeds), features)
             completion = self.inner.language_model(
-                inputs_embeds=self.inner.get_input_embeddings()(input_ids[:, prompt:]),
+                inputs_embeds=embeds,
                 attention_mask=attention_mask,
                 position_ids=positions[:, :, prompt:],
                 past_key_values=cache.reader(index),

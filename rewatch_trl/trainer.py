@@ -32,15 +32,15 @@ import torch
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl import GRPOTrainer
 
-from rewatch_trl.collator import VideoCollator
+from rewatch_trl.collator import VideoCollator, split_video_inputs
 from rewatch_trl.positions import use_original_rope
 from rewatch_trl.prompts import VideoSettings
+from rewatch_trl.rewatch import Rewatcher, RewatchSettings
 from rewatch_trl.sharing import (
     SharedRows,
     SharingCounter,
     backbone,
     concat_rows,
-    first_rows,
     install_shared_prefix,
     install_shared_video_features,
 )
@@ -52,36 +52,33 @@ from rewatch_trl.vllm_video import VideoLLM, reload_weights
 logger = logging.getLogger(__name__)
 
 
-def split_video_inputs(batch) -> list[dict[str, torch.Tensor]]:
-    """Processor video inputs of a batch (one video per sample) → one dict per sample, so that TRL's shuffle and
-    split of a generation batch (which index lists and tensors by sample) keep each video with its sample."""
-    grids = batch["video_grid_thw"]
-    rows = torch.split(batch["pixel_values_videos"], grids.prod(-1).tolist())
-    seconds = torch.as_tensor(batch["second_per_grid_ts"]).reshape(-1)
-    return [
-        {"pixel_values_videos": pixels, "video_grid_thw": grid[None], "second_per_grid_ts": second[None]}
-        for pixels, grid, second in zip(rows, grids, seconds, strict=True)
-    ]
-
-
-def video_fields(samples: list[dict[str, torch.Tensor]], distinct_pixels: bool = False) -> dict[str, torch.Tensor]:
-    """The processor's video tensors for rows whose samples are `samples`, in row order. With `distinct_pixels`,
-    `pixel_values_videos` holds the frames of each distinct sample (rows that share a sample dict) once, in order
-    of first appearance: the layout `SharedVideoFeatures` reads, G times fewer bytes copied for G rows a prompt."""
-    fields = {key: torch.cat([sample[key] for sample in samples]) for key in ("video_grid_thw", "second_per_grid_ts")}
-    pixel_samples = [samples[row] for row in first_rows(samples).values()] if distinct_pixels else samples
-    fields["pixel_values_videos"] = concat_rows([sample["pixel_values_videos"] for sample in pixel_samples])
+def video_fields(
+    samples: list[dict[str, torch.Tensor]], distinct_pixels: bool = False, clips: list[list[dict]] | None = None
+) -> dict[str, torch.Tensor]:
+    """The processor's video tensors for rows whose samples are `samples` (and, in agentic mode, whose completions
+    show `clips`), in the model's order: each row's prompt video, then its clips. With `distinct_pixels`,
+    `pixel_values_videos` holds the frames of each distinct video (rows that share a sample dict) once, in order of
+    first appearance: the layout `SharedVideoFeatures` reads, G times fewer bytes copied for G rows a prompt."""
+    rows = SharedRows(samples, clips=clips)
+    videos = rows.videos
+    fields = {key: torch.cat([video[key] for video in videos]) for key in ("video_grid_thw", "second_per_grid_ts")}
+    pixel_videos = [videos[i] for i in rows.distinct_videos] if distinct_pixels else videos
+    fields["pixel_values_videos"] = concat_rows([video["pixel_values_videos"] for video in pixel_videos])
     return fields
 
 
 def video_forward_kwargs(
-    samples: list[dict[str, torch.Tensor]], input_ids: torch.Tensor, config, distinct_pixels: bool = False
+    samples: list[dict[str, torch.Tensor]],
+    input_ids: torch.Tensor,
+    config,
+    distinct_pixels: bool = False,
+    clips: list[list[dict]] | None = None,
 ) -> dict:
     """The model's video keyword arguments for rows `input_ids` whose samples are `samples` (in order)."""
     mm_token_type_ids = torch.zeros_like(input_ids)
     mm_token_type_ids[input_ids == config.image_token_id] = 1
     mm_token_type_ids[input_ids == config.video_token_id] = 2
-    return video_fields(samples, distinct_pixels) | {"mm_token_type_ids": mm_token_type_ids}
+    return video_fields(samples, distinct_pixels, clips) | {"mm_token_type_ids": mm_token_type_ids}
 
 
 class VideoGRPOTrainer(GRPOTrainer):
@@ -155,7 +152,18 @@ class VideoGRPOTrainer(GRPOTrainer):
         self.sharing_counter = SharingCounter(models, self.video_collator)
         self._steps_to_log = 0  # optimizer steps since the sharing counts were last logged
         self._video_inputs: list[dict] | None = None  # per sample, for the log-prob passes of the batch at hand
-        self._pending_videos: list[SampledVideo] | None = None  # per prompt, for vLLM
+        self._clip_inputs: list[list[dict]] | None = None  # agentic mode: per sample, the clips of its completion
+        self._pending_videos: list[SampledVideo | list[SampledVideo]] | None = None  # per row, for vLLM
+        self._model_texts: list[str] | None = None  # agentic mode: what the model wrote, for the rewards
+        self.rewatch_settings = RewatchSettings.of(self.args) if hasattr(self.args, "rewatch_mode") else None
+        self.rewatcher = None
+        if self.rewatch_settings is not None and self.rewatch_settings.agentic:
+            if self.rollout_func is not None:
+                raise ValueError("rewatch_mode='agentic' runs its own rollouts: it takes no `rollout_func`")
+            self.rewatcher = Rewatcher(self.video_collator, self.rewatch_settings, self.eos_token_ids)
+            # TRL's hook for custom rollouts: its `env_mask` keeps the inserted clips out of the loss
+            self.rollout_func = self._agentic_rollout
+            self._policy = models[0]
 
     def _tokenize_prompts(self, prompts: list):
         # The G copies of a prompt are encoded once and share one sample dict: that is how the later passes
@@ -180,12 +188,12 @@ class VideoGRPOTrainer(GRPOTrainer):
         return [ids[i] for i in rows], None, fields
 
     @contextlib.contextmanager
-    def shared_rows(self, samples: list[dict], completion_length: int = 0):
+    def shared_rows(self, samples: list[dict], completion_length: int = 0, clips: list[list[dict]] | None = None):
         """Within the block, the model is called on rows holding `samples` (one per row; the G copies of a prompt
-        hold the same dict: the same prompt and video) that end in `completion_length` completion tokens: the shared
-        video features and prompt prefix (`sharing.py`) encode each distinct video, and prefill each distinct
-        prompt, once."""
-        rows = SharedRows(samples, completion_length)
+        hold the same dict: the same prompt and video) that end in `completion_length` completion tokens, in which
+        (agentic mode) `clips` were shown: the shared video features and prompt prefix (`sharing.py`) encode each
+        distinct video, and prefill each distinct prompt, once."""
+        rows = SharedRows(samples, completion_length, clips)
         for shared in self._shared_features:
             shared.rows = rows
         for shared in self._shared_prefixes:
@@ -213,7 +221,7 @@ class VideoGRPOTrainer(GRPOTrainer):
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
         # the rows of this generation are the prompts `_tokenize_prompts` just encoded, with their videos
         serving = self.vllm_generation.llm.serving(self._pending_videos) if self.use_vllm else contextlib.nullcontext()
-        with self.shared_rows(self._video_inputs), serving:
+        with self.shared_rows(self._video_inputs, clips=self._clip_inputs), serving:
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs
             )
@@ -234,16 +242,90 @@ class VideoGRPOTrainer(GRPOTrainer):
         try:
             output = super()._generate_and_score_completions(inputs)
             output["video_inputs"] = self._video_inputs
+            if self._clip_inputs is not None:
+                output["clip_inputs"] = self._clip_inputs
         finally:
-            self._video_inputs, self._pending_videos = None, None
+            self._video_inputs, self._clip_inputs, self._pending_videos = None, None, None
+            self._model_texts = None
         return output
 
     def _compute_loss(self, model, inputs):
-        self._video_inputs = inputs.get("video_inputs")
+        self._video_inputs, self._clip_inputs = inputs.get("video_inputs"), inputs.get("clip_inputs")
         try:
             return super()._compute_loss(model, inputs)
         finally:
-            self._video_inputs = None
+            self._video_inputs, self._clip_inputs = None, None
+
+    def _generate(self, prompts: list):
+        output = super()._generate(prompts)
+        if self._model_texts is None:
+            return output
+        # the rewards read what the model wrote: the clips' tokens and the replies to failed actions left out
+        completions = output[3]
+        texts = self._model_texts
+        if completions and isinstance(completions[0], list):
+            texts = [[{"role": "assistant", "content": text}] for text in texts]
+        return (*output[:3], texts, *output[4:])
+
+    def _agentic_rollout(self, prompts: list, trainer=None) -> dict:
+        """`rollout_func` of agentic mode: the prompts encoded as in the paper's mode, then `Rewatcher.rollout`,
+        whose generation rounds go through TRL's generation (transformers or colocated vLLM)."""
+        prompt_ids, _, _ = self._tokenize_prompts(prompts)
+        samples, videos = self._video_inputs, self._pending_videos
+        completions = self.rewatcher.rollout(
+            prompt_ids, videos, samples, self._generation_round, self.max_completion_length, self.accelerator.device
+        )
+        self._video_inputs, self._pending_videos = samples, None
+        self._clip_inputs = [completion.clips for completion in completions]
+        self._model_texts = self.processing_class.batch_decode(
+            [completion.model_ids() for completion in completions], skip_special_tokens=True
+        )
+        mode = "train" if self.model.training else "eval"
+        clips = torch.tensor([len(c.clips) for c in completions], dtype=torch.float, device=self.accelerator.device)
+        frames = sum(sum(clip["frames"] for clip in c.rewatched) for c in completions)
+        frames = torch.tensor(float(frames), device=self.accelerator.device)
+        clips, frames = self.accelerator.gather(clips), self.accelerator.gather(frames).sum()
+        self._metrics[mode]["rewatch/clips_per_completion"].append(clips.mean().item())
+        self._metrics[mode]["rewatch/clip_frames"].append((frames / clips.sum().clamp(min=1)).item())
+        self._metrics[mode]["rewatch/rewatched_fraction"].append((clips > 0).float().mean().item())
+        return {
+            "prompt_ids": prompt_ids,
+            "completion_ids": [completion.ids for completion in completions],
+            "logprobs": [completion.logprobs for completion in completions] if self.use_vllm else None,
+            "env_mask": [completion.model_mask for completion in completions],
+        }
+
+    def _generation_round(self, sequences, videos, samples, stop, max_tokens):
+        """One generation round of an agentic rollout (`rewatch.Generate`), through `_generate_single_turn`."""
+        self._video_inputs = [row[0] for row in samples]
+        self._clip_inputs = [row[1:] for row in samples]
+        self._pending_videos = videos
+        fields = video_fields(self._video_inputs, bool(self._shared_features), self._clip_inputs)
+        token_type = {self._vision_config.video_token_id: 2, self._vision_config.image_token_id: 1}
+        fields["mm_token_type_ids"] = [[token_type.get(token, 0) for token in ids] for ids in sequences]
+        try:
+            with self._round_limits(stop, max_tokens):
+                completion_ids, logprobs = self._generate_single_turn(sequences, None, fields, 1)
+        finally:
+            self._clip_inputs = None
+        return list(zip(completion_ids, logprobs or [None] * len(completion_ids), strict=True))
+
+    @contextlib.contextmanager
+    def _round_limits(self, stop: list[str] | None, max_tokens: int):
+        """A generation round ends at a stop string and after `max_tokens`: vLLM's sampling parameters, or the
+        policy's `generate` (TRL calls it with the generation config alone; stop strings need the tokenizer)."""
+        if self.use_vllm:
+            with self.vllm_generation.llm.limits(stop, max_tokens):
+                yield
+            return
+        limits = {"max_new_tokens": max_tokens}
+        if stop:
+            limits |= {"stop_strings": stop, "tokenizer": self._tokenizer}
+        self._policy.generate = functools.partial(type(self._policy).generate, self._policy, **limits)
+        try:
+            yield
+        finally:
+            del self._policy.generate
 
     def _get_per_token_logps_and_entropies(
         self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, **kwargs
@@ -260,13 +342,14 @@ class VideoGRPOTrainer(GRPOTrainer):
         for start in range(0, input_ids.size(0), batch_size):
             rows = slice(start, start + batch_size)
             # TRL's pass runs `model(**its_inputs)`: bind this chunk's videos to the call.
+            clips = None if self._clip_inputs is None else self._clip_inputs[rows]
             video_model = functools.partial(
                 model,
                 **video_forward_kwargs(
-                    samples[rows], input_ids[rows], self._vision_config, distinct_pixels=bool(self._shared_features)
+                    samples[rows], input_ids[rows], self._vision_config, bool(self._shared_features), clips
                 ),
             )
-            with self.shared_rows(samples[rows], logits_to_keep):
+            with self.shared_rows(samples[rows], logits_to_keep, clips):
                 chunk = super()._get_per_token_logps_and_entropies(
                     video_model, input_ids[rows], attention_mask[rows], logits_to_keep, batch_size, **kwargs
                 )

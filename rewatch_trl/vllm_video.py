@@ -28,10 +28,13 @@ def collapse_placeholders(token_ids: list[int], video_token_id: int) -> list[int
     return [t for i, t in enumerate(token_ids) if t != video_token_id or i == 0 or token_ids[i - 1] != t]
 
 
-def vllm_video_requests(requests: list[dict], videos: list[SampledVideo], video_token_id: int) -> list[dict]:
+def vllm_video_requests(
+    requests: list[dict], videos: list[SampledVideo | list[SampledVideo]], video_token_id: int
+) -> list[dict]:
     """TRL's vLLM requests (`{"prompt_token_ids": ...}`, the processor's ids, one per prompt) with the frames of
-    each prompt's video: the same frames, fps and processor settings as the loss pass, so that vLLM's prompt ids
-    and M-RoPE temporal positions (`second_per_grid_ts`) are the trainer's.
+    each prompt's video (or videos, in order: the prompt's, then the clips an agentic completion was shown): the
+    same frames, fps and processor settings as the loss pass, so that vLLM's prompt ids and M-RoPE temporal
+    positions (`second_per_grid_ts`) are the trainer's.
 
     Example:
     ```python
@@ -45,11 +48,17 @@ def vllm_video_requests(requests: list[dict], videos: list[SampledVideo], video_
         {
             **request,
             "prompt_token_ids": collapse_placeholders(list(request["prompt_token_ids"]), video_token_id),
-            "multi_modal_data": {"video": (video.frames, video.metadata())},
+            "multi_modal_data": {"video": _video_data(video)},
             "mm_processor_kwargs": dict(PROCESSOR_VIDEO_KWARGS),
         }
         for request, video in zip(requests, videos, strict=True)
     ]
+
+
+def _video_data(videos: SampledVideo | list[SampledVideo]):
+    if isinstance(videos, SampledVideo):
+        return (videos.frames, videos.metadata())
+    return [(video.frames, video.metadata()) for video in videos] if len(videos) > 1 else _video_data(videos[0])
 
 
 def same_prompt_rows(requests: list[dict]) -> list[list[int]]:
@@ -59,7 +68,8 @@ def same_prompt_rows(requests: list[dict]) -> list[list[int]]:
     groups: dict[tuple, list[int]] = {}
     for row, request in enumerate(requests):
         video = request.get("multi_modal_data", {}).get("video")
-        key = (tuple(request["prompt_token_ids"]), id(video[0]) if video else None)
+        frames = [video] if isinstance(video, tuple) else video or []
+        key = (tuple(request["prompt_token_ids"]), tuple(id(item[0]) for item in frames))
         groups.setdefault(key, []).append(row)
     return list(groups.values())
 
@@ -89,10 +99,11 @@ class VideoLLM:
         self.llm = llm
         self.video_token_id = config.video_token_id
         self.logit_bias = suppression_logit_bias(config)
-        self.videos: list[SampledVideo] | None = None
+        self.videos: list[SampledVideo | list[SampledVideo]] | None = None
+        self.sampling: dict = {}
 
     @contextlib.contextmanager
-    def serving(self, videos: list[SampledVideo]):
+    def serving(self, videos: list[SampledVideo | list[SampledVideo]]):
         """Within the block, `generate` (as TRL calls it, without videos) is for rows holding `videos`."""
         self.videos = videos
         try:
@@ -100,11 +111,27 @@ class VideoLLM:
         finally:
             self.videos = None
 
+    @contextlib.contextmanager
+    def limits(self, stop: list[str] | None, max_tokens: int):
+        """Within the block, generation also ends at the `stop` strings (kept in the output) and after `max_tokens`
+        (an agentic rollout's round, `rewatch.py`)."""
+        self.sampling = {"max_tokens": max_tokens}
+        if stop:
+            self.sampling |= {"stop": list(stop), "include_stop_str_in_output": True}
+        try:
+            yield self
+        finally:
+            self.sampling = {}
+
     def generate(self, prompts, sampling_params=None, videos: list[SampledVideo] | None = None, **kwargs):
         videos = self.videos if videos is None else videos
         if videos is None:
             return self.llm.generate(prompts, sampling_params=sampling_params, **kwargs)
         requests = vllm_video_requests(prompts, videos, self.video_token_id)
+        if self.sampling:
+            sampling_params = sampling_params.clone()
+            for key, value in self.sampling.items():
+                setattr(sampling_params, key, value)
         sampling_params.logit_bias = {**(sampling_params.logit_bias or {}), **self.logit_bias}
         groups = same_prompt_rows(requests)
         params = []

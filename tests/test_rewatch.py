@@ -1,0 +1,199 @@
+"""Agentic re-watching: the clip an action names is sampled, shown, masked out of the loss, and scored exactly."""
+
+import pytest
+import torch
+import transformers.models.qwen2_5_vl.modeling_qwen2_5_vl as qwen
+
+from rewatch_trl.positions import rope_index
+from rewatch_trl.rewatch import CLIP_TEXT, RewatchSettings, requested_clip
+from rewatch_trl.tiny import TINY_VIDEO_SETTINGS
+from rewatch_trl.video import sample_clip
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+SCRIPT = "<action>Re-watch [00:02-00:04]</action>"
+TINY_REWATCH = dict(
+    rewatch_mode="agentic", rewatch_fps=4.0, rewatch_max_frames=8, rewatch_max_pixels=3136, max_rewatches=2
+)
+
+
+def test_requested_clip_reads_the_last_action():
+    assert requested_clip("<action>[00:01-00:02]</action> x <action>Re-watch [00:03-00:05]</action>", 8) == (3, 5)
+    assert requested_clip("<action>at 00:05</action>", 8) == (4.0, 6.0)
+    assert requested_clip("<action>Re-watch [00:06-00:20]</action>", 8) == (6.0, 8)  # cut at the end
+    assert "past the end" in requested_clip("<action>Re-watch [00:09-00:10]</action>", 8)
+    assert "names no clip" in requested_clip("<action>look again</action>", 8)
+    assert "names no clip" in requested_clip("<action>Re-watch [00:75-00:80]</action>", 8)
+    assert "before it starts" in requested_clip("<action>Re-watch [00:05-00:03]</action>", 8)
+
+
+def test_settings_check_their_fields():
+    with pytest.raises(ValueError, match="rewatch_mode"):
+        RewatchSettings(rewatch_mode="real")
+    with pytest.raises(ValueError, match="rewatch_fps"):
+        RewatchSettings(rewatch_fps=0)
+    clip = RewatchSettings(**TINY_REWATCH).clip_settings(TINY_VIDEO_SETTINGS)
+    assert (clip.video_fps, clip.video_max_frames, clip.video_max_pixels) == (4.0, 8, 3136)
+
+
+@pytest.fixture
+def received(monkeypatch):
+    """The positions every call of the language model receives."""
+    calls = []
+    forward = qwen.Qwen2_5_VLTextModel.forward
+
+    def spy(self, *args, position_ids=None, **kwargs):
+        calls.append(None if position_ids is None else position_ids[-3:].clone())
+        return forward(self, *args, position_ids=position_ids, **kwargs)
+
+    monkeypatch.setattr(qwen.Qwen2_5_VLTextModel, "forward", spy)
+    return calls
+
+
+def scripted_rollout(trainer, rows, script=SCRIPT):
+    """The batch of an agentic rollout whose first generation round writes `script` in every completion (the
+    engine is not asked); every later round is the model's. Also returns the completions the rewards received."""
+    real_round = trainer._generation_round
+    rounds, rewarded = [], []
+    script_ids = trainer.processing_class.tokenizer(script, add_special_tokens=False)["input_ids"]
+
+    def generation_round(sequences, videos, samples, stop, max_tokens):
+        rounds.append([len(v) for v in videos])
+        if len(rounds) == 1:
+            return [(list(script_ids), None) for _ in sequences]
+        return real_round(sequences, videos, samples, stop, max_tokens)
+
+    calculate = trainer._calculate_rewards
+
+    def calculate_rewards(inputs, prompts, completions, completion_ids_list):
+        rewarded.extend(completions)
+        return calculate(inputs, prompts, completions, completion_ids_list)
+
+    trainer._generation_round = generation_round
+    trainer._calculate_rewards = calculate_rewards
+    try:
+        return trainer._generate_and_score_completions(rows), rounds, rewarded
+    finally:
+        del trainer._generation_round, trainer._calculate_rewards
+
+
+def direct_logps(model, config, ids, videos):
+    """Log-probs of one unpadded sequence (`ids`, its `videos` in order) from the model's own forward."""
+    ids = ids[None]
+    mm = torch.zeros_like(ids)
+    mm[ids == config.video_token_id] = 2
+    with torch.no_grad():
+        logits = model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            pixel_values_videos=torch.cat([v["pixel_values_videos"] for v in videos]),
+            video_grid_thw=torch.cat([v["video_grid_thw"] for v in videos]),
+            second_per_grid_ts=torch.cat([v["second_per_grid_ts"] for v in videos]),
+            mm_token_type_ids=mm,
+        ).logits[0, :-1]
+    return logits.log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+
+
+@pytest.mark.parametrize("sharing", [True, False])
+def test_scripted_rewatch_is_shown_masked_and_scored_exactly(tiny_world, tmp_path, received, sharing, make_trainer):
+    trainer, dataset = make_trainer(
+        tiny_world,
+        tmp_path,
+        **TINY_REWATCH,
+        num_generations=2,
+        per_device_train_batch_size=2,
+        max_completion_length=48,
+        share_video_features=sharing,
+        share_prompt_prefix=sharing,
+    )
+    trainer.model.eval()
+    row = dataset[0]
+    output, rounds, rewarded = scripted_rollout(trainer, [row, row])
+    config = trainer.model.config
+    tokenizer = trainer.processing_class.tokenizer
+    script_ids = tokenizer(SCRIPT, add_special_tokens=False)["input_ids"]
+
+    # the clip shown is exactly `sample_clip`'s frames of 00:02-00:04, encoded by the processor
+    clip = sample_clip(
+        str(tiny_world.video_dir / row["videos"]), 2.0, 4.0, trainer.rewatcher.clip_video_settings, VideoCacheless()
+    )
+    assert clip.frame_indices[0] / clip.video_fps >= 2.0 and clip.frame_indices[-1] / clip.video_fps <= 4.0
+    assert len(clip.frame_indices) == 8  # 4 fps over 2 s: denser than the whole video's 1 frame a second
+    expected = trainer.video_collator.encode([CLIP_TEXT], [clip])
+    assert rounds[0] == [1, 1] and rounds[1] == [2, 2]  # the second round sees the prompt's video and the clip
+    for clips in output["clip_inputs"]:
+        (shown,) = clips
+        assert torch.equal(shown["pixel_values_videos"], expected["pixel_values_videos"])
+        assert torch.equal(shown["video_grid_thw"], expected["video_grid_thw"])
+
+    # the completion: the script, the clip's tokens (masked), then the model's own tokens (unmasked)
+    clip_ids = expected["input_ids"][0].tolist()
+    assert clip_ids[0] == config.vision_start_token_id and clip_ids[-1] == config.vision_end_token_id
+    # 8 frames of 56x56 px: 4 temporal patches of 4x4 patches, merged 2x2: 16 tokens
+    assert clip_ids.count(config.video_token_id) == len(clip_ids) - 2 == 16
+    n_script, n_clip = len(script_ids), len(clip_ids)
+    completion_mask, tool_mask = output["completion_mask"], output["tool_mask"]
+    for i in range(2):
+        ids = output["completion_ids"][i]
+        assert ids[:n_script].tolist() == script_ids
+        assert ids[n_script : n_script + n_clip].tolist() == clip_ids
+        assert tool_mask[i, :n_script].tolist() == [1] * n_script
+        assert tool_mask[i, n_script : n_script + n_clip].tolist() == [0] * n_clip
+        kept = completion_mask[i].bool()
+        assert tool_mask[i, n_script + n_clip :][kept[n_script + n_clip :]].all()
+        assert kept[n_script + n_clip :].any(), "the model wrote nothing after the clip"
+        # the rewards read the model's text: the script and what followed, no clip tokens
+        text = rewarded[i][0]["content"]
+        assert text.startswith(SCRIPT) and "<|video_pad|>" not in text and "vision" not in text
+        written = [t for t, m in zip(ids[kept].tolist(), tool_mask[i][kept].tolist(), strict=True) if m]
+        assert text == tokenizer.decode(written, skip_special_tokens=True)
+
+    # log-probs of the model's tokens == a direct forward of each whole sequence with both its videos
+    received.clear()
+    ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
+    mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
+    length = output["completion_ids"].size(1)
+    trainer._video_inputs, trainer._clip_inputs = output["video_inputs"], output["clip_inputs"]
+    try:
+        with torch.no_grad():
+            logps = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, length)[0]
+    finally:
+        trainer._video_inputs, trainer._clip_inputs = None, None
+    # the positions every call received are the rule's for the whole sequences (prompt video and clip)
+    videos = [
+        v
+        for sample, clips in zip(output["video_inputs"], output["clip_inputs"], strict=True)
+        for v in [sample, *clips]
+    ]
+    grid = torch.cat([v["video_grid_thw"] for v in videos])
+    seconds = torch.cat([v["second_per_grid_ts"] for v in videos])
+    positions, _ = rope_index(config, ids, mask, grid, seconds)
+    kept = mask.bool()
+    if sharing:
+        prefix, completion = received
+        prompt = output["prompt_ids"].size(1)
+        assert torch.equal(prefix, positions[:, [0], :prompt])
+        assert torch.equal(completion, positions[:, :, prompt:])
+    else:
+        (full,) = received
+        assert torch.equal(full[:, kept], positions[:, kept])
+    for i in range(2):
+        sequence = ids[i][kept[i]]
+        direct = direct_logps(trainer.model, config, sequence, [output["video_inputs"][i], *output["clip_inputs"][i]])
+        written = (output["completion_mask"][i] * tool_mask[i]).bool()
+        n = int(output["completion_mask"][i].sum())
+        ours = logps[i, :n][written[:n]]
+        theirs = direct[-n:][written[:n]]
+        assert (ours - theirs).abs().max() <= 1e-5
+
+
+class VideoCacheless:
+    """A cache that keeps nothing: the clip decoded afresh, not the trainer's copy."""
+
+    decodes = 0
+
+    def get(self, path, settings, start=None, end=None):
+        from rewatch_trl.video import decode_video
+
+        return decode_video(path, settings, start, end)
