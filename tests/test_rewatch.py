@@ -197,3 +197,64 @@ class VideoCacheless:
         from rewatch_trl.video import decode_video
 
         return decode_video(path, settings, start, end)
+
+
+@pytest.mark.vllm
+def test_agentic_rollout_through_vllm(tiny_world, tmp_path, monkeypatch, make_trainer):
+    """The continued request (the sequence so far, both videos) renders in vLLM to the trainer's ids and positions,
+    and vLLM samples after the clip what the trainer scores (the engine saw the clip as the loss pass does)."""
+    import functools
+
+    import trl.generation.vllm_generation as generation
+    import vllm
+    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration as VllmQwen
+
+    seen = []
+    original = VllmQwen.get_mrope_input_positions
+
+    def spy(self, input_tokens, mm_features):
+        result = original(self, input_tokens, mm_features)
+        seen.append((list(input_tokens), result[0].clone()))
+        return result
+
+    monkeypatch.setattr(generation, "LLM", functools.partial(vllm.LLM, dtype="float32", enforce_eager=True))
+    monkeypatch.setattr(VllmQwen, "get_mrope_input_positions", spy)
+    trainer, dataset = make_trainer(
+        tiny_world,
+        tmp_path,
+        **TINY_REWATCH,
+        use_vllm=True,
+        vllm_mode="colocate",
+        vllm_max_model_length=1024,
+        num_generations=2,
+        per_device_train_batch_size=2,
+        max_completion_length=48,
+    )
+    row = dataset[1]
+    output, rounds, _ = scripted_rollout(trainer, [row, row])
+    config = trainer.model.config
+    script_ids = trainer.processing_class.tokenizer(SCRIPT, add_special_tokens=False)["input_ids"]
+    (clip,) = output["clip_inputs"][0]
+    n = len(script_ids) + 2 + int(clip["video_grid_thw"].prod()) // 4
+    prompt = output["prompt_ids"][0][output["prompt_mask"][0].bool()].tolist()
+    continued = [prompt + output["completion_ids"][i, :n].tolist() for i in range(2)]
+    assert continued[0] == continued[1] and continued[0][-1] == config.vision_end_token_id
+    # vLLM rendered the continued request (its pads collapsed, then expanded again) to the trainer's ids
+    requests = [(tokens, positions) for tokens, positions in seen if len(tokens) == len(continued[0])]
+    assert requests and all(tokens == continued[0] for tokens, _ in requests)
+    videos = [output["video_inputs"][0], clip]
+    expected, _ = rope_index(
+        config,
+        torch.tensor([continued[0]]),
+        video_grid_thw=torch.cat([v["video_grid_thw"] for v in videos]),
+        second_per_grid_ts=torch.cat([v["second_per_grid_ts"] for v in videos]),
+    )
+    for _, positions in requests:
+        assert torch.equal(positions, expected[:, 0])
+    # what vLLM sampled after the clip, scored by the trainer with both videos: the same log-probs
+    after = output["completion_mask"].bool() & output["tool_mask"].bool()
+    after[:, :n] = False
+    assert after.any()
+    difference = (output["old_per_token_logps"] - output["sampling_per_token_logps"])[after].abs().max().item()
+    # fp32: 5e-7 here; the clip's frames left out (the prompt's shown twice) give 4e-3
+    assert difference <= 1e-4, f"max |vLLM log-prob - trainer log-prob| after the clip: {difference:.2e}"
