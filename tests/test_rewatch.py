@@ -258,3 +258,45 @@ def test_agentic_rollout_through_vllm(tiny_world, tmp_path, monkeypatch, make_tr
     difference = (output["old_per_token_logps"] - output["sampling_per_token_logps"])[after].abs().max().item()
     # fp32: 5e-7 here; the clip's frames left out (the prompt's shown twice) give 4e-3
     assert difference <= 1e-4, f"max |vLLM log-prob - trainer log-prob| after the clip: {difference:.2e}"
+
+
+def test_agentic_training_logs_its_rewatches(tiny_world, tmp_path, make_trainer):
+    """Two optimizer steps of agentic GRPO (each rollout's first round scripted to re-watch, the rest the model's,
+    generation batches shuffled and split over two steps): the clips reach the loss and the logs."""
+    trainer, _ = make_trainer(
+        tiny_world,
+        tmp_path,
+        **TINY_REWATCH,
+        num_generations=2,
+        per_device_train_batch_size=2,
+        steps_per_generation=2,
+        max_completion_length=40,
+        max_steps=2,
+    )
+    script_ids = trainer.processing_class.tokenizer(SCRIPT, add_special_tokens=False)["input_ids"]
+    real_round, first = trainer._generation_round, []
+
+    def generation_round(sequences, videos, samples, stop, max_tokens):
+        if all(len(v) == 1 for v in videos):  # a rollout's first round
+            first.append(len(sequences))
+            return [(list(script_ids), None) for _ in sequences]
+        return real_round(sequences, videos, samples, stop, max_tokens)
+
+    trainer._generation_round = generation_round
+    seen = []
+    compute_loss = trainer._compute_loss
+
+    def spy(model, inputs):
+        seen.append([len(clips) for clips in inputs["clip_inputs"]])
+        return compute_loss(model, inputs)
+
+    trainer._compute_loss = spy
+    weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert first == [4]  # one generation batch: 2 prompts x G = 2, for both steps
+    assert seen == [[1, 1], [1, 1]]
+    logs = [entry for entry in trainer.state.log_history if "rewatch/clips_per_completion" in entry]
+    assert len(logs) == 1  # logged with the step that generated
+    assert logs[0]["rewatch/clips_per_completion"] == 1.0 and logs[0]["rewatch/rewatched_fraction"] == 1.0
+    assert logs[0]["rewatch/clip_frames"] == 8.0
+    assert any(not torch.equal(weights[n], p.detach()) for n, p in trainer.model.named_parameters())
