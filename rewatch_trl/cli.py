@@ -7,7 +7,14 @@ import sys
 def _tiny(args) -> None:
     from rewatch_trl.tiny import build_tiny_world
 
-    world = build_tiny_world(args.out, num_videos=args.num_videos, seconds=args.seconds, fps=args.fps, seed=args.seed)
+    world = build_tiny_world(
+        args.out,
+        num_videos=args.num_videos,
+        seconds=args.seconds,
+        fps=args.fps,
+        seed=args.seed,
+        flashes=args.flashes,
+    )
     print(f"tiny world written to {world.root}: model + processor, {len(world.rows)} rows in {world.qa_path.name}")
 
 
@@ -76,6 +83,18 @@ def _video_settings(args):
     )
 
 
+def _rewatch_settings(args):
+    from rewatch_trl.rewatch import RewatchSettings
+
+    return RewatchSettings(
+        rewatch_mode="agentic" if args.rewatch else "imagined",
+        rewatch_fps=args.rewatch_fps,
+        rewatch_max_frames=args.rewatch_max_frames,
+        rewatch_max_pixels=args.rewatch_max_pixels,
+        max_rewatches=args.max_rewatches,
+    )
+
+
 def _infer(args) -> None:
     from rewatch_trl.infer import dumps, format_result, infer
 
@@ -88,6 +107,7 @@ def _infer(args) -> None:
         args.backend,
         args.dtype,
         _vllm_kwargs(args),
+        _rewatch_settings(args),
     )
     print(dumps(result) if args.json else format_result(result))
 
@@ -102,7 +122,14 @@ def _eval(args) -> None:
     root = video_root_of(args.data, args.video_root, dataset)
     check_videos(dataset, root, args.data)
     predictor = Predictor(
-        args.model, _video_settings(args), root, args.max_new_tokens, args.backend, args.dtype, _vllm_kwargs(args)
+        args.model,
+        _video_settings(args),
+        root,
+        args.max_new_tokens,
+        args.backend,
+        args.dtype,
+        _vllm_kwargs(args),
+        _rewatch_settings(args),
     )
     result = evaluate(predictor, dataset, args.out, args.batch_size, args.limit)
     overall = result["overall"]
@@ -121,6 +148,7 @@ def _vllm_kwargs(args) -> dict:
 
 def _add_generation_options(parser) -> None:
     from rewatch_trl.prompts import VideoSettings
+    from rewatch_trl.rewatch import RewatchSettings
 
     parser.add_argument("--model", required=True, help="a trained model directory or Hub id")
     parser.add_argument("--max-new-tokens", type=int, default=4096)
@@ -136,6 +164,14 @@ def _add_generation_options(parser) -> None:
     parser.add_argument("--max-pixels", type=int, default=defaults.video_max_pixels, help="per frame")
     parser.add_argument("--total-pixels", type=int, default=defaults.video_total_pixels, help="over all frames")
     parser.add_argument("--video-backend", default=defaults.video_backend)
+    rewatch = RewatchSettings()
+    parser.add_argument(
+        "--rewatch", action="store_true", help="agentic re-watching: show the model the clip each action names"
+    )
+    parser.add_argument("--rewatch-fps", type=float, default=rewatch.rewatch_fps, help="frames a second of a clip")
+    parser.add_argument("--rewatch-max-frames", type=int, default=rewatch.rewatch_max_frames)
+    parser.add_argument("--rewatch-max-pixels", type=int, default=rewatch.rewatch_max_pixels, help="per clip frame")
+    parser.add_argument("--max-rewatches", type=int, default=rewatch.max_rewatches, help="actions served a completion")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seconds", type=float, default=8.0, help="length of each synthetic video")
     tiny.add_argument("--fps", type=int, default=4, help="frame rate of each synthetic video")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--flashes",
+        action="store_true",
+        help="also a one-frame flash in each video, between its sampled frames, and questions about it (that only "
+        "a real re-watch can answer)",
+    )
     tiny.set_defaults(func=_tiny)
 
     data = commands.add_parser("data", help="validate the seed's QA JSONL (+ captions) and save or push a dataset")

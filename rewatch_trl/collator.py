@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from rewatch_trl.prompts import VideoSettings, build_messages
+from rewatch_trl.sharing import SharedRows, concat_rows
 from rewatch_trl.video import SampledVideo, VideoCache, default_video_cache, sample_video
 
 
@@ -133,13 +134,21 @@ class VideoCollator:
         ]
         return self.encode([self.prompt_text(messages) for messages in conversations], videos, **kwargs), videos
 
-    def __call__(self, rows: list[dict], answers: list[str] | None = None):
-        """Prompts only, or with `answers` (assistant turns) and `labels` that cover the answer tokens alone."""
+    def __call__(
+        self, rows: list[dict], answers: list[str] | None = None, clips: list[list[SampledVideo]] | None = None
+    ):
+        """Prompts only, or with `answers` (assistant turns) and `labels` that cover the answer tokens alone; an
+        answer may show `clips` (agentic SFT: `clips[i]` fill, in order, the video blocks of answer i), whose
+        tokens are not labels."""
         prompts = [self.prompt_text(self.messages(row)) for row in rows]
         videos = self.videos(rows)
         if answers is None:
             return self.encode(prompts, videos)
         end = "<|im_end|>\n"
+        if clips is not None:
+            videos = [
+                video for row_video, row_clips in zip(videos, clips, strict=True) for video in (row_video, *row_clips)
+            ]
         batch = self.encode([p + a + end for p, a in zip(prompts, answers, strict=True)], videos)
         # The answer is what follows the last `<|im_start|>assistant\n`: its tokens, and the closing <|im_end|>.
         tokenizer = self.processor.tokenizer
@@ -147,6 +156,11 @@ class VideoCollator:
         tail = tokenizer("\n", add_special_tokens=False)["input_ids"]
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = IGNORE_INDEX
+        tokenizer = self.processor.tokenizer
+        vision = [
+            tokenizer.convert_tokens_to_ids(token) for token in ("<|vision_start|>", "<|video_pad|>", "<|vision_end|>")
+        ]
+        labels[torch.isin(labels, torch.tensor(vision))] = IGNORE_INDEX  # a clip shown is read, not written
         for i, ids in enumerate(batch["input_ids"].tolist()):
             start = _last_index(ids, header)
             if start < 0:
@@ -169,6 +183,35 @@ def split_video_inputs(batch) -> list[dict[str, torch.Tensor]]:
         {"pixel_values_videos": pixels, "video_grid_thw": grid[None], "second_per_grid_ts": second[None]}
         for pixels, grid, second in zip(rows, grids, seconds, strict=True)
     ]
+
+
+def video_fields(
+    samples: list[dict[str, torch.Tensor]], distinct_pixels: bool = False, clips: list[list[dict]] | None = None
+) -> dict[str, torch.Tensor]:
+    """The processor's video tensors for rows whose samples are `samples` (and, in agentic mode, whose completions
+    show `clips`), in the model's order: each row's prompt video, then its clips. With `distinct_pixels`,
+    `pixel_values_videos` holds the frames of each distinct video (rows that share a sample dict) once, in order of
+    first appearance: the layout `SharedVideoFeatures` reads, G times fewer bytes copied for G rows a prompt."""
+    rows = SharedRows(samples, clips=clips)
+    videos = rows.videos
+    fields = {key: torch.cat([video[key] for video in videos]) for key in ("video_grid_thw", "second_per_grid_ts")}
+    pixel_videos = [videos[i] for i in rows.distinct_videos] if distinct_pixels else videos
+    fields["pixel_values_videos"] = concat_rows([video["pixel_values_videos"] for video in pixel_videos])
+    return fields
+
+
+def video_forward_kwargs(
+    samples: list[dict[str, torch.Tensor]],
+    input_ids: torch.Tensor,
+    config,
+    distinct_pixels: bool = False,
+    clips: list[list[dict]] | None = None,
+) -> dict:
+    """The model's video keyword arguments for rows `input_ids` whose samples are `samples` (in order)."""
+    mm_token_type_ids = torch.zeros_like(input_ids)
+    mm_token_type_ids[input_ids == config.image_token_id] = 1
+    mm_token_type_ids[input_ids == config.video_token_id] = 2
+    return video_fields(samples, distinct_pixels, clips) | {"mm_token_type_ids": mm_token_type_ids}
 
 
 def _last_index(sequence: list[int], pattern: list[int]) -> int:

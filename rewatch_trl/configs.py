@@ -76,8 +76,9 @@ class GRPOConfig(RewatchSettings, trl.GRPOConfig):
 
 
 @dataclass
-class SFTConfig(trl.SFTConfig):
-    """`trl.SFTConfig` for video conversations: our collator builds the batches."""
+class SFTConfig(RewatchSettings, trl.SFTConfig):
+    """`trl.SFTConfig` for video conversations: our collator builds the batches; in agentic `rewatch_mode`, the
+    traces show each action's clip as the agentic rollouts will."""
 
     remove_unused_columns: bool = field(default=False, metadata={"help": "The collator needs every column."})
     dataset_kwargs: dict | None = field(

@@ -30,8 +30,9 @@ def predictions_path(out) -> Path:
     return out.with_name(out.stem + ".predictions.jsonl")
 
 
-def score(row: dict, completion: str) -> dict:
-    """One prediction with its scores: accuracy (MCQ letter / open-ended token F1), format, re-watch steps."""
+def score(row: dict, completion: str, rewatched: list[dict] | None = None) -> dict:
+    """One prediction with its scores: accuracy (MCQ letter / open-ended token F1), format, re-watch steps, and
+    the clips really re-watched (agentic mode)."""
     trace = parse_react(completion)
     columns = {"answer": [row["answer"]], "multiple_choice": [row["multiple_choice"]], "problem": [row["problem"]]}
     return {
@@ -44,20 +45,33 @@ def score(row: dict, completion: str) -> dict:
         "accuracy": accuracy_reward([completion], **columns)[0],
         "format": react_format_reward([completion])[0],
         "steps": len(trace.steps),
+        "rewatched": rewatched or [],
     }
 
 
 def report(predictions: list[dict]) -> dict:
-    """Accuracy overall, per question type and per kind (MCQ / open-ended), format rate, mean re-watch steps."""
+    """Accuracy overall, per question type and per kind (MCQ / open-ended), format rate, mean re-watch steps; with
+    real re-watches (agentic mode), their mean count and the accuracy of predictions with and without one."""
+
+    def mean(values):
+        return sum(values) / len(values) if values else None
 
     def summary(items):
-        n = len(items)
-        return {
-            "n": n,
-            "accuracy": sum(p["accuracy"] for p in items) / n if n else None,
-            "format_rate": sum(p["format"] for p in items) / n if n else None,
-            "mean_steps": sum(p["steps"] for p in items) / n if n else None,
+        result = {
+            "n": len(items),
+            "accuracy": mean([p["accuracy"] for p in items]),
+            "format_rate": mean([p["format"] for p in items]),
+            "mean_steps": mean([p["steps"] for p in items]),
         }
+        if any(p.get("rewatched") for p in predictions):
+            shown = [p for p in items if p.get("rewatched")]
+            result |= {
+                "mean_rewatches": mean([len(p.get("rewatched", [])) for p in items]),
+                "rewatched_rate": mean([bool(p.get("rewatched")) for p in items]),
+                "accuracy_rewatched": mean([p["accuracy"] for p in shown]),
+                "accuracy_not_rewatched": mean([p["accuracy"] for p in items if not p.get("rewatched")]),
+            }
+        return result
 
     by_type, by_kind = defaultdict(list), defaultdict(list)
     for p in predictions:
@@ -92,8 +106,8 @@ def evaluate(predictor, dataset, out, batch_size: int = 8, limit: int | None = N
     ):
         for start in range(0, len(todo), batch_size):
             rows = todo[start : start + batch_size]
-            for row, completion in zip(rows, predictor.generate(rows), strict=True):
-                prediction = score(row, completion)
+            for row, (completion, rewatched) in zip(rows, predictor.rollouts(rows), strict=True):
+                prediction = score(row, completion, rewatched)
                 done[row["problem_id"]] = prediction
                 handle.write(json.dumps(prediction, ensure_ascii=False) + "\n")
             handle.flush()

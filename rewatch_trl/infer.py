@@ -14,9 +14,10 @@ import json
 import time
 from pathlib import Path
 
-from rewatch_trl.collator import VideoCollator
+from rewatch_trl.collator import VideoCollator, split_video_inputs, video_forward_kwargs
 from rewatch_trl.prompts import VideoSettings, duration_string
 from rewatch_trl.react import parse_react
+from rewatch_trl.rewatch import Rewatcher, RewatchSettings
 from rewatch_trl.suppression import suppressed_token_ids
 from rewatch_trl.video import VideoCache, sample_video, video_duration
 
@@ -25,7 +26,8 @@ class Predictor:
     """A trained model (a directory or a Hub id) that answers seed-format rows, in batches.
 
     `backend="transformers"` generates with `model.generate`; `backend="vllm"` with a vLLM `LLM` fed the same
-    frames and prompt ids (`vllm_video.VideoLLM`), built with `vllm_kwargs` (e.g. `max_model_len`).
+    frames and prompt ids (`vllm_video.VideoLLM`), built with `vllm_kwargs` (e.g. `max_model_len`). With agentic
+    `rewatch` settings, each action's clip is shown to the model before it goes on (`rewatch.Rewatcher`).
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class Predictor:
         backend: str = "transformers",
         dtype: str = "auto",
         vllm_kwargs: dict | None = None,
+        rewatch: RewatchSettings | None = None,
     ):
         from transformers import AutoProcessor
 
@@ -71,13 +74,71 @@ class Predictor:
             self.config = AutoConfig.from_pretrained(model)
             from rewatch_trl.vllm_video import VideoLLM
 
-            llm = LLM(model=model, dtype=dtype, limit_mm_per_prompt={"video": 1, "image": 0}, **(vllm_kwargs or {}))
+            videos = 1 + (rewatch.max_rewatches if rewatch is not None and rewatch.agentic else 0)
+            llm = LLM(
+                model=model, dtype=dtype, limit_mm_per_prompt={"video": videos, "image": 0}, **(vllm_kwargs or {})
+            )
             self.model = VideoLLM(llm, self.config)
         else:
             raise ValueError(f"unknown backend {backend!r}: transformers or vllm")
+        self.rewatcher = None
+        if rewatch is not None and rewatch.agentic:
+            tokenizer = self.processor.tokenizer
+            eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+            eos = [eos] if isinstance(eos, int) else list(eos or [])
+            self.rewatcher = Rewatcher(self.collator, rewatch, [tokenizer.eos_token_id, *eos])
 
     def generate(self, rows: list[dict]) -> list[str]:
         """Greedy completions of rows (`problem`, `videos`, `duration`), in order."""
+        return [text for text, _ in self.rollouts(rows)]
+
+    def rollouts(self, rows: list[dict]) -> list[tuple[str, list[dict]]]:
+        """Greedy completions of rows, in order, each with the clips it re-watched for real (agentic mode:
+        `{"start", "end", "frames"}`; none otherwise)."""
+        if self.rewatcher is None:
+            return [(text, []) for text in self._generate(rows)]
+        batch = self.collator(rows)
+        keep = batch["attention_mask"].bool()
+        prompt_ids = [ids[m].tolist() for ids, m in zip(batch["input_ids"], keep, strict=True)]
+        device = None if self.backend == "vllm" else self.model.device
+        samples = [{key: value.to(device) for key, value in sample.items()} for sample in split_video_inputs(batch)]
+        completions = self.rewatcher.rollout(
+            prompt_ids, self.collator.videos(rows), samples, self._round, self.max_new_tokens, device
+        )
+        texts = self.processor.batch_decode([c.model_ids() for c in completions], skip_special_tokens=True)
+        return [(text, completion.rewatched) for text, completion in zip(texts, completions, strict=True)]
+
+    def _round(self, sequences, videos, samples, stop, max_tokens):
+        """One greedy generation round of an agentic rollout (`rewatch.Generate`)."""
+        if self.backend == "vllm":
+            from vllm import SamplingParams
+
+            with self.model.limits(stop, max_tokens):
+                outputs = self.model.generate(
+                    [{"prompt_token_ids": ids} for ids in sequences], SamplingParams(temperature=0.0), videos=videos
+                )
+            return [(list(output.outputs[0].token_ids), None) for output in outputs]
+        import torch
+
+        width = max(len(ids) for ids in sequences)
+        pad = self.processor.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(row)) + row for row in sequences], device=self.model.device)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in sequences], device=ids.device)
+        video = video_forward_kwargs([row[0] for row in samples], ids, self.config, clips=[row[1:] for row in samples])
+        limits = {"stop_strings": stop, "tokenizer": self.processor.tokenizer} if stop else {}
+        with torch.no_grad():
+            output = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                **video,
+                do_sample=False,
+                max_new_tokens=max_tokens,
+                suppress_tokens=suppressed_token_ids(self.config),
+                **limits,
+            )
+        return [(row[width:].tolist(), None) for row in output]
+
+    def _generate(self, rows: list[dict]) -> list[str]:
         batch = self.collator(rows)
         if self.backend == "vllm":
             from vllm import SamplingParams
@@ -109,18 +170,26 @@ def infer(
     backend="transformers",
     dtype: str = "auto",
     vllm_kwargs: dict | None = None,
+    rewatch: RewatchSettings | None = None,
 ) -> dict:
-    """Answer one question about one video file: the prompt, the frames used, the parsed trace and timings."""
+    """Answer one question about one video file: the prompt, the frames used, the parsed trace, the clips
+    re-watched for real (agentic `rewatch`) and timings."""
     start = time.perf_counter()
     duration = round(video_duration(video))
     predictor = Predictor(
-        model, settings, max_new_tokens=max_new_tokens, backend=backend, dtype=dtype, vllm_kwargs=vllm_kwargs
+        model,
+        settings,
+        max_new_tokens=max_new_tokens,
+        backend=backend,
+        dtype=dtype,
+        vllm_kwargs=vllm_kwargs,
+        rewatch=rewatch,
     )
     loaded = time.perf_counter()
     row = {"problem": question, "videos": str(Path(video).absolute()), "duration": duration}
     frames = sample_video(row["videos"], predictor.settings, predictor.collator.cache)
     decoded = time.perf_counter()
-    (completion,) = predictor.generate([row])
+    ((completion, rewatched),) = predictor.rollouts([row])
     done = time.perf_counter()
     trace = parse_react(completion)
     return {
@@ -137,6 +206,7 @@ def infer(
         "completion": completion,
         "actions": [step.action for step in trace.steps],
         "clips": [[list(clip) for clip in clips] for clips in trace.clips],
+        "rewatched": rewatched,
         "observations": [step.observation for step in trace.steps],
         "answer": trace.answer,
         "well_formed": trace.well_formed,
@@ -149,6 +219,9 @@ def format_result(result: dict) -> str:
     lines = [f"video: {result['video']} ({result['duration_str']}, {result['frames']['count']} frames)", ""]
     lines.append(result["completion"])
     lines += ["", f"answer: {result['answer']}", f"re-watch steps: {len(result['actions'])}"]
+    if result["rewatched"]:
+        shown = ", ".join(f"{c['start']:g}-{c['end']:g} s ({c['frames']} frames)" for c in result["rewatched"])
+        lines.append(f"clips re-watched: {shown}")
     return "\n".join(lines)
 
 

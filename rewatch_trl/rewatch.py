@@ -119,6 +119,32 @@ def requested_clip(text: str, duration: float) -> tuple[float, float] | str:
     return float(max(start, 0)), float(min(end, duration))
 
 
+def shown_clips(trace: str, duration: float, max_rewatches: int) -> tuple[str, list[tuple[float, float]]]:
+    """A written trace (an SFT target) as the model meets it in agentic mode: the clip of each of its first
+    `max_rewatches` actions shown after it (`CLIP_TEXT`, where the processor puts the clip's tokens), and those
+    clips in order. An action that names no clip in the video gets nothing inserted.
+
+    Example:
+    ```python
+    >>> shown_clips("<action>Re-watch [00:02-00:04]</action><observation>red</observation>", 8.0, 3)
+    ('<action>Re-watch [00:02-00:04]</action><|vision_start|><|video_pad|><|vision_end|><observation>red</observation>', [(2.0, 4.0)])
+    ```
+    """
+    parts, clips, start = [], [], 0
+    end = trace.find(ACTION_END)
+    for _ in range(max_rewatches):
+        if end < 0:
+            break
+        end += len(ACTION_END)
+        clip = requested_clip(trace[:end], duration)
+        if isinstance(clip, tuple):
+            parts.append(trace[start:end] + CLIP_TEXT)
+            clips.append(clip)
+            start = end
+        end = trace.find(ACTION_END, end)
+    return "".join(parts) + trace[start:], clips
+
+
 def _stamp(seconds: float) -> str:
     return seconds_to_timestamp(int(seconds + 0.5))
 

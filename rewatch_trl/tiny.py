@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rewatch_trl.prompts import VideoSettings, duration_string, seconds_to_timestamp
+from rewatch_trl.rewatch import RewatchSettings
 
 
 SPECIAL_TOKENS = [
@@ -59,6 +60,11 @@ TINY_VIDEO_SETTINGS = VideoSettings(
     video_min_pixels=56 * 56,
     video_max_pixels=56 * 56,
     video_total_pixels=8 * 56 * 56,
+)
+
+# How the tiny world re-watches in agentic mode: a clip at the videos' 4 fps, every frame of a 2 s window.
+TINY_REWATCH_SETTINGS = RewatchSettings(
+    rewatch_mode="agentic", rewatch_fps=4.0, rewatch_max_frames=8, rewatch_max_pixels=56 * 56, max_rewatches=2
 )
 
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
@@ -212,10 +218,17 @@ def build_tiny_model(tokenizer=None, seed: int = 0):
 
 
 def write_synthetic_video(
-    path, seconds: float = 8.0, fps: int = 4, size: tuple[int, int] = (64, 48), segment: float = 2.0, seed: int = 0
+    path,
+    seconds: float = 8.0,
+    fps: int = 4,
+    size: tuple[int, int] = (64, 48),
+    segment: float = 2.0,
+    seed: int = 0,
+    flash: tuple[int, str] | None = None,
 ) -> list[dict]:
-    """Write an mp4 (H.264, PyAV) of a coloured square that changes colour and direction every `segment` seconds.
-    Returns the captions that describe it: `[{"start", "end", "text"}]` in seconds."""
+    """Write an mp4 (H.264, PyAV) of a coloured square that changes colour and direction every `segment` seconds,
+    and with `flash = (frame, color)`, that one frame filled with the colour. Returns the captions that describe
+    the square: `[{"start", "end", "text"}]` in seconds."""
     import av
     import numpy as np
 
@@ -241,6 +254,8 @@ def write_synthetic_video(
             y = min(max(y + dy * 2, 0), height - side)
             frame = np.full((height, width, 3), 16, dtype=np.uint8)
             frame[int(y) : int(y) + side, int(x) : int(x) + side] = COLORS[color]
+            if flash is not None and i == flash[0]:
+                frame[:] = COLORS[flash[1]]
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
@@ -288,6 +303,48 @@ def synthetic_rows(video: str, captions: list[dict], duration: int, rng: random.
     ]
 
 
+def flash_rows(video: str, window: tuple[int, int], color: str, duration: int, rng: random.Random) -> list[dict]:
+    """A multiple-choice and an open-ended question about the one-frame flash in `window` (seconds) of a video, with
+    the ReAct trace that re-watches the window: a question the whole video's frames cannot answer (the flash falls
+    between them) and the re-watched clip can."""
+    span = f"{seconds_to_timestamp(window[0])} to {seconds_to_timestamp(window[1])}"
+    question = f"What color flashes from {span}?"
+    letters, options = "ABCD", list(COLORS)
+    rng.shuffle(options)
+    letter = letters[options.index(color)]
+    problem = question + "".join(f"\n{letter_}: {option}" for letter_, option in zip(letters, options, strict=True))
+    common = {"question_type": "flash", "data_type": "video", "videos": video, "answer_str": color}
+    common |= {"duration": duration, "duration_str": duration_string(duration)}
+    clip = f"[{seconds_to_timestamp(window[0])}-{seconds_to_timestamp(window[1])}]"
+    trace = f"<action>Re-watch {clip}</action>\n<observation>a {color} flash</observation>\n<answer>{{}}</answer>"
+    return [
+        {"problem_id": f"{video}_flash_multiple_choice", "multiple_choice": True, "problem": problem, "answer": letter}
+        | common
+        | {"response": trace.format(letter)},
+        {"problem_id": f"{video}_flash_open_end", "multiple_choice": False, "problem": question, "answer": color}
+        | common
+        | {"response": trace.format(color)},
+    ]
+
+
+def _place_flash(path, seconds: float, fps: int, segment: float, rng: random.Random) -> tuple[int, tuple[int, int]]:
+    """A frame for a flash that the whole-video sampling (`TINY_VIDEO_SETTINGS`) skips and a re-watch of its
+    window (`TINY_REWATCH_SETTINGS`) shows, and that window in seconds."""
+    from rewatch_trl.video import VideoCache, sample_clip, sample_video
+
+    cache = VideoCache()
+    sampled = set(sample_video(path, TINY_VIDEO_SETTINGS, cache).frame_indices)
+    per_segment = round(segment * fps)
+    clip_settings = TINY_REWATCH_SETTINGS.clip_settings(TINY_VIDEO_SETTINGS)
+    for k in rng.sample(range(int(seconds // segment)), int(seconds // segment)):
+        window = (round(k * segment), round((k + 1) * segment))
+        shown = set(sample_clip(path, *window, clip_settings, cache).frame_indices)
+        frames = [f for f in range(k * per_segment, (k + 1) * per_segment) if f not in sampled and f in shown]
+        if frames:
+            return rng.choice(frames), window
+    raise ValueError(f"no frame of {path} is both skipped by the video's sampling and shown by a re-watch")
+
+
 def build_tiny_world(
     out,
     num_videos: int = 4,
@@ -295,8 +352,10 @@ def build_tiny_world(
     fps: int = 4,
     size: tuple[int, int] = (64, 48),
     seed: int = 0,
+    flashes: bool = False,
 ) -> TinyWorld:
-    """Write the whole offline world under `out` (model, processor, videos, `qa.jsonl`, `captions.jsonl`)."""
+    """Write the whole offline world under `out` (model, processor, videos, `qa.jsonl`, `captions.jsonl`). With
+    `flashes`, each video also holds a one-frame flash between its sampled frames, asked about (`flash_rows`)."""
     root = Path(out)
     video_dir = root / "videos"
     video_dir.mkdir(parents=True, exist_ok=True)
@@ -307,9 +366,19 @@ def build_tiny_world(
     rows, caption_rows = [], []
     for i in range(num_videos):
         name = f"synthetic_{i:03d}.mp4"
-        captions = write_synthetic_video(video_dir / name, seconds=seconds, fps=fps, size=size, seed=seed * 1000 + i)
-        caption_rows.append({"videos": name, "captions": captions_text(captions)})
+        video = dict(seconds=seconds, fps=fps, size=size, seed=seed * 1000 + i)
+        captions = write_synthetic_video(video_dir / name, **video)
         rows += synthetic_rows(name, captions, round(seconds), rng)
+        if flashes:
+            frame, window = _place_flash(video_dir / name, seconds, fps, 2.0, rng)
+            color = rng.choice(list(COLORS))
+            write_synthetic_video(video_dir / name, **video, flash=(frame, color))
+            captions = sorted(
+                [*captions, {"start": window[0], "end": window[1], "text": f"a {color} flash"}],
+                key=lambda c: c["start"],
+            )
+            rows += flash_rows(name, window, color, round(seconds), rng)
+        caption_rows.append({"videos": name, "captions": captions_text(captions)})
     qa_path, captions_path = root / "qa.jsonl", root / "captions.jsonl"
     qa_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     captions_path.write_text("".join(json.dumps(row) + "\n" for row in caption_rows))

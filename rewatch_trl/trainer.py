@@ -32,7 +32,7 @@ import torch
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl import GRPOTrainer
 
-from rewatch_trl.collator import VideoCollator, split_video_inputs
+from rewatch_trl.collator import VideoCollator, split_video_inputs, video_fields, video_forward_kwargs
 from rewatch_trl.positions import use_original_rope
 from rewatch_trl.prompts import VideoSettings
 from rewatch_trl.rewatch import Rewatcher, RewatchSettings
@@ -40,7 +40,6 @@ from rewatch_trl.sharing import (
     SharedRows,
     SharingCounter,
     backbone,
-    concat_rows,
     install_shared_prefix,
     install_shared_video_features,
 )
@@ -50,35 +49,6 @@ from rewatch_trl.vllm_video import VideoLLM, reload_weights
 
 
 logger = logging.getLogger(__name__)
-
-
-def video_fields(
-    samples: list[dict[str, torch.Tensor]], distinct_pixels: bool = False, clips: list[list[dict]] | None = None
-) -> dict[str, torch.Tensor]:
-    """The processor's video tensors for rows whose samples are `samples` (and, in agentic mode, whose completions
-    show `clips`), in the model's order: each row's prompt video, then its clips. With `distinct_pixels`,
-    `pixel_values_videos` holds the frames of each distinct video (rows that share a sample dict) once, in order of
-    first appearance: the layout `SharedVideoFeatures` reads, G times fewer bytes copied for G rows a prompt."""
-    rows = SharedRows(samples, clips=clips)
-    videos = rows.videos
-    fields = {key: torch.cat([video[key] for video in videos]) for key in ("video_grid_thw", "second_per_grid_ts")}
-    pixel_videos = [videos[i] for i in rows.distinct_videos] if distinct_pixels else videos
-    fields["pixel_values_videos"] = concat_rows([video["pixel_values_videos"] for video in pixel_videos])
-    return fields
-
-
-def video_forward_kwargs(
-    samples: list[dict[str, torch.Tensor]],
-    input_ids: torch.Tensor,
-    config,
-    distinct_pixels: bool = False,
-    clips: list[list[dict]] | None = None,
-) -> dict:
-    """The model's video keyword arguments for rows `input_ids` whose samples are `samples` (in order)."""
-    mm_token_type_ids = torch.zeros_like(input_ids)
-    mm_token_type_ids[input_ids == config.image_token_id] = 1
-    mm_token_type_ids[input_ids == config.video_token_id] = 2
-    return video_fields(samples, distinct_pixels, clips) | {"mm_token_type_ids": mm_token_type_ids}
 
 
 class VideoGRPOTrainer(GRPOTrainer):

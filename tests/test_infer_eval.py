@@ -65,11 +65,11 @@ class PlantedPredictor:
     def __init__(self, answers, fail_after=None):
         self.answers, self.fail_after, self.calls = answers, fail_after, []
 
-    def generate(self, rows):
+    def rollouts(self, rows):
         if self.fail_after is not None and len(self.calls) + len(rows) > self.fail_after:
             raise KeyboardInterrupt
         self.calls += [row["problem_id"] for row in rows]
-        return [self.answers[row["problem_id"]] for row in rows]
+        return [(self.answers[row["problem_id"]], []) for row in rows]
 
 
 def planted(rows):

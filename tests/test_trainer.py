@@ -4,8 +4,8 @@ import pytest
 import torch
 from trl import GRPOTrainer
 
+from rewatch_trl.collator import split_video_inputs, video_forward_kwargs
 from rewatch_trl.tiny import TINY_VIDEO_SETTINGS
-from rewatch_trl.trainer import split_video_inputs, video_forward_kwargs
 from rewatch_trl.video import sample_video
 from rewatch_trl.vllm_video import VideoLLM, collapse_placeholders, vllm_video_requests
 
