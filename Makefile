@@ -18,7 +18,9 @@ VBIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
 PYTEST := python -m pytest -q -p no:cacheprovider
 
-.PHONY: install install-vllm demo test test-core test-vllm style quality clean
+TINY_REWATCH_DIR ?= runs/tiny-world-rewatch
+
+.PHONY: install install-vllm demo demo-rewatch test test-core test-vllm style quality clean
 
 install: $(STAMP)
 
@@ -60,6 +62,16 @@ demo: install
 	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml -m rewatch_trl.grpo --config recipes/tiny/grpo.yaml
 	$(BIN)/rewatch-trl summary runs/tiny-grpo
 	@echo "trained checkpoint: runs/tiny-grpo"
+
+# Real re-watching (agentic mode) on the tiny world with flashes (questions only a re-watched clip answers): agentic
+# SFT, then agentic GRPO; the summary shows the rewards and the real re-watches per completion, step by step.
+demo-rewatch: install
+	rm -rf runs/tiny-sft-rewatch runs/tiny-grpo-rewatch
+	$(BIN)/rewatch-trl tiny --flashes --out $(TINY_REWATCH_DIR)
+	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml -m rewatch_trl.sft --config recipes/tiny/sft_rewatch.yaml
+	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml -m rewatch_trl.grpo --config recipes/tiny/grpo_rewatch.yaml
+	$(BIN)/rewatch-trl summary runs/tiny-grpo-rewatch
+	@echo "trained checkpoint: runs/tiny-grpo-rewatch (try: rewatch-trl infer --rewatch ..., README 'Real re-watching')"
 
 # The README's test command: the core suite, then the vLLM tier (the real engine, on CPU).
 test: test-core test-vllm

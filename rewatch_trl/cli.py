@@ -18,12 +18,20 @@ def _tiny(args) -> None:
     print(f"tiny world written to {world.root}: model + processor, {len(world.rows)} rows in {world.qa_path.name}")
 
 
-SHARING_COUNTS = {"videos_decoded": "decoded", "videos_encoded": "encoded", "prompt_rows": "prompts"}
+# the per-step counts a summary shows beside the rewards, when the run logged them: what sharing did, and the real
+# re-watches of agentic mode
+STEP_COUNTS = {
+    "sharing/videos_decoded": "decoded",
+    "sharing/videos_encoded": "encoded",
+    "sharing/prompt_rows": "prompts",
+    "rewatch/clips_per_completion": "clips",
+}
 
 
 def reward_summary(run_dir) -> str:
     """A table of the rewards a training run logged per step (from its `trainer_state.json`), with the videos
-    decoded and encoded and the prompt rows through the language model in each step."""
+    decoded and encoded and the prompt rows through the language model in each step, and in agentic mode the
+    clips really re-watched per completion."""
     import json
     from pathlib import Path
 
@@ -40,18 +48,20 @@ def reward_summary(run_dir) -> str:
         {key.split("/")[1] for entry in logs for key in entry if key.startswith("rewards/") and key.endswith("/mean")}
     )
     short = [name.removesuffix("_reward") for name in names]
-    # what sharing did each step (`VideoGRPOTrainer`'s counts), when the run logged it
-    counts = [key for key in SHARING_COUNTS if any(f"sharing/{key}" in entry for entry in logs)]
-    header = "  ".join(f"{name:>18}" for name in short) + "".join(f"  {SHARING_COUNTS[key]:>8}" for key in counts)
+    counts = [key for key in STEP_COUNTS if any(key in entry for entry in logs)]
+    header = "  ".join(f"{name:>18}" for name in short) + "".join(f"  {STEP_COUNTS[key]:>8}" for key in counts)
     lines = ["step  reward  " + header]
     for entry in logs:
         values = "  ".join(f"{entry.get(f'rewards/{name}/mean', float('nan')):>18.3f}" for name in names)
-        values += "".join(f"  {entry.get(f'sharing/{key}', float('nan')):>8g}" for key in counts)
+        values += "".join(f"  {entry.get(key, float('nan')):>8.3g}" for key in counts)
         lines.append(f"{entry['step']:>4}  {entry.get('reward', float('nan')):>6.3f}  {values}")
     half = max(1, len(rewarded) // 2)
     first = sum(entry["reward"] for entry in rewarded[:half]) / half
     last = sum(entry["reward"] for entry in rewarded[-half:]) / half
     lines.append(f"mean reward: first {half} steps {first:.3f} -> last {half} steps {last:.3f}")
+    clips = [entry["rewatch/clips_per_completion"] for entry in logs if "rewatch/clips_per_completion" in entry]
+    if clips:
+        lines.append(f"real re-watches per completion: mean {sum(clips) / len(clips):.3f} over {len(clips)} steps")
     return "\n".join(lines)
 
 

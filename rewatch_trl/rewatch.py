@@ -241,9 +241,7 @@ class Rewatcher:
                         {"start": clip[0], "end": clip[1], "frames": len(frames.frame_indices)}
                     )
                     return
-        ids = self.tokenizer(clip, add_special_tokens=False)["input_ids"][:budget]
-        completion.add(ids, by_model=False)
-        completion.done = len(ids) == budget
+        completion.add(self.tokenizer(clip, add_special_tokens=False)["input_ids"][:budget], by_model=False)
 
     def rollout(
         self,
@@ -259,8 +257,9 @@ class Rewatcher:
         completions = [Completion() for _ in prompt_ids]
         while active := [i for i, c in enumerate(completions) if not c.done]:
             # a completion with actions left stops at `</action>`; one without goes on to its end
+            left = [completions[i].actions_served < self.settings.max_rewatches for i in active]
             for stops in (True, False):
-                rows = [i for i in active if (completions[i].actions_served < self.settings.max_rewatches) == stops]
+                rows = [i for i, has_left in zip(active, left, strict=True) if has_left == stops]
                 if not rows:
                     continue
                 budgets = {i: max_tokens - len(completions[i].ids) for i in rows}
@@ -278,6 +277,5 @@ class Rewatcher:
                     budget = budgets[i] - len(ids)
                     if at_action and budget > 0:
                         self.serve(completion, videos[i], budget, device)
-                    else:
-                        completion.done = True
+                    completion.done = not at_action or len(completion.ids) >= max_tokens
         return completions

@@ -38,6 +38,76 @@ def test_settings_check_their_fields():
 
 
 @pytest.fixture
+def rewatcher(tiny_world):
+    from transformers import AutoProcessor
+
+    from rewatch_trl.collator import VideoCollator
+    from rewatch_trl.rewatch import Rewatcher
+    from rewatch_trl.video import VideoCache
+
+    processor = AutoProcessor.from_pretrained(tiny_world.root)
+    collator = VideoCollator(processor, TINY_VIDEO_SETTINGS, tiny_world.video_dir, VideoCache())
+    return Rewatcher(collator, RewatchSettings(**TINY_REWATCH), [processor.tokenizer.eos_token_id])
+
+
+def run_rollout(rewatcher, tiny_world, turns, max_tokens):
+    """A rollout of one prompt whose generation rounds write `turns` (texts, in order); the calls it made."""
+    tokenizer = rewatcher.tokenizer
+    video = rewatcher.collator.videos(tiny_world.rows[:1])[0]
+    calls = []
+
+    def generate(sequences, videos, samples, stop, budget):
+        calls.append((stop, budget, len(videos[0])))
+        text = turns[len(calls) - 1]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return [(ids + ([tokenizer.eos_token_id] if text.endswith("</answer>") else []), None)]
+
+    (completion,) = rewatcher.rollout([[1, 2, 3]], [video], [{}], generate, max_tokens)
+    return completion, calls
+
+
+def test_rollout_serves_actions_until_max_rewatches(rewatcher, tiny_world):
+    from rewatch_trl.rewatch import ACTION_END
+
+    late = "<action>Re-watch [00:00-00:02]</action> and more text <answer>A</answer>"
+    completion, calls = run_rollout(rewatcher, tiny_world, [SCRIPT, "<action>at 00:06</action>", late], 200)
+    # two actions served (max_rewatches = 2), the third round runs to the end without stopping at its action
+    assert [(stop, videos) for stop, _, videos in calls] == [([ACTION_END], 1), ([ACTION_END], 2), (None, 3)]
+    assert completion.rewatched == [{"start": 2.0, "end": 4.0, "frames": 8}, {"start": 5.0, "end": 7.0, "frames": 8}]
+    assert completion.done and completion.ids[-1] == rewatcher.tokenizer.eos_token_id
+    text = rewatcher.tokenizer.decode(completion.model_ids())
+    assert text == SCRIPT + "<action>at 00:06</action>" + late + rewatcher.tokenizer.eos_token
+    assert completion.model_mask.count(0) == 2 * 18  # two clips of 16 video tokens + their start and end
+
+
+def test_rollout_replies_to_an_action_outside_the_video(rewatcher, tiny_world):
+    completion, calls = run_rollout(
+        rewatcher, tiny_world, ["<action>Re-watch [00:12-00:14]</action>", "<answer>B</answer>"], 200
+    )
+    assert completion.rewatched == [] and completion.actions_served == 1
+    inserted = [t for t, m in zip(completion.ids, completion.model_mask, strict=True) if not m]
+    assert rewatcher.tokenizer.decode(inserted) == "(no re-watch: 00:12 is past the end of the video, 00:08)"
+    assert calls[1][2] == 1  # no clip was added to the sequence's videos
+
+
+def test_rollout_ends_when_the_last_action_fills_the_completion(rewatcher, tiny_world):
+    # max_rewatches = 2: the second clip uses the last action and the last token; no round follows
+    script = len(rewatcher.tokenizer(SCRIPT, add_special_tokens=False)["input_ids"])
+    completion, calls = run_rollout(rewatcher, tiny_world, [SCRIPT, SCRIPT], 2 * (script + 18))
+    assert len(calls) == 2 and len(completion.rewatched) == 2 and completion.done
+
+
+def test_rollout_ends_when_a_clip_fills_the_completion(rewatcher, tiny_world):
+    script = len(rewatcher.tokenizer(SCRIPT, add_special_tokens=False)["input_ids"])
+    completion, calls = run_rollout(rewatcher, tiny_world, [SCRIPT], script + 18)
+    assert len(calls) == 1 and completion.done and len(completion.ids) == script + 18
+    assert completion.model_mask == [1] * script + [0] * 18
+    # one token short of the clip: the reply that it does not fit, cut to the budget
+    completion, calls = run_rollout(rewatcher, tiny_world, [SCRIPT], script + 17)
+    assert completion.rewatched == [] and completion.done and len(completion.ids) == script + 17
+
+
+@pytest.fixture
 def received(monkeypatch):
     """The positions every call of the language model receives."""
     calls = []
