@@ -106,9 +106,9 @@ class Launcher:
     root = Path(__file__).resolve().parents[1]
     accelerate = str(Path(sys.executable).with_name("accelerate"))
 
-    def recipe_args(self, world, output_dir, stage="grpo", **overrides) -> list[str]:
-        """The arguments of a tiny `stage` recipe run on `world` (`--config` and recipe keys), as `parse_args` and
-        the entry points take them; `overrides` are recipe keys."""
+    def recipe_args(self, world, output_dir, stage="grpo", recipe=None, **overrides) -> list[str]:
+        """The arguments of a tiny `stage` recipe (`recipes/tiny/{recipe or stage}.yaml`) run on `world` (`--config`
+        and recipe keys), as `parse_args` and the entry points take them; `overrides` are recipe keys."""
         settings = (
             {
                 "model_name_or_path": world.root,
@@ -121,18 +121,25 @@ class Launcher:
             | ({"max_completion_length": 8} if stage == "grpo" else {})
             | overrides
         )
-        arguments = ["--config", str(self.root / f"recipes/tiny/{stage}.yaml")]
+        arguments = ["--config", str(self.root / f"recipes/tiny/{recipe or stage}.yaml")]
         for key, value in settings.items():
             arguments += [f"--{key}", str(value)]
         return arguments
 
     def command(
-        self, world, output_dir, num_processes=1, stage="grpo", config="accelerate_configs/cpu.yaml", **overrides
+        self,
+        world,
+        output_dir,
+        num_processes=1,
+        stage="grpo",
+        config="accelerate_configs/cpu.yaml",
+        recipe=None,
+        **overrides,
     ):
         """The command line of a tiny `stage` run on `world` under the accelerate `config`."""
         command = [self.accelerate, "launch", "--config_file", str(self.root / config)]
         command += ["--num_processes", str(num_processes), "-m", f"rewatch_trl.{stage}"]
-        return command + self.recipe_args(world, output_dir, stage, **overrides)
+        return command + self.recipe_args(world, output_dir, stage, recipe, **overrides)
 
     @staticmethod
     def environment():

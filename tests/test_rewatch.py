@@ -370,3 +370,133 @@ def test_agentic_training_logs_its_rewatches(tiny_world, tmp_path, make_trainer)
     assert logs[0]["rewatch/clips_per_completion"] == 1.0 and logs[0]["rewatch/rewatched_fraction"] == 1.0
     assert logs[0]["rewatch/clip_frames"] == 8.0
     assert any(not torch.equal(weights[n], p.detach()) for n, p in trainer.model.named_parameters())
+
+
+@pytest.fixture(scope="module")
+def flash_world(tmp_path_factory):
+    from rewatch_trl.tiny import build_tiny_world
+
+    return build_tiny_world(tmp_path_factory.mktemp("flash-world"), num_videos=2, seed=1, flashes=True)
+
+
+def flash_share(frames, color) -> torch.Tensor:
+    """The share of each frame's pixels within 40 of `color` (frames: T, C, H, W)."""
+    target = torch.tensor(color, dtype=torch.float)[None, :, None, None]
+    return ((frames.float() - target).abs().amax(1) < 40).float().mean((1, 2))
+
+
+def test_flash_is_between_the_sampled_frames_and_in_the_rewatched_clip(flash_world):
+    from rewatch_trl.tiny import COLORS, TINY_REWATCH_SETTINGS
+    from rewatch_trl.video import VideoCache, sample_video
+
+    flashes = [row for row in flash_world.rows if row["question_type"] == "flash" and row["multiple_choice"]]
+    assert len(flashes) == 2
+    for row in flashes:
+        path = str(flash_world.video_dir / row["videos"])
+        color = COLORS[row["answer_str"]]
+        whole = sample_video(path, TINY_VIDEO_SETTINGS, VideoCache())
+        assert flash_share(whole.frames, color).max() < 0.5  # no sampled frame shows the flash
+        (window,) = [clip for clips in [parse_window(row["response"])] for clip in clips]
+        settings = TINY_REWATCH_SETTINGS.clip_settings(TINY_VIDEO_SETTINGS)
+        clip = sample_clip(path, *window, settings, VideoCache())
+        assert (flash_share(clip.frames, color) > 0.9).sum() == 1  # the re-watched clip shows it, in one frame
+        captions = [line for line in flash_world.captions_path.read_text().splitlines() if row["videos"] in line][0]
+        assert f"a {row['answer_str']} flash" in captions
+
+
+def parse_window(trace: str) -> list[tuple[float, float]]:
+    from rewatch_trl.rewatch import shown_clips
+
+    return shown_clips(trace, 8.0, 1)[1]
+
+
+def test_agentic_sft_shows_each_clip_without_labels(flash_world):
+    from transformers import AutoProcessor
+
+    from rewatch_trl.collator import IGNORE_INDEX, VideoCollator
+    from rewatch_trl.sft import SFTVideoCollator
+    from rewatch_trl.tiny import TINY_REWATCH_SETTINGS
+    from rewatch_trl.video import VideoCache
+
+    processor = AutoProcessor.from_pretrained(flash_world.root, padding_side="right")
+    collator = VideoCollator(processor, TINY_VIDEO_SETTINGS, flash_world.video_dir, VideoCache())
+    rows = [row for row in flash_world.rows if row["question_type"] == "flash"][:2]
+    agentic = SFTVideoCollator(collator, rewatch=TINY_REWATCH_SETTINGS)(rows)
+    imagined = SFTVideoCollator(collator)(rows)
+    config = AutoProcessor.from_pretrained(flash_world.root).tokenizer
+    pad, start = config.convert_tokens_to_ids("<|video_pad|>"), config.convert_tokens_to_ids("<|vision_start|>")
+    # two videos a row (the prompt's, then the clip), the clip's frames exactly `sample_clip`'s of the window
+    assert agentic["video_grid_thw"].shape[0] == 4 and imagined["video_grid_thw"].shape[0] == 2
+    window = parse_window(rows[0]["response"])[0]
+    clip = sample_clip(
+        str(flash_world.video_dir / rows[0]["videos"]),
+        *window,
+        TINY_REWATCH_SETTINGS.clip_settings(TINY_VIDEO_SETTINGS),
+        VideoCache(),
+    )
+    expected = collator.encode([CLIP_TEXT], [clip])["pixel_values_videos"]
+    sizes = agentic["video_grid_thw"].prod(-1).tolist()
+    assert torch.equal(torch.split(agentic["pixel_values_videos"], sizes)[1], expected)
+    for i in range(2):
+        ids, labels = agentic["input_ids"][i], agentic["labels"][i]
+        assert (ids == start).sum() == 2 and (ids == pad).sum() == 16 + 16
+        assert (labels[torch.isin(ids, torch.tensor([pad, start]))] == IGNORE_INDEX).all()
+        # the labels are the trace's tokens, as without the clip: the clip is read, not written
+        agentic_targets = labels[labels != IGNORE_INDEX].tolist()
+        imagined_targets = imagined["labels"][i][imagined["labels"][i] != IGNORE_INDEX].tolist()
+        assert agentic_targets == imagined_targets
+
+
+def test_infer_rewatch_lists_the_clips_it_showed(tiny_world, monkeypatch):
+    from rewatch_trl.infer import Predictor, infer
+
+    real_round = Predictor._round
+    rounds = []
+
+    def scripted(self, sequences, videos, samples, stop, max_tokens):
+        rounds.append(len(videos[0]))
+        if len(rounds) == 1:
+            return [(self.processor.tokenizer(SCRIPT, add_special_tokens=False)["input_ids"], None)]
+        return real_round(self, sequences, videos, samples, stop, max_tokens)
+
+    monkeypatch.setattr(Predictor, "_round", scripted)
+    video = tiny_world.video_dir / tiny_world.rows[0]["videos"]
+    result = infer(
+        str(tiny_world.root),
+        str(video),
+        "What color?",
+        TINY_VIDEO_SETTINGS,
+        40,
+        rewatch=RewatchSettings(**TINY_REWATCH),
+    )
+    assert result["rewatched"] == [{"start": 2.0, "end": 4.0, "frames": 8}]
+    assert rounds[:2] == [1, 2]
+    assert result["completion"].startswith(SCRIPT) and "vision" not in result["completion"]
+    assert result["actions"][0] == "Re-watch [00:02-00:04]"
+
+
+def test_agentic_sft_then_grpo_then_infer_rewatch(flash_world, tmp_path, launcher):
+    """`make demo-rewatch` in small, as a user runs it: the agentic recipes through `accelerate launch`, then
+    `rewatch-trl infer --rewatch --json` with the trained checkpoint really re-watches a clip of the video."""
+    import json
+    import subprocess
+    import sys
+
+    sft, grpo = tmp_path / "sft", tmp_path / "grpo"
+    launcher.run(launcher.command(flash_world, sft, stage="sft", recipe="sft_rewatch", max_steps=60))
+    launcher.run(launcher.command(flash_world, grpo, recipe="grpo_rewatch", model_name_or_path=sft, max_steps=2))
+    logs = [entry for entry in launcher.state(grpo)["log_history"] if "rewatch/clips_per_completion" in entry]
+    assert len(logs) == 2 and all(0 <= entry["rewatch/rewatched_fraction"] <= 1 for entry in logs)
+    tiny = ["--max-frames", "8", "--min-pixels", "3136", "--max-pixels", "3136", "--total-pixels", "25088"]
+    tiny += ["--rewatch-fps", "4", "--rewatch-max-frames", "8", "--rewatch-max-pixels", "3136", "--max-rewatches", "2"]
+    row = next(row for row in flash_world.rows if row["question_type"] == "flash")
+    video = flash_world.video_dir / row["videos"]
+    command = [sys.executable, "-m", "rewatch_trl.cli"]
+    command += ["infer", "--model", str(grpo), *tiny, "--max-new-tokens", "96", "--rewatch", "--json"]
+    output = subprocess.run(
+        [*command, str(video), row["problem"]], capture_output=True, text=True, env=launcher.environment(), check=True
+    )
+    result = json.loads(output.stdout)
+    assert result["rewatched"], result["completion"]
+    for clip in result["rewatched"]:
+        assert 0 <= clip["start"] < clip["end"] <= 8 and clip["frames"] > 0
