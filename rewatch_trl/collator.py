@@ -208,10 +208,15 @@ def video_forward_kwargs(
     clips: list[list[dict]] | None = None,
 ) -> dict:
     """The model's video keyword arguments for rows `input_ids` whose samples are `samples` (in order)."""
-    mm_token_type_ids = torch.zeros_like(input_ids)
-    mm_token_type_ids[input_ids == config.image_token_id] = 1
-    mm_token_type_ids[input_ids == config.video_token_id] = 2
-    return video_fields(samples, distinct_pixels, clips) | {"mm_token_type_ids": mm_token_type_ids}
+    return video_fields(samples, distinct_pixels, clips) | {"mm_token_type_ids": token_types(input_ids, config)}
+
+
+def token_types(input_ids: torch.Tensor, config) -> torch.Tensor:
+    """`mm_token_type_ids` of token ids: 1 for an image's placeholder tokens, 2 for a video's, 0 for text."""
+    types = torch.zeros_like(input_ids)
+    types[input_ids == config.image_token_id] = 1
+    types[input_ids == config.video_token_id] = 2
+    return types
 
 
 def _last_index(sequence: list[int], pattern: list[int]) -> int:

@@ -15,6 +15,10 @@ multimodal path collects images only). Four small overrides wire the video throu
 The G completions of a prompt share its video: one decode, one processor call, one vision-tower run per pass,
 and one prompt prefill in the log-prob passes (`sharing.py`, switched by the config's `share_*` options).
 
+With `rewatch_mode: agentic` the rollouts re-watch for real (`rewatch.py`): TRL's `rollout_func` hook runs them,
+each generation round through `_generate_single_turn` (stopped at `</action>`), and its `env_mask` keeps the clips
+shown out of the loss; the log-prob passes take each sequence's clips after its prompt's video.
+
 Example:
 ```python
 >>> trainer = VideoGRPOTrainer(model="runs/tiny-world", reward_funcs=get_reward_funcs(["format"]),
@@ -32,7 +36,13 @@ import torch
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl import GRPOTrainer
 
-from rewatch_trl.collator import VideoCollator, split_video_inputs, video_fields, video_forward_kwargs
+from rewatch_trl.collator import (
+    VideoCollator,
+    split_video_inputs,
+    token_types,
+    video_fields,
+    video_forward_kwargs,
+)
 from rewatch_trl.positions import use_original_rope
 from rewatch_trl.prompts import VideoSettings
 from rewatch_trl.rewatch import Rewatcher, RewatchSettings
@@ -52,7 +62,8 @@ logger = logging.getLogger(__name__)
 
 
 class VideoGRPOTrainer(GRPOTrainer):
-    """`GRPOTrainer` for prompts that hold one video each (a `{"type": "video", "video": PATH}` block).
+    """`GRPOTrainer` for prompts that hold one video each (a `{"type": "video", "video": PATH}` block), and in
+    agentic mode (`GRPOConfig.rewatch_mode`) completions that show the clips their actions name.
 
     Args:
         video_settings: how frames are sampled (the seed's settings by default).
@@ -130,6 +141,10 @@ class VideoGRPOTrainer(GRPOTrainer):
         if self.rewatch_settings is not None and self.rewatch_settings.agentic:
             if self.rollout_func is not None:
                 raise ValueError("rewatch_mode='agentic' runs its own rollouts: it takes no `rollout_func`")
+            if is_deepspeed_zero3_enabled() and not self.use_vllm:
+                # each transformers generation round gathers the ZeRO-3 shards, a collective; processes whose
+                # completions need different numbers of rounds would wait on each other forever
+                raise NotImplementedError("rewatch_mode='agentic' under ZeRO-3 needs use_vllm (colocate)")
             self.rewatcher = Rewatcher(self.video_collator, self.rewatch_settings, self.eos_token_ids)
             # TRL's hook for custom rollouts: its `env_mask` keeps the inserted clips out of the loss
             self.rollout_func = self._agentic_rollout
@@ -271,8 +286,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._clip_inputs = [row[1:] for row in samples]
         self._pending_videos = videos
         fields = video_fields(self._video_inputs, bool(self._shared_features), self._clip_inputs)
-        token_type = {self._vision_config.video_token_id: 2, self._vision_config.image_token_id: 1}
-        fields["mm_token_type_ids"] = [[token_type.get(token, 0) for token in ids] for ids in sequences]
+        # a per-token field: TRL left-pads lists of lists like the prompt ids
+        types = [token_types(torch.tensor(ids), self._vision_config).tolist() for ids in sequences]
+        fields["mm_token_type_ids"] = types
         try:
             with self._round_limits(stop, max_tokens):
                 completion_ids, logprobs = self._generate_single_turn(sequences, None, fields, 1)

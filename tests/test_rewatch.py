@@ -500,3 +500,36 @@ def test_agentic_sft_then_grpo_then_infer_rewatch(flash_world, tmp_path, launche
     assert result["rewatched"], result["completion"]
     for clip in result["rewatched"]:
         assert 0 <= clip["start"] < clip["end"] <= 8 and clip["frames"] > 0
+
+
+@pytest.mark.vllm
+def test_infer_rewatch_on_vllm_continues_as_transformers_does(tiny_world, monkeypatch):
+    """`infer --rewatch --backend vllm`: after the same scripted action, vLLM's greedy continuation (the clip
+    shown through its own processor) is the transformers backend's, token for token."""
+    from rewatch_trl.infer import Predictor
+
+    real_round = Predictor._round
+
+    def scripted(self, sequences, videos, samples, stop, max_tokens):
+        if all(len(v) == 1 for v in videos):
+            return [(self.processor.tokenizer(SCRIPT, add_special_tokens=False)["input_ids"], None) for _ in sequences]
+        return real_round(self, sequences, videos, samples, stop, max_tokens)
+
+    monkeypatch.setattr(Predictor, "_round", scripted)
+    rows = tiny_world.rows[:2]
+    rewatch = RewatchSettings(**TINY_REWATCH)
+    local = Predictor(str(tiny_world.root), TINY_VIDEO_SETTINGS, tiny_world.video_dir, 40, rewatch=rewatch)
+    served = Predictor(
+        str(tiny_world.root),
+        TINY_VIDEO_SETTINGS,
+        tiny_world.video_dir,
+        40,
+        backend="vllm",
+        dtype="float32",
+        vllm_kwargs={"enforce_eager": True, "max_model_len": 1024},
+        rewatch=rewatch,
+    )
+    expected, received = local.rollouts(rows), served.rollouts(rows)
+    assert [clips for _, clips in received] == [[{"start": 2.0, "end": 4.0, "frames": 8}]] * 2
+    assert received == expected
+    assert all(len(text) > len(SCRIPT) for text, _ in received)

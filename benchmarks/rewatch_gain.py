@@ -1,0 +1,118 @@
+"""What real re-watching buys on the tiny world: imagined (the paper's) vs agentic, the same seed, data and steps.
+
+    .venv/bin/python benchmarks/rewatch_gain.py [--videos 12] [--held-out 4] [--sft-steps 60] [--grpo-steps 16]
+
+A tiny world with flashes (`rewatch-trl tiny --flashes`): each video holds a one-frame flash that the whole-video
+sampling skips and a re-watch of its window shows. For each mode, an SFT cold start (the agentic traces show each
+action's clip) and GRPO on the training videos, then greedy answers to the flash questions of held-out videos, in
+the same mode. Printed side by side: held-out flash accuracy (multiple choice, open-ended), the real re-watches per
+answer, and GRPO's seconds a step. Chance on the multiple-choice questions is 0.25.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
+
+MODES = ("imagined", "agentic")
+
+
+def recipe_args(recipe: str, **settings) -> list[str]:
+    root = Path(__file__).resolve().parents[1]
+    arguments = ["--config", str(root / "recipes/tiny" / recipe)]
+    for key, value in settings.items():
+        arguments += [f"--{key}", str(value)]
+    return arguments
+
+
+def train(mode: str, world, train_qa: Path, out: Path, options) -> tuple[Path, float]:
+    """SFT then GRPO in `mode` on the training rows; the GRPO checkpoint and its seconds a step."""
+    from rewatch_trl import grpo, sft
+
+    data = {"dataset_name": train_qa, "captions": world.captions_path, "video_root": world.video_dir}
+    common = data | {"rewatch_mode": mode, "seed": options.seed, "save_strategy": "no", "logging_steps": 100}
+    sft_dir, grpo_dir = out / f"{mode}-sft", out / f"{mode}-grpo"
+    sft.main(
+        *sft.parse_args(
+            recipe_args("sft_rewatch.yaml", model_name_or_path=world.root, output_dir=sft_dir, **common)
+            + ["--max_steps", str(options.sft_steps)]
+        )
+    )
+    start = time.perf_counter()
+    grpo.main(
+        *grpo.parse_args(
+            recipe_args("grpo_rewatch.yaml", model_name_or_path=sft_dir, output_dir=grpo_dir, **common)
+            + ["--max_steps", str(options.grpo_steps)]
+        )
+    )
+    return grpo_dir, (time.perf_counter() - start) / options.grpo_steps
+
+
+def evaluate_mode(mode: str, model: Path, world, held_out, out: Path) -> dict:
+    from rewatch_trl.eval import evaluate
+    from rewatch_trl.infer import Predictor
+    from rewatch_trl.tiny import TINY_REWATCH_SETTINGS, TINY_VIDEO_SETTINGS
+
+    rewatch = dataclasses.replace(TINY_REWATCH_SETTINGS, rewatch_mode=mode)
+    predictor = Predictor(str(model), TINY_VIDEO_SETTINGS, world.video_dir, max_new_tokens=96, rewatch=rewatch)
+    return evaluate(predictor, held_out, out / f"{mode}-report.json", progress=False)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=12, help="videos in the world")
+    parser.add_argument("--held-out", type=int, default=4, help="of which held out (their flash questions scored)")
+    parser.add_argument("--sft-steps", type=int, default=60)
+    parser.add_argument("--grpo-steps", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="where the worlds and runs go (default: a temporary directory)")
+    options = parser.parse_args()
+
+    from datasets import Dataset
+
+    from rewatch_trl.tiny import build_tiny_world
+
+    out = Path(options.out or tempfile.mkdtemp(prefix="rewatch-gain-"))
+    world = build_tiny_world(out / "world", num_videos=options.videos, seed=options.seed, flashes=True)
+    held_videos = {f"synthetic_{i:03d}.mp4" for i in range(options.videos - options.held_out, options.videos)}
+    train_rows = [row for row in world.rows if row["videos"] not in held_videos]
+    held_out = Dataset.from_list(
+        [row for row in world.rows if row["videos"] in held_videos and row["question_type"] == "flash"]
+    )
+    train_qa = out / "train.jsonl"
+    train_qa.write_text("".join(json.dumps(row) + "\n" for row in train_rows))
+
+    results = {}
+    for mode in MODES:
+        model, step_seconds = train(mode, world, train_qa, out, options)
+        report = evaluate_mode(mode, model, world, held_out, out)
+        results[mode] = (report, step_seconds)
+
+    def cell(report, kind, key):
+        value = report["by_kind"].get(kind, {}).get(key)
+        return "n/a" if value is None else f"{value:.3f}"
+
+    print(f"\n{len(train_rows)} training rows ({options.videos - options.held_out} videos), {len(held_out)} held-out")
+    print(f"flash questions; SFT {options.sft_steps} steps, GRPO {options.grpo_steps} steps, seed {options.seed}\n")
+    print(f"{'mode':>9}  {'MC acc':>7}  {'open acc':>8}  {'format':>6}  {'re-watches':>10}  {'GRPO s/step':>11}")
+    for mode, (report, seconds) in results.items():
+        overall = report["overall"]
+        rewatches = overall.get("mean_rewatches", 0.0)
+        print(
+            f"{mode:>9}  {cell(report, 'multiple_choice', 'accuracy'):>7}  {cell(report, 'open_ended', 'accuracy'):>8}"
+            f"  {overall['format_rate']:>6.3f}  {rewatches:>10.3f}  {seconds:>11.2f}"
+        )
+    ratio = results["agentic"][1] / results["imagined"][1]
+    print(f"\nagentic / imagined GRPO step time: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
