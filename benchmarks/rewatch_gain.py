@@ -12,6 +12,7 @@ answer, and GRPO's seconds a step. Chance on the multiple-choice questions is 0.
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 import time
@@ -33,8 +34,8 @@ def recipe_args(recipe: str, **settings) -> list[str]:
     return arguments
 
 
-def train(mode: str, world, train_qa: Path, out: Path, options) -> tuple[Path, float]:
-    """SFT then GRPO in `mode` on the training rows; the GRPO checkpoint and its seconds a step."""
+def train(mode: str, world, train_qa: Path, out: Path, options) -> tuple[Path, Path, float]:
+    """SFT then GRPO in `mode` on the training rows; both checkpoints and GRPO's seconds a step."""
     from rewatch_trl import grpo, sft
 
     data = {"dataset_name": train_qa, "captions": world.captions_path, "video_root": world.video_dir}
@@ -53,17 +54,18 @@ def train(mode: str, world, train_qa: Path, out: Path, options) -> tuple[Path, f
             + ["--max_steps", str(options.grpo_steps)]
         )
     )
-    return grpo_dir, (time.perf_counter() - start) / options.grpo_steps
+    return sft_dir, grpo_dir, (time.perf_counter() - start) / options.grpo_steps
 
 
 def evaluate_mode(mode: str, model: Path, world, held_out, out: Path) -> dict:
+    """The report of `model` answering the held-out rows in `mode`."""
     from rewatch_trl.eval import evaluate
     from rewatch_trl.infer import Predictor
     from rewatch_trl.tiny import TINY_REWATCH_SETTINGS, TINY_VIDEO_SETTINGS
 
     rewatch = dataclasses.replace(TINY_REWATCH_SETTINGS, rewatch_mode=mode)
     predictor = Predictor(str(model), TINY_VIDEO_SETTINGS, world.video_dir, max_new_tokens=96, rewatch=rewatch)
-    return evaluate(predictor, held_out, out / f"{mode}-report.json", progress=False)
+    return evaluate(predictor, held_out, out / f"{model.name}-report.json", progress=False)
 
 
 def main():
@@ -90,11 +92,12 @@ def main():
     train_qa = out / "train.jsonl"
     train_qa.write_text("".join(json.dumps(row) + "\n" for row in train_rows))
 
-    results = {}
+    logging.getLogger("qwen_vl_utils").setLevel(logging.WARNING)  # a line per decode otherwise
+    results, step_seconds = {}, {}
     for mode in MODES:
-        model, step_seconds = train(mode, world, train_qa, out, options)
-        report = evaluate_mode(mode, model, world, held_out, out)
-        results[mode] = (report, step_seconds)
+        sft_dir, grpo_dir, step_seconds[mode] = train(mode, world, train_qa, out, options)
+        for stage, model in (("SFT", sft_dir), ("SFT+GRPO", grpo_dir)):
+            results[mode, stage] = evaluate_mode(mode, model, world, held_out, out)
 
     def cell(report, kind, key):
         value = report["by_kind"].get(kind, {}).get(key)
@@ -102,16 +105,16 @@ def main():
 
     print(f"\n{len(train_rows)} training rows ({options.videos - options.held_out} videos), {len(held_out)} held-out")
     print(f"flash questions; SFT {options.sft_steps} steps, GRPO {options.grpo_steps} steps, seed {options.seed}\n")
-    print(f"{'mode':>9}  {'MC acc':>7}  {'open acc':>8}  {'format':>6}  {'re-watches':>10}  {'GRPO s/step':>11}")
-    for mode, (report, seconds) in results.items():
+    print(f"{'mode':>9}  {'model':>8}  {'MC acc':>7}  {'open acc':>8}  {'format':>6}  {'re-watches':>10}")
+    for (mode, stage), report in results.items():
         overall = report["overall"]
         rewatches = overall.get("mean_rewatches", 0.0)
         print(
-            f"{mode:>9}  {cell(report, 'multiple_choice', 'accuracy'):>7}  {cell(report, 'open_ended', 'accuracy'):>8}"
-            f"  {overall['format_rate']:>6.3f}  {rewatches:>10.3f}  {seconds:>11.2f}"
+            f"{mode:>9}  {stage:>8}  {cell(report, 'multiple_choice', 'accuracy'):>7}"
+            f"  {cell(report, 'open_ended', 'accuracy'):>8}  {overall['format_rate']:>6.3f}  {rewatches:>10.3f}"
         )
-    ratio = results["agentic"][1] / results["imagined"][1]
-    print(f"\nagentic / imagined GRPO step time: {ratio:.2f}x")
+    print(f"\nGRPO seconds a step: imagined {step_seconds['imagined']:.2f}, agentic {step_seconds['agentic']:.2f}")
+    print(f"agentic / imagined GRPO step time: {step_seconds['agentic'] / step_seconds['imagined']:.2f}x")
 
 
 if __name__ == "__main__":
