@@ -5,8 +5,10 @@
 A tiny world with flashes (`rewatch-trl tiny --flashes`): each video holds a one-frame flash that the whole-video
 sampling skips and a re-watch of its window shows. For each mode, an SFT cold start (the agentic traces show each
 action's clip) and GRPO on the training videos, then greedy answers to the flash questions of held-out videos, in
-the same mode. Printed side by side: held-out flash accuracy (multiple choice, open-ended), the real re-watches per
-answer, and GRPO's seconds a step. Chance on the multiple-choice questions is 0.25.
+the same mode. Printed side by side: held-out flash accuracy (multiple choice, open-ended), and as a control the
+accuracy on the held-out videos' square-colour questions (answerable from the whole video's frames: it says whether
+the model reads colours from frames at all), the real re-watches per answer, and GRPO's seconds a step. Chance on
+the multiple-choice questions is 0.25.
 """
 
 import argparse
@@ -68,6 +70,13 @@ def evaluate_mode(mode: str, model: Path, world, held_out, out: Path) -> dict:
     return evaluate(predictor, held_out, out / f"{model.name}-report.json", progress=False)
 
 
+def report_path(report: dict) -> Path:
+    """The predictions file of a report `evaluate_mode` made."""
+    from rewatch_trl.eval import predictions_path
+
+    return predictions_path(report["model"].parent / f"{report['model'].name}-report.json")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=12, help="videos in the world")
@@ -86,9 +95,7 @@ def main():
     world = build_tiny_world(out / "world", num_videos=options.videos, seed=options.seed, flashes=True)
     held_videos = {f"synthetic_{i:03d}.mp4" for i in range(options.videos - options.held_out, options.videos)}
     train_rows = [row for row in world.rows if row["videos"] not in held_videos]
-    held_out = Dataset.from_list(
-        [row for row in world.rows if row["videos"] in held_videos and row["question_type"] == "flash"]
-    )
+    held_out = Dataset.from_list([row for row in world.rows if row["videos"] in held_videos])
     train_qa = out / "train.jsonl"
     train_qa.write_text("".join(json.dumps(row) + "\n" for row in train_rows))
 
@@ -97,21 +104,27 @@ def main():
     for mode in MODES:
         sft_dir, grpo_dir, step_seconds[mode] = train(mode, world, train_qa, out, options)
         for stage, model in (("SFT", sft_dir), ("SFT+GRPO", grpo_dir)):
-            results[mode, stage] = evaluate_mode(mode, model, world, held_out, out)
+            results[mode, stage] = evaluate_mode(mode, model, world, held_out, out) | {"model": model}
 
-    def cell(report, kind, key):
-        value = report["by_kind"].get(kind, {}).get(key)
-        return "n/a" if value is None else f"{value:.3f}"
+    def accuracy(report, kind: str, question_type: str) -> str:
+        rows = [
+            p
+            for p in map(json.loads, report_path(report).read_text().splitlines())
+            if p["question_type"] == question_type and p["multiple_choice"] == (kind == "multiple_choice")
+        ]
+        return f"{sum(p['accuracy'] for p in rows) / len(rows):.3f}"
 
     print(f"\n{len(train_rows)} training rows ({options.videos - options.held_out} videos), {len(held_out)} held-out")
-    print(f"flash questions; SFT {options.sft_steps} steps, GRPO {options.grpo_steps} steps, seed {options.seed}\n")
-    print(f"{'mode':>9}  {'model':>8}  {'MC acc':>7}  {'open acc':>8}  {'format':>6}  {'re-watches':>10}")
+    print(f"rows; SFT {options.sft_steps} steps, GRPO {options.grpo_steps} steps, seed {options.seed}\n")
+    print(f"{'':>19}  {'flash (needs a re-watch)':>24}  {'square colour (control)':>24}")
+    header = f"{'mode':>9}  {'model':>8}  {'MC acc':>11}  {'open acc':>10}  {'MC acc':>11}  {'open acc':>10}"
+    print(header + f"  {'format':>6}  {'re-watches':>10}")
     for (mode, stage), report in results.items():
         overall = report["overall"]
-        rewatches = overall.get("mean_rewatches", 0.0)
+        cells = [accuracy(report, kind, kind_of) for kind_of in ("flash", "color") for kind in ("multiple_choice", "")]
         print(
-            f"{mode:>9}  {stage:>8}  {cell(report, 'multiple_choice', 'accuracy'):>7}"
-            f"  {cell(report, 'open_ended', 'accuracy'):>8}  {overall['format_rate']:>6.3f}  {rewatches:>10.3f}"
+            f"{mode:>9}  {stage:>8}  {cells[0]:>11}  {cells[1]:>10}  {cells[2]:>11}  {cells[3]:>10}"
+            f"  {overall['format_rate']:>6.3f}  {overall.get('mean_rewatches', 0.0):>10.3f}"
         )
     print(f"\nGRPO seconds a step: imagined {step_seconds['imagined']:.2f}, agentic {step_seconds['agentic']:.2f}")
     print(f"agentic / imagined GRPO step time: {step_seconds['agentic'] / step_seconds['imagined']:.2f}x")

@@ -199,9 +199,18 @@ class Rewatcher:
         self.clip_video_settings = settings.clip_settings(collator.settings)
         self.tokenizer = collator.processor.tokenizer
         self.eos_token_ids = set(eos_token_ids)
+        self._clips: dict[tuple, tuple[list[int], dict, SampledVideo]] = {}  # this rollout's clips
 
     def clip(self, video: SampledVideo, start: float, end: float, device=None) -> tuple[list[int], dict, SampledVideo]:
-        """A clip of `video` as it enters the sequence: its tokens, its processor inputs, its frames."""
+        """A clip of `video` as it enters the sequence: its tokens, its processor inputs, its frames. Within a
+        rollout, completions that ask for the same clip get the same processor inputs (one dict: the trainer's
+        passes then encode the clip once, `sharing.SharedRows`)."""
+        key = (video.path, start, end)
+        if key not in self._clips:
+            self._clips[key] = self._encode_clip(video, start, end, device)
+        return self._clips[key]
+
+    def _encode_clip(self, video: SampledVideo, start: float, end: float, device=None):
         frames = sample_clip(video.path, start, end, self.clip_video_settings, self.collator.cache)
         batch = self.collator.encode([CLIP_TEXT], [frames], device=device)
         (sample,) = split_video_inputs(batch)
@@ -255,6 +264,7 @@ class Rewatcher:
         """One completion per prompt (`prompt_ids[i]` holds `videos[i]`, processor inputs `samples[i]`), at most
         `max_tokens` tokens each, inserted ones included."""
         completions = [Completion() for _ in prompt_ids]
+        self._clips = {}
         while active := [i for i, c in enumerate(completions) if not c.done]:
             # a completion with actions left stops at `</action>`; one without goes on to its end
             left = [completions[i].actions_served < self.settings.max_rewatches for i in active]

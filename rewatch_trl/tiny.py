@@ -281,47 +281,53 @@ def synthetic_rows(video: str, captions: list[dict], duration: int, rng: random.
     """A multiple-choice and an open-ended question in the seed's format about one synthetic video, each with the
     ReAct `response` an SFT cold start learns from: re-watch the asked clip, say what is there, answer."""
     caption = rng.choice(captions)
-    color = caption["text"].split()[1]
-    span = f"{seconds_to_timestamp(caption['start'])} to {seconds_to_timestamp(caption['end'])}"
-    question = f"What color is the square from {span}?"
-    letters = "ABCD"
-    options = list(COLORS)
-    rng.shuffle(options)
-    letter = letters[options.index(color)]
-    problem = question + "".join(f"\n{letter_}: {option}" for letter_, option in zip(letters, options, strict=True))
-    common = {"question_type": "color", "data_type": "video", "videos": video, "answer_str": color}
-    common |= {"duration": duration, "duration_str": duration_string(duration)}
-    clip = f"[{seconds_to_timestamp(caption['start'])}-{seconds_to_timestamp(caption['end'])}]"
-    trace = f"<action>Re-watch {clip}</action>\n<observation>{caption['text']}</observation>\n<answer>{{}}</answer>"
-    return [
-        {"problem_id": f"{video}_color_multiple_choice", "multiple_choice": True, "problem": problem, "answer": letter}
-        | common
-        | {"response": trace.format(letter)},
-        {"problem_id": f"{video}_color_open_end", "multiple_choice": False, "problem": question, "answer": color}
-        | common
-        | {"response": trace.format(color)},
-    ]
+    window = (caption["start"], caption["end"])
+    question = "What color is the square from {}?"
+    return question_rows(video, "color", question, window, caption["text"], caption["text"].split()[1], duration, rng)
 
 
 def flash_rows(video: str, window: tuple[int, int], color: str, duration: int, rng: random.Random) -> list[dict]:
     """A multiple-choice and an open-ended question about the one-frame flash in `window` (seconds) of a video, with
     the ReAct trace that re-watches the window: a question the whole video's frames cannot answer (the flash falls
     between them) and the re-watched clip can."""
-    span = f"{seconds_to_timestamp(window[0])} to {seconds_to_timestamp(window[1])}"
-    question = f"What color flashes from {span}?"
+    return question_rows(
+        video, "flash", "What color flashes from {}?", window, f"a {color} flash", color, duration, rng
+    )
+
+
+def question_rows(
+    video: str,
+    kind: str,
+    question: str,
+    window: tuple[int, int],
+    observation: str,
+    color: str,
+    duration: int,
+    rng: random.Random,
+) -> list[dict]:
+    """The multiple-choice and the open-ended row of a `question` (`{}`: the window, `00:02 to 00:04`) whose answer
+    is a colour, with the trace that re-watches the window, observes `observation` and answers."""
+    start, end = (seconds_to_timestamp(second) for second in window)
+    question = question.format(f"{start} to {end}")
     letters, options = "ABCD", list(COLORS)
     rng.shuffle(options)
     letter = letters[options.index(color)]
     problem = question + "".join(f"\n{letter_}: {option}" for letter_, option in zip(letters, options, strict=True))
-    common = {"question_type": "flash", "data_type": "video", "videos": video, "answer_str": color}
+    common = {"question_type": kind, "data_type": "video", "videos": video, "answer_str": color}
     common |= {"duration": duration, "duration_str": duration_string(duration)}
-    clip = f"[{seconds_to_timestamp(window[0])}-{seconds_to_timestamp(window[1])}]"
-    trace = f"<action>Re-watch {clip}</action>\n<observation>a {color} flash</observation>\n<answer>{{}}</answer>"
+    trace = (
+        f"<action>Re-watch [{start}-{end}]</action>\n<observation>{observation}</observation>\n<answer>{{}}</answer>"
+    )
     return [
-        {"problem_id": f"{video}_flash_multiple_choice", "multiple_choice": True, "problem": problem, "answer": letter}
+        {
+            "problem_id": f"{video}_{kind}_multiple_choice",
+            "multiple_choice": True,
+            "problem": problem,
+            "answer": letter,
+        }
         | common
         | {"response": trace.format(letter)},
-        {"problem_id": f"{video}_flash_open_end", "multiple_choice": False, "problem": question, "answer": color}
+        {"problem_id": f"{video}_{kind}_open_end", "multiple_choice": False, "problem": question, "answer": color}
         | common
         | {"response": trace.format(color)},
     ]

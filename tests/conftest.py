@@ -89,6 +89,23 @@ def tiny_model_and_processor(tiny_world):
     return model, AutoProcessor.from_pretrained(tiny_world.root)
 
 
+@pytest.fixture
+def received(monkeypatch):
+    """The positions every call of a Qwen2.5-VL language model receives (its last three rows: a generation
+    prefill also carries the text positions in front)."""
+    import transformers.models.qwen2_5_vl.modeling_qwen2_5_vl as qwen
+
+    calls = []
+    forward = qwen.Qwen2_5_VLTextModel.forward
+
+    def spy(self, *args, position_ids=None, **kwargs):
+        calls.append(None if position_ids is None else position_ids[-3:].clone())
+        return forward(self, *args, position_ids=position_ids, **kwargs)
+
+    monkeypatch.setattr(qwen.Qwen2_5_VLTextModel, "forward", spy)
+    return calls
+
+
 # The vLLM tier (`make test-vllm`): the real engine's CPU build, in-process, with a small KV cache (otherwise the
 # CPU build sizes it from the machine's RAM, and takes half a minute to start).
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

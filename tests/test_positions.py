@@ -138,21 +138,6 @@ def test_more_vision_tokens_than_grids_is_an_error(config):
         rope_index(config, sequence(config, 2, ("video", 4)))
 
 
-@pytest.fixture
-def received(monkeypatch):
-    """The positions every call of a Qwen2.5-VL language model receives (its last three rows: a generation
-    prefill also carries the text positions in front)."""
-    calls = []
-    forward = qwen.Qwen2_5_VLTextModel.forward
-
-    def spy(self, *args, position_ids=None, **kwargs):
-        calls.append(None if position_ids is None else position_ids[-3:].clone())
-        return forward(self, *args, position_ids=position_ids, **kwargs)
-
-    monkeypatch.setattr(qwen.Qwen2_5_VLTextModel, "forward", spy)
-    return calls
-
-
 def expected_positions(config, ids, mask, video_inputs):
     grid = torch.cat([sample["video_grid_thw"] for sample in video_inputs])
     seconds = torch.cat([sample["second_per_grid_ts"] for sample in video_inputs])

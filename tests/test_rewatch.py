@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import transformers.models.qwen2_5_vl.modeling_qwen2_5_vl as qwen
 
 from rewatch_trl.positions import rope_index
 from rewatch_trl.rewatch import CLIP_TEXT, RewatchSettings, requested_clip
@@ -107,20 +106,6 @@ def test_rollout_ends_when_a_clip_fills_the_completion(rewatcher, tiny_world):
     assert completion.rewatched == [] and completion.done and len(completion.ids) == script + 17
 
 
-@pytest.fixture
-def received(monkeypatch):
-    """The positions every call of the language model receives."""
-    calls = []
-    forward = qwen.Qwen2_5_VLTextModel.forward
-
-    def spy(self, *args, position_ids=None, **kwargs):
-        calls.append(None if position_ids is None else position_ids[-3:].clone())
-        return forward(self, *args, position_ids=position_ids, **kwargs)
-
-    monkeypatch.setattr(qwen.Qwen2_5_VLTextModel, "forward", spy)
-    return calls
-
-
 def scripted_rollout(trainer, rows, script=SCRIPT):
     """The batch of an agentic rollout whose first generation round writes `script` in every completion (the
     engine is not asked); every later round is the model's. Also returns the completions the rewards received."""
@@ -192,6 +177,7 @@ def test_scripted_rewatch_is_shown_masked_and_scored_exactly(tiny_world, tmp_pat
     assert len(clip.frame_indices) == 8  # 4 fps over 2 s: denser than the whole video's 1 frame a second
     expected = trainer.video_collator.encode([CLIP_TEXT], [clip])
     assert rounds[0] == [1, 1] and rounds[1] == [2, 2]  # the second round sees the prompt's video and the clip
+    assert output["clip_inputs"][0][0] is output["clip_inputs"][1][0]  # the same clip: one dict, encoded once
     for clips in output["clip_inputs"]:
         (shown,) = clips
         assert torch.equal(shown["pixel_values_videos"], expected["pixel_values_videos"])
@@ -225,11 +211,14 @@ def test_scripted_rewatch_is_shown_masked_and_scored_exactly(tiny_world, tmp_pat
     mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
     length = output["completion_ids"].size(1)
     trainer._video_inputs, trainer._clip_inputs = output["video_inputs"], output["clip_inputs"]
+    trainer.sharing_counter.take()
     try:
         with torch.no_grad():
             logps = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, length)[0]
     finally:
         trainer._video_inputs, trainer._clip_inputs = None, None
+    # shared: the prompt's video once and the clip (the same in both completions) once; else each row's two
+    assert trainer.sharing_counter.take()["videos_encoded"] == (2 if sharing else 4)
     # the positions every call received are the rule's for the whole sequences (prompt video and clip)
     videos = [
         v
