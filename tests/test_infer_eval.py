@@ -147,3 +147,28 @@ def test_infer_does_not_import_the_trainer():
     code = "import sys, rewatch_trl.infer; print('rewatch_trl.trainer' in sys.modules, 'trl' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_eval_report_counts_real_rewatches_and_splits_accuracy(tiny_world, tmp_path):
+    rows = tiny_world.rows[:4]
+    right = {row["problem_id"]: f"<answer>{row['answer']}</answer>" for row in rows}
+    clip = {"start": 2.0, "end": 4.0, "frames": 8}
+
+    class Rewatching(PlantedPredictor):
+        def rollouts(self, batch):
+            # rows 0 and 1 re-watch (once, twice); row 0 is right, row 1 wrong; rows 2 (right) and 3 (wrong) do not
+            shown = {0: [clip], 1: [clip, clip]}
+            return [
+                (right[row["problem_id"]] if i in (0, 2) else "<answer>purple</answer>", shown.get(i, []))
+                for row in batch
+                for i in [rows.index(row)]
+            ]
+
+    result = evaluate(
+        Rewatching(right), Dataset.from_list(rows), tmp_path / "report.json", batch_size=4, progress=False
+    )
+    overall = result["overall"]
+    assert overall["mean_rewatches"] == 3 / 4 and overall["rewatched_rate"] == 2 / 4
+    assert overall["accuracy_rewatched"] == 1 / 2 and overall["accuracy_not_rewatched"] == 1 / 2
+    predictions = [json.loads(line) for line in predictions_path(tmp_path / "report.json").read_text().splitlines()]
+    assert [len(p["rewatched"]) for p in predictions] == [1, 2, 0, 0]
