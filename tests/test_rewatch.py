@@ -205,6 +205,17 @@ def test_scripted_rewatch_is_shown_masked_and_scored_exactly(tiny_world, tmp_pat
         written = [t for t, m in zip(ids[kept].tolist(), tool_mask[i][kept].tolist(), strict=True) if m]
         assert text == tokenizer.decode(written, skip_special_tokens=True)
 
+    # the continuation's generation (prompt, script, clip: one prefill of both rows) received the rule's positions
+    prompt = output["prompt_ids"][0][output["prompt_mask"][0].bool()].tolist()
+    continued = torch.tensor([prompt + output["completion_ids"][0, : n_script + n_clip].tolist()])
+    grid = torch.cat([output["video_inputs"][0]["video_grid_thw"], expected["video_grid_thw"]])
+    seconds = torch.cat(
+        [output["video_inputs"][0]["second_per_grid_ts"], torch.as_tensor(expected["second_per_grid_ts"])]
+    )
+    rule, _ = rope_index(config, continued, video_grid_thw=grid, second_per_grid_ts=seconds)
+    (prefill,) = [p for p in received if p is not None and p.shape[-1] == continued.size(1)]
+    assert torch.equal(prefill, rule.expand(3, 2, -1))
+
     # log-probs of the model's tokens == a direct forward of each whole sequence with both its videos
     received.clear()
     ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
@@ -465,7 +476,8 @@ def test_infer_rewatch_lists_the_clips_it_showed(tiny_world, monkeypatch):
 
 
 def test_agentic_sft_then_grpo_then_infer_rewatch(flash_world, tmp_path, launcher):
-    """`make demo-rewatch` in small, as a user runs it: the agentic recipes through `accelerate launch`, then
+    """`make demo-rewatch` in small, as a user runs it: the agentic recipes through `accelerate launch` (GRPO on
+    two processes), then
     `rewatch-trl infer --rewatch --json` with the trained checkpoint really re-watches a clip of the video."""
     import json
     import subprocess
@@ -473,7 +485,8 @@ def test_agentic_sft_then_grpo_then_infer_rewatch(flash_world, tmp_path, launche
 
     sft, grpo = tmp_path / "sft", tmp_path / "grpo"
     launcher.run(launcher.command(flash_world, sft, stage="sft", recipe="sft_rewatch", max_steps=60))
-    launcher.run(launcher.command(flash_world, grpo, recipe="grpo_rewatch", model_name_or_path=sft, max_steps=2))
+    # two processes: each rank runs its own rounds (as many as its completions need); nothing waits on the other
+    launcher.run(launcher.command(flash_world, grpo, 2, recipe="grpo_rewatch", model_name_or_path=sft, max_steps=2))
     logs = [entry for entry in launcher.state(grpo)["log_history"] if "rewatch/clips_per_completion" in entry]
     assert len(logs) == 2 and all(0 <= entry["rewatch/rewatched_fraction"] <= 1 for entry in logs)
     tiny = ["--max-frames", "8", "--min-pixels", "3136", "--max-pixels", "3136", "--total-pixels", "25088"]
