@@ -6,7 +6,7 @@ each `</action>`, `sample_clip` samples the clip (denser than the whole-video sa
 tokens are appended to the completion, and generation continues, until the completion ends (EOS or its length) or
 `max_rewatches` actions were served. An action that names no clip, or one outside the video, gets a short text
 reply instead. What the environment inserts is marked 0 in `Completion.model_mask` (the trainer's loss, KL and
-entropy skip it); the rewards read `Completion.text`, the model's own tokens.
+entropy skip it); the rewards read `Completion.model_ids()`, the model's own tokens, decoded.
 
 The loop (`Rewatcher.rollout`) is the same for every engine: it is handed a `generate` function (transformers'
 `generate` or vLLM, in the trainer and in `infer --rewatch`).
