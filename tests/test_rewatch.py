@@ -535,3 +535,30 @@ def test_infer_rewatch_on_vllm_continues_as_transformers_does(tiny_world, monkey
     assert [clips for _, clips in received] == [[{"start": 2.0, "end": 4.0, "frames": 8}]] * 2
     assert received == expected
     assert all(len(text) > len(SCRIPT) for text, _ in received)
+
+
+def test_generation_rounds_stop_at_actions_within_the_budget(tiny_world, tmp_path, make_trainer, monkeypatch):
+    """Each transformers round reaches the model's `generate` (through TRL's generation) with the round's limits:
+    stop at `</action>` (with the tokenizer stop strings need) while actions are left, the tokens left."""
+    trainer, dataset = make_trainer(
+        tiny_world,
+        tmp_path,
+        **TINY_REWATCH,
+        num_generations=2,
+        per_device_train_batch_size=2,
+        max_completion_length=48,
+    )
+    calls = []
+    generate = type(trainer.model).generate
+
+    def spy(self, *args, **kwargs):
+        calls.append({key: kwargs.get(key) for key in ("stop_strings", "tokenizer", "max_new_tokens")})
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(trainer.model), "generate", spy)
+    output, rounds, _ = scripted_rollout(trainer, [dataset[0], dataset[0]])
+    (call,) = calls  # the first round was scripted; the model's round after the clip
+    n = len(trainer.processing_class.tokenizer(SCRIPT, add_special_tokens=False)["input_ids"]) + 18
+    assert call["stop_strings"] == ["</action>"] and call["tokenizer"] is trainer.processing_class.tokenizer
+    assert call["max_new_tokens"] == 48 - n
+    assert "generate" not in vars(trainer.model)  # the round's binding is gone after it
