@@ -106,6 +106,12 @@ def test_rollout_ends_when_a_clip_fills_the_completion(rewatcher, tiny_world):
     assert completion.rewatched == [] and completion.done and len(completion.ids) == script + 17
 
 
+def agentic_trainer(make_trainer, world, tmp_path, **config):
+    """An agentic `VideoGRPOTrainer` on the tiny world: one prompt of G = 2 a batch, 48 completion tokens."""
+    settings = dict(num_generations=2, per_device_train_batch_size=2, max_completion_length=48)
+    return make_trainer(world, tmp_path, **TINY_REWATCH, **(settings | config))
+
+
 def scripted_rollout(trainer, rows, script=SCRIPT):
     """The batch of an agentic rollout whose first generation round writes `script` in every completion (the
     engine is not asked); every later round is the model's. Also returns the completions the rewards received."""
@@ -152,15 +158,8 @@ def direct_logps(model, config, ids, videos):
 
 @pytest.mark.parametrize("sharing", [True, False])
 def test_scripted_rewatch_is_shown_masked_and_scored_exactly(tiny_world, tmp_path, received, sharing, make_trainer):
-    trainer, dataset = make_trainer(
-        tiny_world,
-        tmp_path,
-        **TINY_REWATCH,
-        num_generations=2,
-        per_device_train_batch_size=2,
-        max_completion_length=48,
-        share_video_features=sharing,
-        share_prompt_prefix=sharing,
+    trainer, dataset = agentic_trainer(
+        make_trainer, tiny_world, tmp_path, share_video_features=sharing, share_prompt_prefix=sharing
     )
     trainer.model.eval()
     row = dataset[0]
@@ -289,16 +288,8 @@ def test_agentic_rollout_through_vllm(tiny_world, tmp_path, monkeypatch, make_tr
 
     monkeypatch.setattr(generation, "LLM", functools.partial(vllm.LLM, dtype="float32", enforce_eager=True))
     monkeypatch.setattr(VllmQwen, "get_mrope_input_positions", spy)
-    trainer, dataset = make_trainer(
-        tiny_world,
-        tmp_path,
-        **TINY_REWATCH,
-        use_vllm=True,
-        vllm_mode="colocate",
-        vllm_max_model_length=1024,
-        num_generations=2,
-        per_device_train_batch_size=2,
-        max_completion_length=48,
+    trainer, dataset = agentic_trainer(
+        make_trainer, tiny_world, tmp_path, use_vllm=True, vllm_mode="colocate", vllm_max_model_length=1024
     )
     row = dataset[1]
     output, rounds, _ = scripted_rollout(trainer, [row, row])
@@ -540,14 +531,7 @@ def test_infer_rewatch_on_vllm_continues_as_transformers_does(tiny_world, monkey
 def test_generation_rounds_stop_at_actions_within_the_budget(tiny_world, tmp_path, make_trainer, monkeypatch):
     """Each transformers round reaches the model's `generate` (through TRL's generation) with the round's limits:
     stop at `</action>` (with the tokenizer stop strings need) while actions are left, the tokens left."""
-    trainer, dataset = make_trainer(
-        tiny_world,
-        tmp_path,
-        **TINY_REWATCH,
-        num_generations=2,
-        per_device_train_batch_size=2,
-        max_completion_length=48,
-    )
+    trainer, dataset = agentic_trainer(make_trainer, tiny_world, tmp_path)
     calls = []
     generate = type(trainer.model).generate
 
