@@ -474,12 +474,32 @@ def test_agentic_sft_then_grpo_then_infer_rewatch(flash_world, tmp_path, launche
     import subprocess
     import sys
 
+    from safetensors.torch import load_file
+
     sft, grpo = tmp_path / "sft", tmp_path / "grpo"
     launcher.run(launcher.command(flash_world, sft, stage="sft", recipe="sft_rewatch", max_steps=60))
     # two processes: each rank runs its own rounds (as many as its completions need); nothing waits on the other
-    launcher.run(launcher.command(flash_world, grpo, 2, recipe="grpo_rewatch", model_name_or_path=sft, max_steps=2))
+    # the recipe's completion length (the launcher's tests default to 8 tokens: no room for a clip)
+    settings = dict(recipe="grpo_rewatch", model_name_or_path=sft, max_steps=2, save_strategy="no")
+    settings["max_completion_length"] = 96
+    launcher.run(launcher.command(flash_world, grpo, 2, **settings))
     logs = [entry for entry in launcher.state(grpo)["log_history"] if "rewatch/clips_per_completion" in entry]
-    assert len(logs) == 2 and all(0 <= entry["rewatch/rewatched_fraction"] <= 1 for entry in logs)
+    assert len(logs) == 2 and sum(entry["rewatch/clips_per_completion"] for entry in logs) > 0  # it re-watched
+    # under DeepSpeed ZeRO-2 (2 CPU processes): the same run, the same weights
+    zero2 = tmp_path / "zero2"
+    launcher.run(launcher.command(flash_world, zero2, 2, config="tests/deepspeed/zero2_cpu.yaml", **settings))
+    trained, reference = load_file(str(zero2 / "model.safetensors")), load_file(str(grpo / "model.safetensors"))
+    assert max((trained[name] - reference[name]).abs().max().item() for name in reference) <= 1e-5
+    start = load_file(str(sft / "model.safetensors"))
+    assert max((start[name] - reference[name]).abs().max().item() for name in reference) > 1e-5  # the steps moved it
+    assert (
+        launcher.state(zero2)["log_history"][0]["rewatch/clips_per_completion"]
+        == logs[0]["rewatch/clips_per_completion"]
+    )
+    # under ZeRO-3, transformers generation is refused (its rounds gather the shards: ranks would wait on each other)
+    zero3 = launcher.command(flash_world, tmp_path / "zero3", 2, config="tests/deepspeed/zero3_cpu.yaml", **settings)
+    refused = subprocess.run(zero3, capture_output=True, text=True, env=launcher.environment(), cwd=launcher.root)
+    assert refused.returncode != 0 and "under ZeRO-3 needs use_vllm" in refused.stderr
     tiny = ["--max-frames", "8", "--min-pixels", "3136", "--max-pixels", "3136", "--total-pixels", "25088"]
     tiny += ["--rewatch-fps", "4", "--rewatch-max-frames", "8", "--rewatch-max-pixels", "3136", "--max-rewatches", "2"]
     row = next(row for row in flash_world.rows if row["question_type"] == "flash")
