@@ -58,7 +58,7 @@ class RewatchSettings:
         },
     )
     rewatch_fps: float = field(default=2.0, metadata={"help": "Agentic mode: frames sampled per second of a clip."})
-    rewatch_max_frames: int = field(default=32, metadata={"help": "Agentic mode: at most this many frames a clip."})
+    rewatch_max_frames: int = field(default=16, metadata={"help": "Agentic mode: at most this many frames a clip."})
     rewatch_max_pixels: int = field(
         default=128 * 28 * 28, metadata={"help": "Agentic mode: most pixels per frame of a clip."}
     )
