@@ -94,11 +94,6 @@ class RewatchSettings:
             video_total_pixels=self.rewatch_max_frames * self.rewatch_max_pixels,
         )
 
-    @classmethod
-    def of(cls, config) -> "RewatchSettings":
-        """The re-watch settings of a config that holds these fields (the GRPO config)."""
-        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
-
 
 def requested_clip(text: str, duration: float) -> tuple[float, float] | str:
     """The clip `[start, end]` (seconds, within the video) that the last `<action>` of `text` names (its first
@@ -220,14 +215,18 @@ class Rewatcher:
     def model_turn(self, new_ids: list[int], budget: int, stops: bool = True) -> tuple[list[int], bool]:
         """The tokens of one generation round that belong to the completion (to its EOS, to `budget` and, with
         `stops`, to the first `</action>`), and whether it stopped at an `</action>`."""
+        ids = new_ids[:budget]
+        end = next((i + 1 for i, token in enumerate(ids) if token in self.eos_token_ids), len(ids))
+        ids = ids[:end]
+        # one decode a round; token by token only to place the cut of a round that holds an action
+        if not stops or ACTION_END not in self.tokenizer.decode(ids):
+            return ids, False
         text = ""
-        for i, token in enumerate(new_ids[:budget]):
-            if token in self.eos_token_ids:
-                return new_ids[: i + 1], False
-            text += self.tokenizer.decode([token]) if stops else ""
-            if stops and ACTION_END in text:
-                return new_ids[: i + 1], True
-        return new_ids[:budget], False
+        for i, token in enumerate(ids):
+            text += self.tokenizer.decode([token])
+            if ACTION_END in text:
+                return ids[: i + 1], True
+        return ids, False
 
     def serve(self, completion: Completion, video: SampledVideo, budget: int, device=None) -> None:
         """After an `</action>`: append the clip it names (or a reply) if it fits in `budget` tokens, else end."""

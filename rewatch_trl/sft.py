@@ -70,7 +70,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
         data_collator=SFTVideoCollator(
             VideoCollator(processor, video_args, video_root),
             script_args.response_field,
-            RewatchSettings.of(training_args),
+            training_args,  # its re-watch settings
         ),
         peft_config=get_peft_config(model_args),
     )

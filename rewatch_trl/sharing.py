@@ -246,8 +246,8 @@ class SharedPrefix:
                     concat_rows([chunk_of[video] for video in clip_videos]), grid[clip_videos]
                 ).pooler_output
                 features = torch.cat(features).to(embeds.device, embeds.dtype)
-                placeholders = (completion_ids == self.inner.config.video_token_id).unsqueeze(-1)
-                embeds = embeds.masked_scatter(placeholders.expand_as(embeds), features)
+                _, placeholders = self.inner.get_placeholder_mask(completion_ids, embeds, video_features=features)
+                embeds = embeds.masked_scatter(placeholders, features)
             completion = self.inner.language_model(
                 inputs_embeds=embeds,
                 attention_mask=attention_mask,

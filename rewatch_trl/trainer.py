@@ -136,16 +136,16 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._clip_inputs: list[list[dict]] | None = None  # agentic mode: per sample, the clips of its completion
         self._pending_videos: list[SampledVideo | list[SampledVideo]] | None = None  # per row, for vLLM
         self._model_texts: list[str] | None = None  # agentic mode: what the model wrote, for the rewards
-        self.rewatch_settings = RewatchSettings.of(self.args) if hasattr(self.args, "rewatch_mode") else None
         self.rewatcher = None
-        if self.rewatch_settings is not None and self.rewatch_settings.agentic:
+        # our GRPOConfig holds the re-watch settings (a plain trl.GRPOConfig: the paper's mode)
+        if isinstance(self.args, RewatchSettings) and self.args.agentic:
             if self.rollout_func is not None:
                 raise ValueError("rewatch_mode='agentic' runs its own rollouts: it takes no `rollout_func`")
             if is_deepspeed_zero3_enabled() and not self.use_vllm:
                 # each transformers generation round gathers the ZeRO-3 shards, a collective; processes whose
                 # completions need different numbers of rounds would wait on each other forever
                 raise NotImplementedError("rewatch_mode='agentic' under ZeRO-3 needs use_vllm (colocate)")
-            self.rewatcher = Rewatcher(self.video_collator, self.rewatch_settings, self.eos_token_ids)
+            self.rewatcher = Rewatcher(self.video_collator, self.args, self.eos_token_ids)
             # TRL's hook for custom rollouts: its `env_mask` keeps the inserted clips out of the loss
             self.rollout_func = self._agentic_rollout
             self._policy = models[0]

@@ -113,8 +113,8 @@ def videomme_doc_to_visual(doc):
     return [local_video("VIDEOMME_VIDEO_DIR", doc["videoID"], "rewatch_videomme")]
 
 
-def videomme_doc_to_text(doc, lmms_eval_specific_kwargs=None):
-    return question_with_options(str(doc["question"]), [strip_letter(option) for option in doc["options"]])
+# the rows lay out their question and options as VideoMathQA's do
+videomme_doc_to_text = videomathqa_doc_to_text
 
 
 videomme_process_results = stock_scorer("videomme", "videomme_process_results")
