@@ -515,20 +515,30 @@ def test_agentic_sft_then_grpo_then_infer_rewatch(flash_world, tmp_path, launche
         assert 0 <= clip["start"] < clip["end"] <= 8 and clip["frames"] > 0
 
 
-@pytest.mark.vllm
-def test_infer_rewatch_on_vllm_continues_as_transformers_does(tiny_world, monkeypatch):
-    """`infer --rewatch --backend vllm`: after the same scripted action, vLLM's greedy continuation (the clip
-    shown through its own processor) is the transformers backend's, token for token."""
+def script_first_round(monkeypatch, prefill=False):
+    """`Predictor`'s first generation round writes `SCRIPT` in every rollout; later rounds are the model's. With
+    `prefill`, the engine runs on the prompts first (its output dropped), so its caches hold them."""
     from rewatch_trl.infer import Predictor
 
     real_round = Predictor._round
 
     def scripted(self, sequences, videos, samples, stop, max_tokens):
         if all(len(v) == 1 for v in videos):
+            if prefill:
+                real_round(self, sequences, videos, samples, stop, max_tokens)
             return [(self.processor.tokenizer(SCRIPT, add_special_tokens=False)["input_ids"], None) for _ in sequences]
         return real_round(self, sequences, videos, samples, stop, max_tokens)
 
     monkeypatch.setattr(Predictor, "_round", scripted)
+
+
+@pytest.mark.vllm
+def test_infer_rewatch_on_vllm_continues_as_transformers_does(tiny_world, monkeypatch):
+    """`infer --rewatch --backend vllm`: after the same scripted action, vLLM's greedy continuation (the clip
+    shown through its own processor) is the transformers backend's, token for token."""
+    from rewatch_trl.infer import Predictor
+
+    script_first_round(monkeypatch)
     rows = tiny_world.rows[:2]
     rewatch = RewatchSettings(**TINY_REWATCH)
     local = Predictor(str(tiny_world.root), TINY_VIDEO_SETTINGS, tiny_world.video_dir, 40, rewatch=rewatch)
@@ -546,6 +556,66 @@ def test_infer_rewatch_on_vllm_continues_as_transformers_does(tiny_world, monkey
     assert [clips for _, clips in received] == [[{"start": 2.0, "end": 4.0, "frames": 8}]] * 2
     assert received == expected
     assert all(len(text) > len(SCRIPT) for text, _ in received)
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("prefix_caching", [True, False])
+def test_continuations_are_prefilled_from_vllms_caches(tiny_world, monkeypatch, prefix_caching):
+    """A continuation is a new request (the sequence so far, all its videos), yet vLLM does not compute its prompt
+    again: its prefix cache holds the full KV blocks of the prompt prefilled in the first round, and only the clip
+    goes through the vision tower (the prompt's video is in the encoder cache). The control, prefix caching off:
+    nothing is reused but the encoder's output."""
+    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration as VllmQwen
+
+    from rewatch_trl.infer import Predictor
+
+    encoded = []
+    process_video = VllmQwen._process_video_input
+
+    def spy(self, video_input):
+        encoded.append(video_input["video_grid_thw"].tolist())
+        return process_video(self, video_input)
+
+    monkeypatch.setattr(VllmQwen, "_process_video_input", spy)
+    script_first_round(monkeypatch, prefill=True)
+    # clips of 4 frames: a temporal grid of 2, the prompt's video has 4
+    rewatch = RewatchSettings(**TINY_REWATCH | {"rewatch_max_frames": 4})
+    vllm_kwargs = {"enforce_eager": True, "max_model_len": 1024, "enable_prefix_caching": prefix_caching}
+    predictor = Predictor(
+        str(tiny_world.root),
+        TINY_VIDEO_SETTINGS,
+        tiny_world.video_dir,
+        40,
+        backend="vllm",
+        dtype="float32",
+        vllm_kwargs=vllm_kwargs,
+        rewatch=rewatch,
+    )
+    rounds = []
+    generate = predictor.model.llm.generate
+
+    def recorded(*args, **kwargs):
+        encoded.clear()
+        outputs = generate(*args, **kwargs)
+        rounds.append(([(len(o.prompt_token_ids), o.num_cached_tokens) for o in outputs], list(encoded)))
+        return outputs
+
+    predictor.model.llm.generate = recorded
+    rows = tiny_world.rows[:2]
+    assert rows[0]["videos"] == rows[1]["videos"]  # one video, two questions
+    received = predictor.rollouts(rows)
+    assert [clips for _, clips in received] == [[{"start": 2.0, "end": 4.0, "frames": 4}]] * 2
+    (first, first_encoded), (second, second_encoded) = rounds[:2]
+    (video_grid,) = first_encoded[0]
+    clip_grid = [2, *video_grid[1:]]
+    assert second_encoded == [[clip_grid]]  # the clip alone, once for the two rollouts
+    script = predictor.processor.tokenizer(SCRIPT, add_special_tokens=False)["input_ids"]
+    clip_length = len(script) + 2 + clip_grid[0] * clip_grid[1] * clip_grid[2] // 4
+    assert [length for length, _ in second] == [length + clip_length for length, _ in first]
+    block = predictor.model.llm.llm_engine.vllm_config.cache_config.block_size
+    full_blocks = [length // block * block for length, _ in first]
+    assert min(full_blocks) > 0
+    assert [cached for _, cached in second] == (full_blocks if prefix_caching else [0, 0])
 
 
 def test_generation_rounds_stop_at_actions_within_the_budget(tiny_world, tmp_path, make_trainer, monkeypatch):
