@@ -532,6 +532,23 @@ def script_first_round(monkeypatch, prefill=False):
     monkeypatch.setattr(Predictor, "_round", scripted)
 
 
+def vllm_predictor(tiny_world, rewatch, **vllm_kwargs):
+    """A greedy `Predictor` of the tiny world on vLLM's engine (fp32, eager), 40 new tokens."""
+    from rewatch_trl.infer import Predictor
+
+    vllm_kwargs = {"enforce_eager": True, "max_model_len": 1024} | vllm_kwargs
+    return Predictor(
+        str(tiny_world.root),
+        TINY_VIDEO_SETTINGS,
+        tiny_world.video_dir,
+        40,
+        backend="vllm",
+        dtype="float32",
+        vllm_kwargs=vllm_kwargs,
+        rewatch=rewatch,
+    )
+
+
 @pytest.mark.vllm
 def test_infer_rewatch_on_vllm_continues_as_transformers_does(tiny_world, monkeypatch):
     """`infer --rewatch --backend vllm`: after the same scripted action, vLLM's greedy continuation (the clip
@@ -542,16 +559,7 @@ def test_infer_rewatch_on_vllm_continues_as_transformers_does(tiny_world, monkey
     rows = tiny_world.rows[:2]
     rewatch = RewatchSettings(**TINY_REWATCH)
     local = Predictor(str(tiny_world.root), TINY_VIDEO_SETTINGS, tiny_world.video_dir, 40, rewatch=rewatch)
-    served = Predictor(
-        str(tiny_world.root),
-        TINY_VIDEO_SETTINGS,
-        tiny_world.video_dir,
-        40,
-        backend="vllm",
-        dtype="float32",
-        vllm_kwargs={"enforce_eager": True, "max_model_len": 1024},
-        rewatch=rewatch,
-    )
+    served = vllm_predictor(tiny_world, rewatch)
     expected, received = local.rollouts(rows), served.rollouts(rows)
     assert [clips for _, clips in received] == [[{"start": 2.0, "end": 4.0, "frames": 8}]] * 2
     assert received == expected
@@ -567,8 +575,6 @@ def test_continuations_are_prefilled_from_vllms_caches(tiny_world, monkeypatch, 
     nothing is reused but the encoder's output."""
     from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration as VllmQwen
 
-    from rewatch_trl.infer import Predictor
-
     encoded = []
     process_video = VllmQwen._process_video_input
 
@@ -580,17 +586,7 @@ def test_continuations_are_prefilled_from_vllms_caches(tiny_world, monkeypatch, 
     script_first_round(monkeypatch, prefill=True)
     # clips of 4 frames: a temporal grid of 2, the prompt's video has 4
     rewatch = RewatchSettings(**TINY_REWATCH | {"rewatch_max_frames": 4})
-    vllm_kwargs = {"enforce_eager": True, "max_model_len": 1024, "enable_prefix_caching": prefix_caching}
-    predictor = Predictor(
-        str(tiny_world.root),
-        TINY_VIDEO_SETTINGS,
-        tiny_world.video_dir,
-        40,
-        backend="vllm",
-        dtype="float32",
-        vllm_kwargs=vllm_kwargs,
-        rewatch=rewatch,
-    )
+    predictor = vllm_predictor(tiny_world, rewatch, enable_prefix_caching=prefix_caching)
     rounds = []
     generate = predictor.model.llm.generate
 
