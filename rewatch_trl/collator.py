@@ -156,7 +156,6 @@ class VideoCollator:
         tail = tokenizer("\n", add_special_tokens=False)["input_ids"]
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = IGNORE_INDEX
-        tokenizer = self.processor.tokenizer
         vision = [
             tokenizer.convert_tokens_to_ids(token) for token in ("<|vision_start|>", "<|video_pad|>", "<|vision_end|>")
         ]

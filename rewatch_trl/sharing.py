@@ -70,9 +70,14 @@ class SharedRows:
         return starts
 
     @functools.cached_property
+    def first_videos(self) -> dict[int, int]:
+        """Each distinct video (its sample dict's id) → its first index in `videos`, in order of first appearance."""
+        return first_rows(self.videos)
+
+    @functools.cached_property
     def distinct_videos(self) -> list[int]:
         """The index in `videos` of each distinct video, in order of first appearance."""
-        return list(first_rows(self.videos).values())
+        return list(self.first_videos.values())
 
 
 def concat_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -106,7 +111,7 @@ def concat_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 def pixel_chunks(pixels: torch.Tensor, grid: torch.Tensor, distinct: list[int]) -> dict[int, torch.Tensor]:
     """The frame patches of each video in `distinct` (the first of each distinct video, in order), from
-    `pixel_values_videos` laid out one per video or one per distinct video (`trainer.video_fields`)."""
+    `pixel_values_videos` laid out one per video or one per distinct video (`collator.video_fields`)."""
     sizes = grid.prod(-1).tolist()
     if pixels.size(0) == sum(sizes):
         chunks = torch.split(pixels, sizes)
@@ -119,9 +124,8 @@ class SharedVideoFeatures:
     call and hands every row the features of its video, so the G completions of a prompt share one encoding.
 
     `rows` (set by the trainer around each call, `rows.videos` one sample per video of the call) says which videos
-    are the same;
-    with `frozen`, the features are also kept on the sample (`sample["video_features"]`, no grad) and reused
-    by every later pass over it. `videos_encoded` counts the videos that went through the tower.
+    are the same; with `frozen`, the features are also kept on the sample (`sample["video_features"]`, no grad)
+    and reused by every later pass over it. `videos_encoded` counts the videos that went through the tower.
     """
 
     def __init__(self, base_model, frozen: bool = False):
@@ -213,8 +217,7 @@ class SharedPrefix:
             input_ids, mm, video_grid_thw=grid, second_per_grid_ts=seconds, attention_mask=attention_mask
         )
         chunks = pixel_chunks(pixels, grid, rows.distinct_videos)
-        first = first_rows(rows.videos)
-        chunk_of = [chunks[first[id(video)]] for video in rows.videos]  # each video's patches
+        chunk_of = [chunks[rows.first_videos[id(video)]] for video in rows.videos]  # each video's patches
         prompt_videos = [rows.video_rows[row] for row in distinct]
         clip_videos = sorted(set(range(len(rows.videos))) - set(rows.video_rows))
         cache = PrefixCache()

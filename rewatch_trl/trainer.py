@@ -167,10 +167,17 @@ class VideoGRPOTrainer(GRPOTrainer):
         rows = [distinct.index(key) for key in keys]
         self._video_inputs = [samples[i] for i in rows]
         self._pending_videos = [videos[i] for i in rows]
-        fields = video_fields(self._video_inputs, distinct_pixels=bool(self._shared_features))
+        return [ids[i] for i in rows], None, self._generation_fields([mm[i] for i in rows])
+
+    def _generation_fields(self, types: list[list[int]]) -> dict:
+        """What TRL's transformers generation hands `generate` beside the ids of the rows at hand: their video
+        tensors (prompt videos, then clips) and `types`, their `mm_token_type_ids`. vLLM takes the frames
+        themselves (`VideoLLM.serving`) and ignores these: none are built, no pixels copied each round."""
+        if self.use_vllm:
+            return {}
+        fields = video_fields(self._video_inputs, bool(self._shared_features), self._clip_inputs)
         # a per-token field: TRL left-pads lists of lists like the prompt ids
-        fields["mm_token_type_ids"] = [mm[i] for i in rows]
-        return [ids[i] for i in rows], None, fields
+        return fields | {"mm_token_type_ids": types}
 
     @contextlib.contextmanager
     def shared_rows(self, samples: list[dict], completion_length: int = 0, clips: list[list[dict]] | None = None):
@@ -285,10 +292,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._video_inputs = [row[0] for row in samples]
         self._clip_inputs = [row[1:] for row in samples]
         self._pending_videos = videos
-        fields = video_fields(self._video_inputs, bool(self._shared_features), self._clip_inputs)
-        # a per-token field: TRL left-pads lists of lists like the prompt ids
-        types = [token_types(torch.tensor(ids), self._vision_config).tolist() for ids in sequences]
-        fields["mm_token_type_ids"] = types
+        fields = self._generation_fields(
+            [token_types(torch.tensor(ids), self._vision_config).tolist() for ids in sequences]
+        )
         try:
             with self._round_limits(stop, max_tokens):
                 completion_ids, logprobs = self._generate_single_turn(sequences, None, fields, 1)

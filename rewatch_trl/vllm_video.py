@@ -56,9 +56,9 @@ def vllm_video_requests(
 
 
 def _video_data(videos: SampledVideo | list[SampledVideo]):
-    if isinstance(videos, SampledVideo):
-        return (videos.frames, videos.metadata())
-    return [(video.frames, video.metadata()) for video in videos] if len(videos) > 1 else _video_data(videos[0])
+    # vLLM's `multi_modal_data`: one (frames, metadata) pair, or a list of them for several videos
+    data = [(video.frames, video.metadata()) for video in ([videos] if isinstance(videos, SampledVideo) else videos)]
+    return data if len(data) > 1 else data[0]
 
 
 def same_prompt_rows(requests: list[dict]) -> list[list[int]]:
