@@ -30,8 +30,10 @@ def first_rows(samples: list[dict]) -> dict[int, int]:
 class SharedRows:
     """The rows of one model call and what they share: one sample dict per row (the processor's video tensors of
     its prompt), the G copies of a prompt holding the same dict, so the same prompt and the same video; in a
-    log-prob pass, the `completion_length` tokens that end each row (0 in generation); and, in agentic mode, the
-    clips each row was shown in its completion (`clips[i]`: sample dicts, in order; a clip's dict may be shared).
+    log-prob pass, the `completion_length` tokens that end each row (0 in generation); in agentic mode, the
+    clips each row was shown in its completion (`clips[i]`: sample dicts, in order; a clip's dict may be shared);
+    and, when the model is handed only the ends of the rows (the last prompt token and the completion: all that TRL's
+    log-prob head reads), the whole rows, `input_ids` and `attention_mask`.
 
     Example:
     ```python
@@ -46,6 +48,8 @@ class SharedRows:
     samples: list[dict]
     completion_length: int = 0
     clips: list[list[dict]] | None = None
+    input_ids: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
 
     @functools.cached_property
     def distinct(self) -> list[int]:
@@ -166,7 +170,9 @@ class SharedPrefix:
     """Stands in for a Qwen2.5-VL backbone's `forward` in the log-prob passes: the prompt of each distinct sample
     goes through the model once (video included), and the G completions of that prompt attend to its cached keys
     and values, instead of G full sequences. M-RoPE positions come from the full sequences, so every token sits
-    where it would have; the hidden states returned are those of the full sequences.
+    where it would have. Handed the ends of the rows (`SharedRows.input_ids` holding the whole rows), it returns
+    the hidden states of those ends alone: no (rows, prompt, width) copy of the prompts' states is made for the G
+    completions, whose log-probs read only the last prompt position; handed whole rows, those of the whole rows.
 
     The trainer sets `rows` (a sample per row, the completion length) around each pass. Under gradient
     checkpointing (the policy pass of a checkpointed run) the keys and values go through a `PrefixCache`, whose
@@ -185,6 +191,9 @@ class SharedPrefix:
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
         rows = self.rows
         length = rows.completion_length if rows is not None else 0
+        tail = None  # the model was handed the last `tail` tokens of each row
+        if rows is not None and rows.input_ids is not None and input_ids is not None:
+            tail, input_ids, attention_mask = input_ids.size(1), rows.input_ids, rows.attention_mask
         layers = self.inner.language_model.layers
         # TRL switches checkpointing off for its no-grad passes; layers only checkpoint in training mode
         checkpointed = self.inner.training and any(layer.gradient_checkpointing for layer in layers)
@@ -198,9 +207,12 @@ class SharedPrefix:
             or not length
             or any(kwargs.get(key) is not None for key in given)
         ):
-            return self.forward(
+            output = self.forward(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
             )
+            if tail is not None:
+                output.last_hidden_state = output.last_hidden_state[:, -tail:]
+            return output
         for key in given:
             kwargs.pop(key, None)
         if attention_mask is None:
@@ -266,7 +278,8 @@ class SharedPrefix:
                     del layer._can_checkpoint_with_cache
                 else:
                     layer._can_checkpoint_with_cache = value
-        hidden = torch.cat([prefix.last_hidden_state[index], completion.last_hidden_state], dim=1)
+        kept = prompt if tail is None else tail - length  # prompt positions returned
+        hidden = torch.cat([prefix.last_hidden_state[:, prompt - kept :][index], completion.last_hidden_state], dim=1)
         return type(prefix)(last_hidden_state=hidden)
 
 

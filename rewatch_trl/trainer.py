@@ -46,6 +46,7 @@ from rewatch_trl.collator import (
 from rewatch_trl.positions import use_original_rope
 from rewatch_trl.prompts import VideoSettings
 from rewatch_trl.rewatch import Rewatcher, RewatchSettings
+from rewatch_trl.sampling import completion_kept_log_mass, truncates
 from rewatch_trl.sharing import (
     SharedRows,
     SharingCounter,
@@ -55,7 +56,7 @@ from rewatch_trl.sharing import (
 )
 from rewatch_trl.suppression import suppress_vision_tokens, suppressed_token_ids
 from rewatch_trl.video import SampledVideo, VideoCache
-from rewatch_trl.vllm_video import VideoLLM, reload_weights
+from rewatch_trl.vllm_video import VideoLLM, engine_built_in, engine_dtype, reload_weights
 
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,12 @@ class VideoGRPOTrainer(GRPOTrainer):
                     f"VideoGRPOTrainer does not take `{unsupported}`: its prompts are single-turn video prompts "
                     "rendered by the VideoCollator (tool calls and environments would need multi-turn video)"
                 )
-        super().__init__(*args, **kwargs)
+        training_args = kwargs.get("args", args[2] if len(args) > 2 else None)
+        engine = contextlib.nullcontext()
+        if getattr(training_args, "use_vllm", False):
+            engine = engine_built_in(engine_dtype(kwargs.get("model", args[0] if args else None), training_args))
+        with engine:
+            super().__init__(*args, **kwargs)
         self.video_collator = VideoCollator(
             self.processing_class, video_settings, video_root, video_cache, self.chat_template_kwargs
         )
@@ -136,6 +142,13 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._clip_inputs: list[list[dict]] | None = None  # agentic mode: per sample, the clips of its completion
         self._pending_videos: list[SampledVideo | list[SampledVideo]] | None = None  # per row, for vLLM
         self._model_texts: list[str] | None = None  # agentic mode: what the model wrote, for the rewards
+        # vLLM samples from a truncated distribution (top-k, top-p, min-p): the importance-sampling correction then
+        # compares the trainer's log-probs on that support (`sampling.py`); the old-policy pass's kept mass
+        self._sampler_truncates = (
+            self.use_vllm and self.vllm_importance_sampling_correction and truncates(self.top_k, self.top_p, self.min_p)
+        )
+        self._old_pass_pending = False
+        self._old_kept_mass: torch.Tensor | None = None
         self.rewatcher = None
         # our GRPOConfig holds the re-watch settings (a plain trl.GRPOConfig: the paper's mode)
         if isinstance(self.args, RewatchSettings) and self.args.agentic:
@@ -180,12 +193,19 @@ class VideoGRPOTrainer(GRPOTrainer):
         return fields | {"mm_token_type_ids": types}
 
     @contextlib.contextmanager
-    def shared_rows(self, samples: list[dict], completion_length: int = 0, clips: list[list[dict]] | None = None):
+    def shared_rows(
+        self,
+        samples: list[dict],
+        completion_length: int = 0,
+        clips: list[list[dict]] | None = None,
+        whole_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
         """Within the block, the model is called on rows holding `samples` (one per row; the G copies of a prompt
         hold the same dict: the same prompt and video) that end in `completion_length` completion tokens, in which
-        (agentic mode) `clips` were shown: the shared video features and prompt prefix (`sharing.py`) encode each
-        distinct video, and prefill each distinct prompt, once."""
-        rows = SharedRows(samples, completion_length, clips)
+        (agentic mode) `clips` were shown; with `whole_rows` (their ids and attention mask), the model is handed
+        only their ends: the shared video features and prompt prefix (`sharing.py`) encode each distinct video, and
+        prefill each distinct prompt, once."""
+        rows = SharedRows(samples, completion_length, clips, *(whole_rows or (None, None)))
         for shared in self._shared_features:
             shared.rows = rows
         for shared in self._shared_prefixes:
@@ -231,14 +251,21 @@ class VideoGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         # frames a DataLoader worker decoded: into this process's cache (and out of the reward functions' columns)
         self.video_collator.keep([row.pop("sampled_video") for row in inputs if "sampled_video" in row])
+        # TRL's first pass over the policy after generation is the old-policy pass that its correction reads
+        self._old_pass_pending = self._sampler_truncates
         try:
             output = super()._generate_and_score_completions(inputs)
+            if self._old_kept_mass is not None:
+                # the correction compared the sampler's support on both sides; the loss's old policy is the whole
+                # distribution, as its policy pass is
+                output["old_per_token_logps"] = output["old_per_token_logps"] + self._old_kept_mass
             output["video_inputs"] = self._video_inputs
             if self._clip_inputs is not None:
                 output["clip_inputs"] = self._clip_inputs
         finally:
             self._video_inputs, self._clip_inputs, self._pending_videos = None, None, None
             self._model_texts = None
+            self._old_pass_pending, self._old_kept_mass = False, None
         return output
 
     def _compute_loss(self, model, inputs):
@@ -322,6 +349,37 @@ class VideoGRPOTrainer(GRPOTrainer):
     def _get_per_token_logps_and_entropies(
         self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, **kwargs
     ):
+        if self._old_pass_pending and model is self.model and not torch.is_grad_enabled():
+            # the old-policy pass: its log-probs put on the sampler's support, `log p - log S`, for the correction
+            self._old_pass_pending = False
+            with self._kept_mass(model, logits_to_keep) as masses:
+                logps, entropies, aux_loss = self._video_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, batch_size, **kwargs
+                )
+            self._old_kept_mass = torch.cat(masses)
+            return logps - self._old_kept_mass, entropies, aux_loss
+        return self._video_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size, **kwargs)
+
+    @contextlib.contextmanager
+    def _kept_mass(self, model, logits_to_keep: int):
+        """Within the block, each call of `model` appends to the list yielded the log of the mass that the sampler's
+        truncation keeps of the next-token distribution at each of the last `logits_to_keep` tokens (`sampling.py`)."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+        head = base.get_output_embeddings()
+        masses = []
+
+        def hook(module, args, output):
+            hidden = output.last_hidden_state[:, -(logits_to_keep + 1) : -1]
+            masses.append(completion_kept_log_mass(hidden, head, self.temperature, self.top_k, self.top_p, self.min_p))
+
+        handle = backbone(unwrapped).register_forward_hook(hook)
+        try:
+            yield masses
+        finally:
+            handle.remove()
+
+    def _video_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, **kwargs):
         samples = self._video_inputs
         if samples is None:
             return super()._get_per_token_logps_and_entropies(
@@ -341,9 +399,15 @@ class VideoGRPOTrainer(GRPOTrainer):
                     samples[rows], input_ids[rows], self._vision_config, bool(self._shared_features), clips
                 ),
             )
-            with self.shared_rows(samples[rows], logits_to_keep, clips):
+            ids, mask = input_ids[rows], attention_mask[rows]
+            # TRL's head reads the hidden states of the last prompt token and the completion alone: with the prefix
+            # shared, the model is handed those ends, and the G copies of each prompt's states are never made
+            whole_rows = (ids, mask) if self._shared_prefixes and logits_to_keep + 1 < ids.size(1) else None
+            if whole_rows is not None:
+                ids, mask = ids[:, -(logits_to_keep + 1) :], mask[:, -(logits_to_keep + 1) :]
+            with self.shared_rows(samples[rows], logits_to_keep, clips, whole_rows):
                 chunk = super()._get_per_token_logps_and_entropies(
-                    video_model, input_ids[rows], attention_mask[rows], logits_to_keep, batch_size, **kwargs
+                    video_model, ids, mask, logits_to_keep, batch_size, **kwargs
                 )
             logps.append(chunk[0])
             entropies.append(chunk[1])

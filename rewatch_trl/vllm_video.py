@@ -16,6 +16,7 @@ Example:
 
 import contextlib
 import copy
+import functools
 
 from rewatch_trl.collator import PROCESSOR_VIDEO_KWARGS
 from rewatch_trl.suppression import suppression_logit_bias
@@ -72,6 +73,37 @@ def same_prompt_rows(requests: list[dict]) -> list[list[int]]:
         key = (tuple(request["prompt_token_ids"]), tuple(id(item[0]) for item in frames))
         groups.setdefault(key, []).append(row)
     return list(groups.values())
+
+
+def engine_dtype(model, args) -> str:
+    """The dtype the colocated engine samples in: the trainer's compute dtype (bf16 or fp16 autocast, else the
+    policy's parameters; `model` may be a name TRL loads with `model_init_kwargs`)."""
+    if args.bf16:
+        return "bfloat16"
+    if args.fp16:
+        return "float16"
+    dtype = getattr(model, "dtype", None) or (args.model_init_kwargs or {}).get("dtype") or "auto"
+    return str(dtype).removeprefix("torch.")
+
+
+@contextlib.contextmanager
+def engine_built_in(dtype: str):
+    """Within the block, TRL's colocated `LLM(...)` is built in `dtype`. TRL passes none, and vLLM's "auto" makes an
+    fp32 checkpoint bf16: its log-probs then differ from an fp32 trainer's by bf16 rounding (2e-3 on the tiny
+    recipe), which TRL's correction would take for a policy mismatch."""
+    import trl.generation.vllm_generation as generation
+
+    build = generation.LLM
+
+    @functools.wraps(build)
+    def built_in_dtype(*args, **kwargs):
+        return build(*args, **({"dtype": dtype} | kwargs))
+
+    generation.LLM = built_in_dtype
+    try:
+        yield
+    finally:
+        generation.LLM = build
 
 
 def reload_weights(generation) -> None:

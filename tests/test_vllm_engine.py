@@ -230,12 +230,12 @@ def test_bf16_engine_and_trainer_agree_on_a_fractional_grid(tiny_world, engine, 
     from rewatch_trl.tiny import TINY_VIDEO_SETTINGS, write_synthetic_video
 
     write_synthetic_video(tmp_path / "long.mp4", seconds=601, fps=1, size=(56, 56))
-    monkeypatch.setattr(generation, "LLM", functools.partial(vllm.LLM, enforce_eager=True))  # TRL's "auto"
+    monkeypatch.setattr(generation, "LLM", functools.partial(vllm.LLM, enforce_eager=True))
     trainer, _ = make_trainer(
-        tiny_world, tmp_path / "run", use_vllm=True, vllm_mode="colocate", vllm_max_model_length=1024
+        tiny_world, tmp_path / "run", use_vllm=True, vllm_mode="colocate", vllm_max_model_length=1024, bf16=True
     )
     llm = trainer.vllm_generation.llm
-    assert llm.llm_engine.model_config.dtype == torch.bfloat16  # vLLM's "auto" for an fp32 checkpoint
+    assert llm.llm_engine.model_config.dtype == torch.bfloat16  # bf16 autocast: the engine samples in bf16
     settings = dataclasses.replace(TINY_VIDEO_SETTINGS, video_max_frames=192, video_total_pixels=192 * 56 * 56)
     trainer.video_collator = VideoCollator(trainer.processing_class, settings, tmp_path)
     row = tiny_world.rows[0] | {"videos": "long.mp4", "duration": 601}
@@ -255,3 +255,34 @@ def test_bf16_engine_and_trainer_agree_on_a_fractional_grid(tiny_world, engine, 
     # read in fp32, the same grid would place the video and the text after it elsewhere
     fp32, _ = rope_index(trainer.model.config, torch.tensor([tokens]), video_grid_thw=grid, second_per_grid_ts=seconds)
     assert (fp32[:, 0] != positions).any(0).sum() > 100
+
+
+@pytest.mark.parametrize("truncation", [{"top_p": 0.9}, {"top_k": 20}, {"top_p": 0.8, "min_p": 0.05}])
+def test_truncated_sampling_keeps_the_importance_weight_at_one(engine, monkeypatch, truncation):
+    """vLLM's log-probs under top-k / top-p / min-p are those of the truncated distribution it sampled from: the
+    correction compares the trainer's on the same support (ratio 1 in fp32), and the loss keeps the whole
+    distribution's old-policy log-probs. The control, TRL's whole-vocabulary comparison, collapses the weight."""
+    trainer, dataset = engine.trainer, engine.dataset
+    for holder in (trainer, trainer.vllm_generation):
+        for key, value in truncation.items():
+            monkeypatch.setattr(holder, key, value)
+    rows = [dataset[i] for i in (0, 0, 3, 3)]
+    monkeypatch.setattr(trainer, "_sampler_truncates", True)
+    output = trainer._generate_and_score_completions(rows)
+    ratio = output["importance_sampling_ratio"]
+    assert (ratio - 1).abs().max() <= 1e-3, ratio
+    ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+    mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+    trainer._video_inputs = output["video_inputs"]
+    try:
+        with torch.no_grad():
+            full, _, _ = trainer._get_per_token_logps_and_entropies(
+                trainer.model, ids, mask, output["completion_ids"].size(1)
+            )
+    finally:
+        trainer._video_inputs = None
+    kept = output["completion_mask"].bool()
+    assert (output["old_per_token_logps"] - full)[kept].abs().max() <= 1e-5
+    monkeypatch.setattr(trainer, "_sampler_truncates", False)  # the control
+    collapsed = trainer._generate_and_score_completions(rows)["importance_sampling_ratio"]
+    assert collapsed.max() < 0.9, collapsed
