@@ -56,7 +56,7 @@ from rewatch_trl.sharing import (
 )
 from rewatch_trl.suppression import suppress_vision_tokens, suppressed_token_ids
 from rewatch_trl.video import SampledVideo, VideoCache
-from rewatch_trl.vllm_video import VideoLLM, engine_built_in, engine_dtype, reload_weights
+from rewatch_trl.vllm_video import VideoLLM, awake_across_calls, engine_built_in, engine_dtype, reload_weights
 
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         # vLLM samples from a truncated distribution (top-k, top-p, min-p): the importance-sampling correction then
         # compares the trainer's log-probs on that support (`sampling.py`); the old-policy pass's kept mass
         self._sampler_truncates = (
-            self.use_vllm and self.vllm_importance_sampling_correction and truncates(self.top_k, self.top_p, self.min_p)
+            self.use_vllm
+            and self.vllm_importance_sampling_correction
+            and truncates(self.top_k, self.top_p, self.min_p)
         )
         self._old_pass_pending = False
         self._old_kept_mass: torch.Tensor | None = None
@@ -291,9 +293,19 @@ class VideoGRPOTrainer(GRPOTrainer):
         whose generation rounds go through TRL's generation (transformers or colocated vLLM)."""
         prompt_ids, _, _ = self._tokenize_prompts(prompts)
         samples, videos = self._video_inputs, self._pending_videos
-        completions = self.rewatcher.rollout(
-            prompt_ids, videos, samples, self._generation_round, self.max_completion_length, self.accelerator.device
+        # one weight sync a step however many rounds a process needs: under ZeRO-3 each sync is a collective
+        engine = (
+            awake_across_calls(self.vllm_generation, self._sync_weights) if self.use_vllm else contextlib.nullcontext()
         )
+        with engine:
+            completions = self.rewatcher.rollout(
+                prompt_ids,
+                videos,
+                samples,
+                self._generation_round,
+                self.max_completion_length,
+                self.accelerator.device,
+            )
         self._video_inputs, self._pending_videos = samples, None
         self._clip_inputs = [completion.clips for completion in completions]
         self._model_texts = self.processing_class.batch_decode(
@@ -313,6 +325,11 @@ class VideoGRPOTrainer(GRPOTrainer):
             "logprobs": [completion.logprobs for completion in completions] if self.use_vllm else None,
             "env_mask": [completion.model_mask for completion in completions],
         }
+
+    def _sync_weights(self) -> None:
+        """The policy's weights into the colocated engine, as TRL's `_generate_single_turn` syncs them."""
+        self.vllm_generation.sync_weights()
+        self._last_loaded_step = self.state.global_step
 
     def _generation_round(self, sequences, videos, samples, stop, max_tokens):
         """One generation round of an agentic rollout (`rewatch.Generate`), through `_generate_single_turn`."""

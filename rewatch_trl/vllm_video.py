@@ -111,12 +111,34 @@ def reload_weights(generation) -> None:
     policy's parameters streamed (gathered one at a time under ZeRO-3, adapters merged under PEFT, as TRL iterates
     them) into one reload that re-runs vLLM's weight post-processing. TRL writes each parameter with the model's
     `load_weights`, which vLLM's CPU build cannot take (its linear layers hand their weights to packed kernels and
-    keep empty ones); one path serves both. With sleep mode (GPU only), TRL's own sync, which wakes the weights."""
+    keep empty ones); one path serves both. With sleep mode, the weights are woken first, as TRL's sync does."""
     if generation.enable_sleep_mode:
-        return type(generation).sync_weights(generation)
+        generation.llm.wake_up(tags=["weights"])
+        generation._llm_weights_sleeping = False
     runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner
     runner.reload_weights(weights_iterator=generation._iter_named_params())
     generation.llm.reset_prefix_cache()  # a `VideoLLM` resets the encoder cache with it
+
+
+@contextlib.contextmanager
+def awake_across_calls(generation, sync):
+    """Within the block, a colocated engine in sleep mode stays awake between `generate` calls (an agentic rollout's
+    rounds): one weight sync, one wake and one sleep for all of them, instead of TRL's sleep (level 2: weights
+    discarded, prefix and encoder caches reset) after each call and a full sync before the next. `sync()` syncs the
+    weights when the engine holds none. Without sleep mode, nothing changes: the engine is always awake."""
+    if not (generation.mode == "colocate" and generation.enable_sleep_mode):
+        yield
+        return
+    if generation._llm_weights_sleeping:
+        sync()
+    generation.llm.wake_up(tags=["kv_cache"])
+    generation.enable_sleep_mode = False  # TRL's `generate` neither wakes nor sleeps the engine in the block
+    try:
+        yield
+    finally:
+        generation.enable_sleep_mode = True
+        generation.llm.sleep(level=2)
+        generation._llm_weights_sleeping = True
 
 
 class VideoLLM:

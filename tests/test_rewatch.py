@@ -632,3 +632,69 @@ def test_generation_rounds_stop_at_actions_within_the_budget(tiny_world, tmp_pat
     assert call["stop_strings"] == ["</action>"] and call["tokenizer"] is trainer.processing_class.tokenizer
     assert call["max_new_tokens"] == 48 - n
     assert "generate" not in vars(trainer.model)  # the round's binding is gone after it
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("awake", [True, False])
+def test_agentic_rounds_keep_a_sleeping_engine_awake(tiny_world, tmp_path, monkeypatch, make_trainer, awake):
+    """With sleep mode, an agentic rollout syncs the weights once and keeps the engine awake across its rounds,
+    however many a process needs (under ZeRO-3 each sync is a collective), and vLLM's prefix cache serves each
+    continuation (the prompt's full blocks, for both rows). The control, TRL's sleep after every call: a sync and
+    emptied caches every round."""
+    import contextlib
+
+    import trl.generation.vllm_generation as generation
+
+    import rewatch_trl.trainer as trainer_module
+    from rewatch_trl.rewatch import Completion
+    from tests.sleeping_vllm import SleepingLLM
+
+    monkeypatch.setattr(generation, "LLM", SleepingLLM)
+    if not awake:
+        monkeypatch.setattr(trainer_module, "awake_across_calls", lambda *args: contextlib.nullcontext())
+    trainer, dataset = agentic_trainer(
+        make_trainer,
+        tiny_world,
+        tmp_path,
+        use_vllm=True,
+        vllm_enable_sleep_mode=True,
+        vllm_max_model_length=1024,
+        max_completion_length=24,
+    )
+    engine = trainer.vllm_generation.llm.llm
+    assert engine.events == ["sleep"]  # TRL puts it to sleep once built
+    cached = []
+    generate = engine.llm.generate
+
+    def counted(*args, **kwargs):
+        outputs = generate(*args, **kwargs)
+        cached.append(sum(output.num_cached_tokens for output in outputs))
+        return outputs
+
+    engine.llm.generate = counted
+
+    def rollout(prompt_ids, videos, samples, generate, max_tokens, device=None):
+        """Three rounds, each continuing the sequences so far (as the re-watch loop continues after a clip)."""
+        completions = [Completion() for _ in prompt_ids]
+        for _ in range(3):
+            outputs = generate(
+                [ids + c.ids for ids, c in zip(prompt_ids, completions, strict=True)],
+                [[video] for video in videos],
+                [[sample] for sample in samples],
+                None,
+                8,
+            )
+            for completion, (ids, logprobs) in zip(completions, outputs, strict=True):
+                completion.add(list(ids), by_model=True, logprobs=logprobs)
+        return completions
+
+    monkeypatch.setattr(trainer.rewatcher, "rollout", rollout)
+    trainer.state.global_step = 1  # a step after the engine was built: its weights must be synced
+    trainer._agentic_rollout([dataset[0]["prompt"]] * 2)
+    if awake:
+        assert engine.events == ["sleep", "sync", "generate", "generate", "generate", "sleep"]
+        # the first round's G = 2 samples share one prefill; later rounds find the prompt cached for both rows
+        assert cached[1:] == [2 * cached[0]] * 2 and cached[0] > 0
+    else:
+        assert engine.events.count("sync") == 3 and engine.events.count("sleep") == 4
+        assert cached == [cached[0]] * 3  # each round starts from emptied caches

@@ -258,3 +258,42 @@ def test_sharing_counts_are_logged_per_step(tiny_world, tmp_path, make_trainer):
     table = reward_summary(tmp_path).splitlines()
     assert table[0].split()[-3:] == ["decoded", "encoded", "prompts"]
     assert table[1].split()[-3:] == ["2", "8", "14"] and table[2].split()[-3:] == ["0", "2", "2"]
+
+
+def test_shared_log_prob_pass_makes_no_copy_of_the_prompts_states(tiny_world, tmp_path, make_trainer):
+    """With the prefix shared, the log-prob passes hand the model the rows' ends (the last prompt token and the
+    completion, all TRL's head reads): no (rows, prompt, width) tensor is made for the G copies of the prompts. The
+    control, the model handed whole rows, makes one."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from rewatch_trl.collator import video_forward_kwargs
+
+    class Shapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.shapes = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(tensor, torch.Tensor):
+                    self.shapes.add(tuple(tensor.shape))
+            return out
+
+    trainer, dataset = make_trainer(tiny_world, tmp_path, num_generations=4)
+    rows = [dataset[2]] * 4
+    prompt_ids, _, _ = trainer._tokenize_prompts([row["prompt"] for row in rows])
+    ids = torch.tensor([p + [10, 11, 12, 13, 14] for p in prompt_ids])
+    prompt, width = len(prompt_ids[0]), trainer.model.config.text_config.hidden_size
+    copies = {(4, length, width) for length in range(prompt, ids.size(1) + 1)}
+    recorder = Shapes()
+    with recorder:
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, torch.ones_like(ids), 5)
+    assert logps.shape == (4, 5)
+    assert (1, prompt, width) in recorder.shapes  # the one prefill of the prompt
+    assert not recorder.shapes & copies
+    control = Shapes()
+    samples = trainer._video_inputs
+    with control, trainer.shared_rows(samples, 5):
+        trainer.model(input_ids=ids, **video_forward_kwargs(samples, ids, trainer.model.config))
+    assert control.shapes & copies

@@ -36,7 +36,9 @@ def test_the_tiny_recipe_at_top_p_keeps_the_importance_weight(tiny_world, tmp_pa
         tiny_world, out, use_vllm="true", top_p=0.9, top_k=40, max_completion_length=64, max_steps=3
     )
     launcher.run(command, timeout=600)
-    logs = [entry for entry in launcher.state(out)["log_history"] if "sampling/importance_sampling_ratio/mean" in entry]
+    logs = [
+        entry for entry in launcher.state(out)["log_history"] if "sampling/importance_sampling_ratio/mean" in entry
+    ]
     assert len(logs) == 3
     for entry in logs:
         assert entry["sampling/importance_sampling_ratio/mean"] >= 0.98, entry
