@@ -229,42 +229,38 @@ class SharedPrefix:
             input_ids, mm, video_grid_thw=grid, second_per_grid_ts=seconds, attention_mask=attention_mask
         )
         chunks = pixel_chunks(pixels, grid, rows.distinct_videos)
-        chunk_of = [chunks[rows.first_videos[id(video)]] for video in rows.videos]  # each video's patches
         prompt_videos = [rows.video_rows[row] for row in distinct]
         clip_videos = sorted(set(range(len(rows.videos))) - set(rows.video_rows))
+        # One vision-tower call for every distinct video of the pass, the prompts' and the clips': under ZeRO-3 each
+        # module's forward gathers its parameters collectively, so every process must call the tower as often as
+        # the others, whether or not its completions hold a clip.
+        first = [rows.first_videos[id(video)] for video in rows.videos]  # each video's first index in `videos`
+        encoded = sorted({first[video] for video in prompt_videos + clip_videos})
+        if self.shared_features is not None:
+            self.shared_features.rows = SharedRows([rows.videos[video] for video in encoded])
+        features = self.inner.get_video_features(
+            concat_rows([chunks[video] for video in encoded]), grid[encoded]
+        ).pooler_output
+        feature_of = dict(zip(encoded, features, strict=True))
         cache = PrefixCache()
-        if self.shared_features is not None:  # the prefix pass holds each distinct prompt once
-            self.shared_features.rows = SharedRows([samples[row] for row in distinct])
         # A checkpointing layer drops the cache it is given unless told that replaying it is safe, as it is here.
         saved = [layer.__dict__.get("_can_checkpoint_with_cache") for layer in layers]
         for layer in layers:
             layer._can_checkpoint_with_cache = True
         try:
             prefix = self.forward(
-                input_ids=input_ids[distinct, :prompt],
+                inputs_embeds=self._with_videos(
+                    input_ids[distinct, :prompt], [feature_of[first[v]] for v in prompt_videos]
+                ),
                 attention_mask=attention_mask[distinct, :prompt],
                 position_ids=positions[:, distinct, :prompt],
-                pixel_values_videos=concat_rows([chunk_of[video] for video in prompt_videos]),
-                video_grid_thw=grid[prompt_videos],
-                second_per_grid_ts=seconds[prompt_videos],
-                mm_token_type_ids=mm[distinct, :prompt],
                 past_key_values=cache,
                 **kwargs,
             )
             self.prefix_rows += len(distinct)
-            completion_ids = input_ids[:, prompt:]
-            embeds = self.inner.get_input_embeddings()(completion_ids)
-            if clip_videos:  # agentic mode: the clips shown in the completions, in their places
-                if self.shared_features is not None:
-                    self.shared_features.rows = SharedRows([rows.videos[video] for video in clip_videos])
-                features = self.inner.get_video_features(
-                    concat_rows([chunk_of[video] for video in clip_videos]), grid[clip_videos]
-                ).pooler_output
-                features = torch.cat(features).to(embeds.device, embeds.dtype)
-                _, placeholders = self.inner.get_placeholder_mask(completion_ids, embeds, video_features=features)
-                embeds = embeds.masked_scatter(placeholders, features)
             completion = self.inner.language_model(
-                inputs_embeds=embeds,
+                # agentic mode: the clips shown in the completions, in their places
+                inputs_embeds=self._with_videos(input_ids[:, prompt:], [feature_of[first[v]] for v in clip_videos]),
                 attention_mask=attention_mask,
                 position_ids=positions[:, :, prompt:],
                 past_key_values=cache.reader(index),
@@ -281,6 +277,15 @@ class SharedPrefix:
         kept = prompt if tail is None else tail - length  # prompt positions returned
         hidden = torch.cat([prefix.last_hidden_state[:, prompt - kept :][index], completion.last_hidden_state], dim=1)
         return type(prefix)(last_hidden_state=hidden)
+
+    def _with_videos(self, input_ids: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        """The embeddings of `input_ids` with the `features` of their videos, in order, at their placeholders."""
+        embeds = self.inner.get_input_embeddings()(input_ids)
+        if not features:
+            return embeds
+        features = torch.cat(features).to(embeds.device, embeds.dtype)
+        _, placeholders = self.inner.get_placeholder_mask(input_ids, embeds, video_features=features)
+        return embeds.masked_scatter(placeholders, features)
 
 
 class PrefixCache(DynamicCache):

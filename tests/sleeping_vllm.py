@@ -60,7 +60,8 @@ class SleepingLLM:
 def main(argv: list[str]) -> None:
     import trl.generation.vllm_generation as generation
 
-    from rewatch_trl.grpo import main as grpo, parse_args
+    from rewatch_trl.grpo import main as grpo
+    from rewatch_trl.grpo import parse_args
 
     generation.LLM = SleepingLLM
     trainer = grpo(*parse_args(argv))

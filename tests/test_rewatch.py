@@ -698,3 +698,30 @@ def test_agentic_rounds_keep_a_sleeping_engine_awake(tiny_world, tmp_path, monke
     else:
         assert engine.events.count("sync") == 3 and engine.events.count("sleep") == 4
         assert cached == [cached[0]] * 3  # each round starts from emptied caches
+
+
+def test_a_shared_pass_calls_the_vision_tower_once_with_or_without_clips(tiny_world, tmp_path, make_trainer):
+    """Under ZeRO-3 every module's forward gathers its parameters collectively: a process whose completions hold a
+    clip and one whose completions hold none must call the vision tower as often. A shared log-prob pass calls it
+    once, for the prompts' videos and the clips together."""
+    trainer, dataset = agentic_trainer(make_trainer, tiny_world, tmp_path)
+    output, _, _ = scripted_rollout(trainer, [dataset[0], dataset[0]])
+    assert all(len(clips) == 1 for clips in output["clip_inputs"])
+    calls = []
+    handle = trainer.model.model.visual.register_forward_pre_hook(lambda module, args: calls.append(1))
+    ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+    mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+    length = output["completion_ids"].size(1)
+    try:
+        for clips in (output["clip_inputs"], [[], []]):
+            trainer._video_inputs, trainer._clip_inputs = output["video_inputs"], clips
+            if not clips[0]:  # the same rows with no clip shown: text where the clip was
+                ids = ids.masked_fill(ids == trainer.model.config.video_token_id, 10)
+                ids[:, : output["prompt_ids"].size(1)] = output["prompt_ids"]
+            calls.clear()
+            with torch.no_grad():
+                trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, length)
+            assert len(calls) == 1, (len(clips[0]), len(calls))
+    finally:
+        handle.remove()
+        trainer._video_inputs, trainer._clip_inputs = None, None
