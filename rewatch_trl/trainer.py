@@ -55,7 +55,7 @@ from rewatch_trl.sharing import (
     install_shared_video_features,
 )
 from rewatch_trl.suppression import suppress_vision_tokens, suppressed_token_ids
-from rewatch_trl.video import SampledVideo, VideoCache
+from rewatch_trl.video import SampledVideo, VideoCache, check_shared_memory, decoded_video_bytes
 from rewatch_trl.vllm_video import VideoLLM, awake_across_calls, engine_built_in, engine_dtype, reload_weights
 
 
@@ -245,6 +245,13 @@ class VideoGRPOTrainer(GRPOTrainer):
         dataset = self.train_dataset
         if self.args.dataloader_num_workers > 0 and isinstance(dataset, datasets.Dataset):
             self.train_dataset = dataset.with_transform(self.video_collator.decode_ahead)
+            # each worker's batches in flight, each of its distinct prompts' videos in shared memory
+            batch = self._train_batch_size * self.args.steps_per_generation
+            in_flight = self.args.dataloader_num_workers * (self.args.dataloader_prefetch_factor or 2)
+            videos = max(1, batch // self.num_generations) * in_flight
+            warning = check_shared_memory(videos * decoded_video_bytes(self.video_collator.settings))
+            if warning:
+                logger.warning(warning)
         try:
             return super().get_train_dataloader()
         finally:

@@ -243,3 +243,39 @@ def sample_clip(
 ) -> SampledVideo:
     """The frames of the clip `[start, end]` seconds (for re-watching); a clip outside the video raises."""
     return (cache or _default_cache).get(path, settings or VideoSettings(), float(start), float(end))
+
+
+def decoded_video_bytes(settings) -> int:
+    """The most bytes one sampled video takes (uint8 RGB frames at the settings' frame and pixel caps): what a
+    DataLoader worker sends through shared memory for each video it decodes ahead.
+
+    Example:
+    ```python
+    >>> decoded_video_bytes(VideoSettings())  # the paper's 192 frames of 128 * 28 * 28 px: 58 MB
+    57802752
+    ```
+    """
+    frames = settings.video_max_frames
+    # qwen-vl-utils' total budget counts temporal pairs of frames (two frames a token)
+    per_frame = min(settings.video_max_pixels, max(2 * settings.video_total_pixels / frames, settings.video_min_pixels))
+    return 3 * frames * int(per_frame)
+
+
+def check_shared_memory(needed: int, path: str = "/dev/shm") -> str | None:
+    """A warning when `path` (where DataLoader workers hand their tensors to the training process) holds less than
+    `needed` bytes: the workers' decoded videos would then end the run with a bus error. None when it fits."""
+    import shutil
+
+    try:
+        size = shutil.disk_usage(path).total
+    except OSError:
+        return None
+    if size >= needed:
+        return None
+    return (
+        f"{path} holds {size / 2**20:.0f} MiB, but the DataLoader workers may hold {needed / 2**20:.0f} MiB of decoded "
+        "videos there at once: the run would die with a bus error. Give the container more shared memory (docker: "
+        "--shm-size=16g), or lower dataloader_num_workers / dataloader_prefetch_factor (0 workers decode in the "
+        "training process)."
+    )
+

@@ -130,3 +130,27 @@ def test_missing_empty_and_corrupt_videos_raise_naming_the_file(tmp_path):
 def test_unknown_backend_names_the_known_ones(clip_path):
     with pytest.raises(ValueError, match="known: decord"):
         decode_video(clip_path, VideoSettings(video_backend="nope"))
+
+
+def test_a_small_dev_shm_is_said_before_the_workers_start(tiny_world, tmp_path, make_trainer, monkeypatch, caplog):
+    """Docker's 64 MB /dev/shm cannot hold the decoded videos DataLoader workers hand over (58 MB a video at the
+    paper's settings): the run says so at its start, with what to change; a large enough one says nothing."""
+    import logging
+    import shutil
+    from collections import namedtuple
+
+    from rewatch_trl.prompts import VideoSettings
+    from rewatch_trl.video import decoded_video_bytes
+
+    assert decoded_video_bytes(VideoSettings()) == 192 * 128 * 28 * 28 * 3
+    usage = namedtuple("usage", "total used free")
+    trainer, _ = make_trainer(tiny_world, tmp_path, dataloader_num_workers=2)
+    needed = 2 * 2 * 2 * decoded_video_bytes(trainer.video_collator.settings)  # workers, prefetch, 2 prompts
+    for size, warned in ((needed - 1, True), (needed, False)):
+        monkeypatch.setattr(shutil, "disk_usage", lambda path, size=size: usage(size, 0, size))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="rewatch_trl.trainer"):
+            trainer.get_train_dataloader()
+        messages = [r.getMessage() for r in caplog.records if "/dev/shm" in r.getMessage()]
+        assert bool(messages) == warned, messages
+    assert "--shm-size" in messages[0] if messages else True
