@@ -37,7 +37,8 @@ $(STAMP): setup.cfg pyproject.toml
 	fi
 	$(BIN)/python -m pip install -q -e ".[dev,lmms-eval]"
 	# DeepSpeed builds its CPU communication op at its first start (~40 s, a C++ compiler): here, once, not in a test
-	$(BIN)/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" 2>/dev/null \
+	TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch_extensions $(BIN)/python -c \
+		"from deepspeed.comm.torch import build_shm_op; build_shm_op()" 2>/dev/null \
 		|| echo "warning: DeepSpeed's shm_comm op did not build (no C++ compiler?): the DeepSpeed tests will try again"
 	touch $(STAMP)
 
@@ -52,6 +53,9 @@ $(VLLM_STAMP): setup.cfg pyproject.toml
 		> $(VLLM_VENV)/vllm-requirements.txt
 	$(VBIN)/python -m pip install -q -r $(VLLM_VENV)/vllm-requirements.txt
 	$(VBIN)/python -m pip install -q -e ".[dev]"
+	TORCH_EXTENSIONS_DIR=$(abspath $(VLLM_VENV))/torch_extensions $(VBIN)/python -c \
+		"from deepspeed.comm.torch import build_shm_op; build_shm_op()" 2>/dev/null \
+		|| echo "warning: DeepSpeed's shm_comm op did not build (no C++ compiler?): the DeepSpeed tests will try again"
 	touch $(VLLM_STAMP)
 
 # The paper's two stages on the tiny offline world, on CPU: SFT cold start, then GRPO from it. Fresh each time.
@@ -76,11 +80,12 @@ demo-rewatch: install
 # The README's test command: the core suite, then the vLLM tier (the real engine, on CPU).
 test: test-core test-vllm
 
+# DeepSpeed's CPU op is built per environment (the two torch builds share torch's default extension folder's name)
 test-core: install
-	$(BIN)/$(PYTEST) -m "not vllm" tests
+	TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch_extensions $(BIN)/$(PYTEST) -m "not vllm" tests
 
 test-vllm: install-vllm
-	$(VBIN)/$(PYTEST) -m vllm tests
+	TORCH_EXTENSIONS_DIR=$(abspath $(VLLM_VENV))/torch_extensions $(VBIN)/$(PYTEST) -m vllm tests
 
 style: install
 	$(BIN)/ruff format .

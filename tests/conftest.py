@@ -162,9 +162,14 @@ class Launcher:
     def environment():
         return os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
 
-    def run(self, command, timeout=300):
+    def run(self, command, timeout=300, env: dict | None = None):
         result = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, env=self.environment(), cwd=self.root
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.environment() | (env or {}),
+            cwd=self.root,
         )
         assert result.returncode == 0, result.stderr[-3000:]
         return result

@@ -6,6 +6,11 @@ GPU's level 2 does to the weights is modelled: they are gone until `wake_up(tags
 `generate` refuses to run on a sleeping engine or discarded weights. `events` records "sync", "generate" and
 "sleep" in order.
 
+With `REWATCH_SCRIPT` (a text) and `REWATCH_SCRIPT_RANK` in the environment, the process of that rank answers every
+first-round request (one video: the prompt's) with the script instead of what the engine sampled, its tokens
+unscored (NaN log-probs: TRL's correction leaves them at ratio 1): an agentic run whose processes then need
+different numbers of rounds, and whose clips are on one process only.
+
 As a script it runs `rewatch_trl.grpo` with TRL's `LLM` replaced by it, and writes each process's events to
 `<output_dir>/sleep_events-<rank>.json`.
 """
@@ -21,6 +26,10 @@ class SleepingLLM:
         import vllm
 
         self.llm = vllm.LLM(*args, **kwargs)
+        self.script = None
+        if os.environ.get("REWATCH_SCRIPT") and os.environ.get("REWATCH_SCRIPT_RANK") == os.environ.get("RANK", "0"):
+            tokenizer = self.llm.get_tokenizer()
+            self.script = tokenizer(os.environ["REWATCH_SCRIPT"], add_special_tokens=False)["input_ids"]
         self.events: list[str] = []
         self.asleep: set[str] = set()
         self.weights = True
@@ -49,7 +58,18 @@ class SleepingLLM:
         assert not self.asleep, f"generate on a sleeping engine ({sorted(self.asleep)} asleep)"
         assert self.weights, "generate after level 2 discarded the weights, with no reload since"
         self.events.append("generate")
-        return self.llm.generate(*args, **kwargs)
+        outputs = self.llm.generate(*args, **kwargs)
+        requests = args[0] if args else kwargs["prompts"]
+        if self.script is not None:
+            from vllm.logprobs import Logprob
+
+            for request, output in zip(requests, outputs, strict=True):
+                if isinstance(request.get("multi_modal_data", {}).get("video"), tuple):  # a first round
+                    for completion in output.outputs:
+                        completion.token_ids = list(self.script)
+                        completion.logprobs = [{t: Logprob(float("nan"), rank=1)} for t in self.script]
+                        completion.finish_reason = "stop"
+        return outputs
 
     def __getattr__(self, name):
         if name == "llm":
