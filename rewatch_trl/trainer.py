@@ -150,7 +150,7 @@ class VideoGRPOTrainer(GRPOTrainer):
             and truncates(self.top_k, self.top_p, self.min_p)
         )
         self._old_pass_pending = False
-        self._old_kept_mass: torch.Tensor | None = None
+        self._old_kept_mass: torch.Tensor | None = None  # the last generation batch's, (rows, completion tokens)
         self.rewatcher = None
         # our GRPOConfig holds the re-watch settings (a plain trl.GRPOConfig: the paper's mode)
         if isinstance(self.args, RewatchSettings) and self.args.agentic:
@@ -261,7 +261,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         # frames a DataLoader worker decoded: into this process's cache (and out of the reward functions' columns)
         self.video_collator.keep([row.pop("sampled_video") for row in inputs if "sampled_video" in row])
         # TRL's first pass over the policy after generation is the old-policy pass that its correction reads
-        self._old_pass_pending = self._sampler_truncates
+        self._old_pass_pending, self._old_kept_mass = self._sampler_truncates, None
         try:
             output = super()._generate_and_score_completions(inputs)
             if self._old_kept_mass is not None:
@@ -274,7 +274,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         finally:
             self._video_inputs, self._clip_inputs, self._pending_videos = None, None, None
             self._model_texts = None
-            self._old_pass_pending, self._old_kept_mass = False, None
+            self._old_pass_pending = False
         return output
 
     def _compute_loss(self, model, inputs):
