@@ -77,7 +77,10 @@ class VideoGRPOTrainer(GRPOTrainer):
 
     def __init__(
         self,
-        *args,
+        model,
+        reward_funcs=None,
+        args=None,
+        *rest,
         video_settings: VideoSettings | None = None,
         video_root=None,
         video_cache: VideoCache | None = None,
@@ -89,12 +92,14 @@ class VideoGRPOTrainer(GRPOTrainer):
                     f"VideoGRPOTrainer does not take `{unsupported}`: its prompts are single-turn video prompts "
                     "rendered by the VideoCollator (tool calls and environments would need multi-turn video)"
                 )
-        training_args = kwargs.get("args", args[2] if len(args) > 2 else None)
-        engine = contextlib.nullcontext()
-        if getattr(training_args, "use_vllm", False):
-            engine = engine_built_in(engine_dtype(kwargs.get("model", args[0] if args else None), training_args))
+        # the colocated engine samples in the trainer's dtype (TRL builds it in vLLM's "auto")
+        engine = (
+            engine_built_in(engine_dtype(model, args))
+            if getattr(args, "use_vllm", False)
+            else contextlib.nullcontext()
+        )
         with engine:
-            super().__init__(*args, **kwargs)
+            super().__init__(model, reward_funcs, args, *rest, **kwargs)
         self.video_collator = VideoCollator(
             self.processing_class, video_settings, video_root, video_cache, self.chat_template_kwargs
         )

@@ -257,7 +257,9 @@ def decoded_video_bytes(settings) -> int:
     """
     frames = settings.video_max_frames
     # qwen-vl-utils' total budget counts temporal pairs of frames (two frames a token)
-    per_frame = min(settings.video_max_pixels, max(2 * settings.video_total_pixels / frames, settings.video_min_pixels))
+    per_frame = min(
+        settings.video_max_pixels, max(2 * settings.video_total_pixels / frames, settings.video_min_pixels)
+    )
     return 3 * frames * int(per_frame)
 
 
@@ -278,4 +280,3 @@ def check_shared_memory(needed: int, path: str = "/dev/shm") -> str | None:
         "--shm-size=16g), or lower dataloader_num_workers / dataloader_prefetch_factor (0 workers decode in the "
         "training process)."
     )
-

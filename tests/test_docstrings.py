@@ -13,6 +13,8 @@ MODULES = [
     "rewatch_trl.judge",
     "rewatch_trl.sharing",
     "rewatch_trl.vllm_video",
+    "rewatch_trl.sampling",
+    "rewatch_trl.video",
 ]
 
 
