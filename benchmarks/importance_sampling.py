@@ -12,7 +12,10 @@ share of tokens `token_mask` would zero; one table, side by side.
 """
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 
 
@@ -23,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def trainer_for(world, dtype, length, top_p, prompts, out):
+    """A `VideoGRPOTrainer` with colocated vLLM as a recipe builds it, at the recipe's temperature."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -76,7 +80,9 @@ def measure(trainer, dataset, prompts):
         mask = output["completion_mask"].bool()
         # the trainer's old-policy log-probs on the sampler's support, as the correction compared them
         kept = 0.0 if trainer._old_kept_mass is None else trainer._old_kept_mass
-        difference = ((output["old_per_token_logps"] - kept) - output["sampling_per_token_logps"]).masked_fill(~mask, 0)
+        difference = ((output["old_per_token_logps"] - kept) - output["sampling_per_token_logps"]).masked_fill(
+            ~mask, 0
+        )
         log_ratios.append(difference.sum(-1))
         token_masked += int((difference.exp() > 3.0)[mask].sum())
         tokens += int(mask.sum())
@@ -90,23 +96,47 @@ def measure(trainer, dataset, prompts):
     }
 
 
+def settings_of(trainer, top_p, length):
+    """One engine a dtype (an engine's memory is not given back within a process): the sampling settings set on the
+    trainer and on TRL's generation, as a recipe would have set them."""
+    from rewatch_trl.sampling import truncates
+
+    for holder in (trainer, trainer.vllm_generation):
+        holder.top_p, holder.max_completion_length = top_p, length
+    trainer._sampler_truncates = truncates(top_p=top_p)
+
+
+def run_dtype(dtype, lengths, prompts):
+    from rewatch_trl.tiny import build_tiny_world
+
+    world = build_tiny_world(tempfile.mkdtemp(prefix="tiny-world-"), seed=0)
+    trainer, dataset = trainer_for(world, dtype, max(lengths), 1.0, prompts, tempfile.mkdtemp())
+    results = []
+    for top_p in (1.0, 0.9):
+        for length in lengths:
+            settings_of(trainer, top_p, length)
+            results.append((dtype, top_p, length, measure(trainer, dataset, prompts)))
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 512, 2048])
     parser.add_argument("--prompts", type=int, default=4, help="prompts a setting (G = 8 sequences each)")
+    parser.add_argument("--dtype", help=argparse.SUPPRESS)  # one dtype, in a process of its own
     args = parser.parse_args()
-
-    from rewatch_trl.tiny import build_tiny_world
-
-    world = build_tiny_world(tempfile.mkdtemp(prefix="tiny-world-"), seed=0)
+    if args.dtype:
+        print("RESULTS " + json.dumps(run_dtype(args.dtype, args.lengths, args.prompts)))
+        return
     results = []
     for dtype in ("bfloat16", "float32"):
-        for top_p in (1.0, 0.9):
-            for length in args.lengths:
-                trainer, dataset = trainer_for(world, dtype, length, top_p, args.prompts, tempfile.mkdtemp())
-                results.append((dtype, top_p, length, measure(trainer, dataset, args.prompts)))
-                del trainer
-    print("| dtype | top_p | tokens | sequences | log-ratio sum std | max abs | sequence_mask zeroes | token_mask zeroes |")
+        command = [sys.executable, __file__, "--dtype", dtype, "--prompts", str(args.prompts), "--lengths"]
+        done = subprocess.run(command + [str(n) for n in args.lengths], capture_output=True, text=True, check=True)
+        (line,) = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
+        results += json.loads(line.removeprefix("RESULTS "))
+    print(
+        "| dtype | top_p | tokens | sequences | log-ratio sum std | max abs | sequence_mask zeroes | token_mask zeroes |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for dtype, top_p, length, r in results:
         print(

@@ -70,3 +70,42 @@ def test_every_recipe_parses(launcher):
         script_args, training_args, model_args, video_args = parse(["--config", str(recipe), "--bf16", "false"])
         assert model_args.model_name_or_path, recipe
         assert script_args.dataset_name, recipe
+
+
+def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_world, sft_model, tmp_path, launcher):
+    """Killed after its step-2 checkpoint and launched again, a run ends with the weights of the same run never
+    interrupted (a resume that restarted from step 0, or lost the optimizer's or the sampler's state, would not)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    # from the SFT cold start: its completions earn rewards with spread, so every step moves the weights
+    settings = dict(
+        model_name_or_path=sft_model, max_completion_length=64, max_steps=4, save_steps=2, save_total_limit=5
+    )
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    launcher.run(launcher.command(tiny_world, whole, **settings))
+    command = launcher.command(tiny_world, resumed, **settings)
+    launcher.kill_after_checkpoint(command, resumed)
+    assert not (resumed / "trainer_state.json").is_file()  # it died before the end
+    # the control: the same killed run with its checkpoint's weights changed must end elsewhere (a run that
+    # restarted from step 0 would end where the uninterrupted run does, and pass the equality below)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(resumed, tampered)
+    checkpoint = load_file(tampered / "checkpoint-2" / "model.safetensors")
+    save_file(
+        {name: value + 1e-2 for name, value in checkpoint.items()}, tampered / "checkpoint-2" / "model.safetensors"
+    )
+    launcher.run(launcher.command(tiny_world, tampered, **settings))
+    launcher.run(command)
+    expected, received = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    start = load_file(sft_model / "model.safetensors")
+    moved = max((expected[name] - start[name]).abs().max().item() for name in expected)
+    assert moved > 1e-4  # the control: training moved the weights this much
+    difference = max((expected[name] - received[name]).abs().max().item() for name in expected)
+    assert difference <= 1e-6, f"resumed vs uninterrupted: {difference:.2e} (training moved them {moved:.2e})"
+    changed = load_file(tampered / "model.safetensors")
+    assert max((expected[name] - changed[name]).abs().max().item() for name in expected) > 1e-3
+    whole_losses = [e["loss"] for e in launcher.state(whole)["log_history"] if "loss" in e]
+    resumed_losses = [e["loss"] for e in launcher.state(resumed)["log_history"] if "loss" in e]
+    assert resumed_losses[-2:] == whole_losses[-2:]

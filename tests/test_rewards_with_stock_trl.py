@@ -10,7 +10,9 @@ from datasets import Dataset
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def test_stock_grpo_trainer_logs_our_rewards(tmp_path):
+def stock_trainer(tmp_path):
+    """Stock `trl.GRPOTrainer` with our format, MCQ, open-ended and grounding rewards, on a tiny text model; an MCQ
+    row and an open-ended row."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
@@ -65,6 +67,11 @@ def test_stock_grpo_trainer_logs_our_rewards(tmp_path):
     trainer = GRPOTrainer(
         model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer
     )
+    return trainer, tokenizer, dataset
+
+
+def test_stock_grpo_trainer_logs_our_rewards(tmp_path):
+    trainer, _, _ = stock_trainer(tmp_path)
     trainer.train()
     logs = trainer.state.log_history[0]
     for name in [
@@ -79,3 +86,39 @@ def test_stock_grpo_trainer_logs_our_rewards(tmp_path):
     assert logs["rewards/react_format_reward/mean"] == 0.0
     assert math.isfinite(logs["loss"])
     assert trainer.state.global_step == 1
+
+
+# Planted completions: what each reward gives them, counted by hand (NaN: not applicable to the row)
+NAN = float("nan")
+PLANTED = [
+    # the MCQ row (answer A, "A: red", duration 10 s)
+    ("<action>Re-watch [00:02-00:04]</action><observation>red</observation><answer>A</answer>", [1, 1, NAN, 1]),
+    ("<action>Re-watch [00:02-00:04]</action><observation>blue</observation><answer>(B)</answer>", [1, 0, NAN, 1]),
+    ("<action>Re-watch [00:08-00:12]</action><observation>red</observation><answer>red</answer>", [1, 1, NAN, 0]),
+    ("The answer is A", [0, 0, NAN, 0]),
+    # the open-ended row (answer "left", duration 10 s)
+    (
+        "<action>Re-watch [00:01-00:03]</action><observation>it turns</observation><answer>left</answer>",
+        [1, NAN, 1, 1],
+    ),
+    (
+        "<action>Re-watch [00:01-00:03]</action><observation>it turns</observation><answer>to the left side</answer>",
+        [1, NAN, 0.5, 1],
+    ),  # "to left side" against "left": precision 1/3, recall 1
+    ("<action>Re-watch [00:03-00:01]</action><observation>x</observation><answer>right</answer>", [1, NAN, 0, 0]),
+    ("<answer>left</answer>", [0, NAN, 1, 0]),
+]
+
+
+def test_stock_trainer_scores_planted_completions_exactly(tmp_path):
+    """TRL's own reward call (`_calculate_rewards`: every dataset column passed as keyword arguments) on planted
+    completions gives the hand-counted value of each reward, row by row."""
+    trainer, tokenizer, dataset = stock_trainer(tmp_path)
+    inputs = [dataset[0]] * 4 + [dataset[1]] * 4
+    completions = [[{"role": "assistant", "content": text}] for text, _ in PLANTED]
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text, _ in PLANTED]
+    rewards = trainer._calculate_rewards(inputs, [row["prompt"] for row in inputs], completions, ids)
+    expected = torch.tensor([values for _, values in PLANTED], dtype=rewards.dtype)
+    assert rewards.shape == (8, 4)
+    assert torch.equal(rewards.isnan(), expected.isnan())
+    assert torch.allclose(rewards.nan_to_num(-1), expected.nan_to_num(-1))
