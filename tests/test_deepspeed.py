@@ -35,6 +35,10 @@ def sharing_counts(output_dir, launcher):
     return [tuple(entry[key] for key in SHARING) for entry in history if SHARING[0] in entry]
 
 
+def logged(output_dir, launcher, key) -> list[float]:
+    return [entry[key] for entry in launcher.state(output_dir)["log_history"] if key in entry and "step" in entry][:2]
+
+
 @pytest.fixture(scope="module")
 def ddp_runs(tiny_world, sft_model, tmp_path_factory, launcher):
     """The DDP reference runs, by `beta`."""
@@ -56,6 +60,12 @@ def test_zero_run_equals_ddp(tiny_world, sft_model, ddp_runs, tmp_path, launcher
         assert "ZeRO-3: 57 of the policy's 57 parameters are partitioned" in result.stderr
     reference = ddp_runs[beta]
     assert max_difference(weights(out), weights(reference)) <= 1e-5
+    # Adam's first steps move each weight by about lr · sign(g), whatever the gradient's scale: the weights cannot
+    # see a mis-scaled gradient, the logged loss and gradient norm of each step can
+    for key in ("loss", "grad_norm"):
+        ours, theirs = logged(out, launcher, key), logged(reference, launcher, key)
+        assert len(ours) == 2 and ours == pytest.approx(theirs, rel=1e-4, abs=1e-7), key
+    assert min(logged(out, launcher, "grad_norm")) > 0
     assert max_difference(weights(out), weights(sft_model)) > 1e-5  # the 2 steps moved the weights
     # both ranks reached step 2: each wrote its own shard (and RNG state) of the step-2 checkpoint
     checkpoint = out / "checkpoint-2"

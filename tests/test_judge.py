@@ -134,3 +134,34 @@ def test_reward_through_the_real_judge(server):
 )
 def test_parse_verdict(reply, score):
     assert parse_verdict(reply) == score
+
+
+def test_the_environment_configures_the_judge(server, monkeypatch):
+    """Without arguments, the judge is the one `REWATCH_JUDGE_BASE_URL` / `REWATCH_JUDGE_MODEL` name (before the
+    OpenAI client's own variables); the key falls back to `OPENAI_API_KEY`; none set is an error saying what to set."""
+    for name in ("REWATCH_JUDGE_BASE_URL", "REWATCH_JUDGE_MODEL", "REWATCH_JUDGE_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-openai")
+    with pytest.raises(ValueError, match="REWATCH_JUDGE_BASE_URL and REWATCH_JUDGE_MODEL"):
+        JudgeClient()
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # the OpenAI variable loses to ours
+    monkeypatch.setenv("REWATCH_JUDGE_BASE_URL", server)
+    monkeypatch.setenv("REWATCH_JUDGE_MODEL", "judge-from-env")
+    judge = JudgeClient()
+    assert (judge.base_url, judge.model, judge.api_key) == (server, "judge-from-env", "sk-from-openai")
+    assert judge.ask(["fine"]) == ["yes"]  # it reached the server ours names
+    monkeypatch.setenv("REWATCH_JUDGE_API_KEY", "sk-ours")
+    assert JudgeClient().api_key == "sk-ours"
+
+
+def test_each_failure_is_a_counted_warning(server, caplog):
+    import logging
+
+    judge = make(server, max_retries=1, timeout=2)
+    with caplog.at_level(logging.WARNING, logger="rewatch_trl.judge"):
+        assert judge.score(["GARBAGE", "UNSURE", "fine"]) == [None, None, 1.0]
+    messages = [record.getMessage() for record in caplog.records]
+    assert judge.failures == 2 and len(messages) == 2
+    assert "(1 failures so far)" in messages[0] or "(1 failures so far)" in messages[1]
+    assert any("(2 failures so far)" in message for message in messages)
+    assert any("unparsable judge reply" in message and "maybe" in message for message in messages)

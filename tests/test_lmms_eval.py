@@ -191,3 +191,68 @@ def test_the_entry_point_module_is_light():
     code = "from lmms_eval.models import get_model; print(get_model('rewatch', force_simple=True).__module__)"
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert found.stdout.strip().splitlines()[-1] == "rewatch_trl.lmms.model", found.stderr[-2000:]
+
+
+SCORE_SNIPPET = """
+import importlib.util, json, re, sys
+from pathlib import Path
+
+tasks, docs = Path(sys.argv[1]), json.loads(Path(sys.argv[2]).read_text())
+scores = {}
+for name, planted in docs.items():
+    spec = importlib.util.spec_from_file_location(name + "_utils", tasks / name / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    recipe = (tasks / name / (name + ".yaml")).read_text()
+    score = getattr(utils, re.search(r"process_results: !function utils\\.(\\w+)", recipe).group(1))
+    results = [score(dict(doc), [completion]) for doc, completion in planted]
+    scores[name] = {
+        metric: getattr(utils, function)([result[metric] for result in results])
+        for metric, function in re.findall(r"- metric: (\\w+)\\n\\s+aggregation: !function utils\\.(\\w+)", recipe)
+    }
+print("SCORES " + json.dumps(scores))
+"""
+
+
+def test_each_benchmark_scores_planted_answers_as_counted_by_hand(tiny_world, tmp_path):
+    """Each shipped task's own scorer and aggregations (as its YAML names them) over two of its rows: one ReAct
+    completion answering right, one answering wrong (a counting answer 5 for 3). Counted by hand: half right, in
+    each benchmark's scale (percent for the four multiple-choice ones), and for CG-AV-Counting a mean absolute error
+    of 1 and a root mean square error of √2."""
+
+    def trace(answer):
+        return f"<action>Re-watch [00:01-00:02]</action><observation>a square</observation><answer>{answer}</answer>"
+
+    def wrong(letter):
+        return "ABCD"["ABCD".index(letter) - 1]
+
+    rows = stand_in_rows(tiny_world) | {"minerva": minerva_rows(tiny_world)[:2]}
+    right_letter = {
+        "minerva": lambda row: "ABCDE"[row["answer_id"]],
+        "video_holmes": lambda row: row["Answer"],
+        "videomathqa": lambda row: row["answer"],
+        "videomme": lambda row: row["answer"],
+    }
+    planted = {}
+    for benchmark, (first, second) in rows.items():
+        if benchmark == "cgav_counting":
+            answers = [str(first["answer"]), str(second["answer"] + 2)]
+        else:
+            answers = [right_letter[benchmark](first), wrong(right_letter[benchmark](second))]
+        planted[f"rewatch_{benchmark}"] = [(first, trace(answers[0])), (second, trace(answers[1]))]
+    docs = tmp_path / "planted.json"
+    docs.write_text(json.dumps(planted))
+    offline = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(
+        [sys.executable, "-c", SCORE_SNIPPET, str(TASKS_DIR), str(docs)], capture_output=True, text=True, env=offline
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("SCORES ")]
+    scores = json.loads(line.removeprefix("SCORES "))
+    assert scores == {
+        "rewatch_minerva": {"minerva_acc": 50.0},
+        "rewatch_video_holmes": {"video_holmes_accuracy": 50.0},
+        "rewatch_videomathqa": {"videomathqa_perception_score": 50.0},
+        "rewatch_videomme": {"videomme_perception_score": 50.0},
+        "rewatch_cgav_counting": {"acc": 0.5, "oboa": 0.5, "mae": 1.0, "rmse": pytest.approx(2**0.5)},
+    }

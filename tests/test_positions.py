@@ -1,6 +1,8 @@
 """M-RoPE positions: the original Qwen2.5-VL rule, written out by hand, and the positions the language model
 really receives in generation, in the log-prob passes (shared prefix on and off) and in SFT."""
 
+import json
+
 import pytest
 import torch
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
@@ -163,11 +165,17 @@ def test_rollout_generation_receives_the_rule(tiny_world, tmp_path, received, ma
     assert torch.equal(largest + 1 - kept.sum(1), deltas[:, 0])
 
 
+@pytest.mark.parametrize("model", ["policy", "reference"])
 @pytest.mark.parametrize("sharing", [False, True])
-def test_log_prob_passes_receive_the_rule(tiny_world, tmp_path, received, sharing, make_trainer):
+def test_log_prob_passes_receive_the_rule(tiny_world, tmp_path, received, sharing, model, make_trainer):
+    """The policy's and the reference model's passes (beta > 0: TRL's own reference copy) position every token by
+    the rule, compared with the rule's positions themselves (a reference left with transformers' stock rule, or
+    handed the policy's positions of other rows, fails here)."""
     trainer, dataset = make_trainer(
         tiny_world, tmp_path, share_video_features=sharing, share_prompt_prefix=sharing, beta=0.1
     )
+    scored = trainer.model if model == "policy" else trainer.ref_model
+    assert scored is not None and (model == "policy" or scored is not trainer.model)
     rows = [dataset[i] for i in (0, 0, 1, 1)]
     output = trainer._generate_and_score_completions(rows)
     received.clear()
@@ -175,7 +183,7 @@ def test_log_prob_passes_receive_the_rule(tiny_world, tmp_path, received, sharin
     mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
     trainer._video_inputs = output["video_inputs"]
     with torch.no_grad():
-        trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, output["completion_ids"].size(1))
+        trainer._get_per_token_logps_and_entropies(scored, ids, mask, output["completion_ids"].size(1))
     positions, _ = expected_positions(trainer.model.config, ids, mask, output["video_inputs"])
     kept = mask.bool()
     if sharing:  # the two distinct prompts once, then every row's completion
@@ -214,3 +222,32 @@ def test_sft_receives_the_rule(tiny_world, tmp_path, received, monkeypatch, laun
         )
         kept = batch["attention_mask"].bool()
         assert torch.equal(positions[:, kept], expected[:, kept])
+
+
+@pytest.mark.parametrize("command", ["infer", "eval"])
+def test_inference_and_evaluation_receive_the_rule(tiny_world, tmp_path, received, command):
+    """`Predictor.generate` (infer) and `rewatch-trl eval` prefill their prompts with the rule's positions."""
+    from rewatch_trl.cli import main as cli
+    from rewatch_trl.collator import split_video_inputs
+    from rewatch_trl.infer import Predictor
+    from rewatch_trl.tiny import TINY_VIDEO_SETTINGS
+
+    rows = tiny_world.rows[:2]  # prompts of different lengths
+    predictor = Predictor(str(tiny_world.root), TINY_VIDEO_SETTINGS, tiny_world.video_dir, max_new_tokens=3)
+    batch = predictor.collator(rows)
+    if command == "infer":
+        predictor.generate(rows)
+    else:
+        qa = tmp_path / "qa.jsonl"
+        qa.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        args = ["eval", "--model", str(tiny_world.root), "--data", str(qa), "--video-root", str(tiny_world.video_dir)]
+        args += ["--out", str(tmp_path / "report.json"), "--max-new-tokens", "3", "--max-frames", "8"]
+        assert cli(args + ["--min-pixels", "3136", "--max-pixels", "3136", "--total-pixels", "25088"]) == 0
+    expected, _ = expected_positions(
+        predictor.config, batch["input_ids"], batch["attention_mask"], split_video_inputs(batch)
+    )
+    prefills = [positions for positions in received if positions.shape[-1] > 1]
+    assert prefills, "no prefill seen"
+    kept = batch["attention_mask"].bool()
+    assert (batch["attention_mask"] == 0).any()  # rows of different lengths: left padding
+    assert torch.equal(prefills[0][:, kept], expected[:, kept])

@@ -1,5 +1,7 @@
 """Agentic re-watching: the clip an action names is sampled, shown, masked out of the loss, and scored exactly."""
 
+import json
+
 import pytest
 import torch
 
@@ -725,3 +727,44 @@ def test_a_shared_pass_calls_the_vision_tower_once_with_or_without_clips(tiny_wo
     finally:
         handle.remove()
         trainer._video_inputs, trainer._clip_inputs = None, None
+
+
+def eval_command(world, out, *extra):
+    tiny = ["--max-frames", "8", "--min-pixels", "3136", "--max-pixels", "3136", "--total-pixels", "25088"]
+    rewatch = ["--rewatch", "--rewatch-fps", "4", "--rewatch-max-frames", "8", "--rewatch-max-pixels", "3136"]
+    args = ["eval", "--model", str(world.root), *tiny, *rewatch, "--max-new-tokens", "40", "--limit", "2"]
+    return args + ["--data", str(world.qa_path), "--video-root", str(world.video_dir), "--out", str(out), *extra]
+
+
+def test_eval_rewatch_through_the_command_line(tiny_world, tmp_path, monkeypatch):
+    """`rewatch-trl eval --rewatch`: each prediction lists the clip its (scripted) action was shown, and the report
+    counts the real re-watches."""
+    from rewatch_trl.cli import main as cli
+    from rewatch_trl.eval import predictions_path
+
+    script_first_round(monkeypatch)
+    out = tmp_path / "report.json"
+    assert cli(eval_command(tiny_world, out)) == 0
+    predictions = [json.loads(line) for line in predictions_path(out).read_text().splitlines()]
+    assert [p["rewatched"] for p in predictions] == [[{"start": 2.0, "end": 4.0, "frames": 8}]] * 2
+    assert all(p["completion"].startswith(SCRIPT) for p in predictions)
+    report = json.loads(out.read_text())["overall"]
+    assert report["n"] == 2 and report["mean_rewatches"] == 1.0 and report["rewatched_rate"] == 1.0
+
+
+@pytest.mark.vllm
+def test_eval_rewatch_on_vllm_through_the_command_line(tiny_world, tmp_path, monkeypatch):
+    """`rewatch-trl eval --rewatch --backend vllm`: the same predictions as the transformers backend, greedy, after
+    the same scripted action and clip."""
+    from rewatch_trl.cli import main as cli
+    from rewatch_trl.eval import predictions_path
+
+    script_first_round(monkeypatch)
+    local, served = tmp_path / "local.json", tmp_path / "served.json"
+    assert cli(eval_command(tiny_world, local)) == 0
+    vllm = ["--backend", "vllm", "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024"]
+    assert cli(eval_command(tiny_world, served, *vllm)) == 0
+    expected = [json.loads(line) for line in predictions_path(local).read_text().splitlines()]
+    received = [json.loads(line) for line in predictions_path(served).read_text().splitlines()]
+    assert [p["rewatched"] for p in received] == [[{"start": 2.0, "end": 4.0, "frames": 8}]] * 2
+    assert [p["completion"] for p in received] == [p["completion"] for p in expected]

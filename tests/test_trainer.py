@@ -292,3 +292,23 @@ def test_chat_template_kwargs_reach_the_prompts(tiny_world, tmp_path, make_train
     processor.chat_template = processor.chat_template + "{% if reasoning %}reasoning: {{ reasoning }}{% endif %}"
     ids, _, _ = trainer._tokenize_prompts([dataset[0]["prompt"]])
     assert processor.tokenizer.decode(ids[0]).endswith("reasoning: brief")
+
+
+def test_one_processor_call_per_video_per_step(tiny_world, tmp_path, make_trainer, monkeypatch):
+    """A GRPO step (generation, old-policy, reference and policy passes: beta > 0, two iterations) sends each distinct
+    video of its batch through the processor once: the later passes reuse the processor's tensors."""
+    trainer, dataset = make_trainer(tiny_world, tmp_path, max_steps=1, beta=0.1, num_iterations=2)
+    processor_class = type(trainer.processing_class)
+    calls = []
+    call = processor_class.__call__
+
+    def counted(self, *args, videos=None, **kwargs):
+        calls.append([id(frames) for frames in videos or []])
+        return call(self, *args, videos=videos, **kwargs)
+
+    monkeypatch.setattr(processor_class, "__call__", counted)
+    trainer.train()
+    assert trainer.state.global_step == 1
+    videos = [frames for call_videos in calls for frames in call_videos]
+    # per_device_train_batch_size 4, G = 2: two prompts, two distinct videos in TRL's generation batch
+    assert len(calls) == 1 and len(videos) == 2, calls  # not G = 2 copies of each, nor once per pass
