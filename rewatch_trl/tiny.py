@@ -277,13 +277,30 @@ def captions_text(captions: list[dict]) -> str:
     )
 
 
-def synthetic_rows(video: str, captions: list[dict], duration: int, rng: random.Random) -> list[dict]:
+def synthetic_rows(
+    video: str,
+    captions: list[dict],
+    duration: int,
+    rng: random.Random,
+    question: str = "What color is the square from {}?",
+) -> list[dict]:
     """A multiple-choice and an open-ended question in the seed's format about one synthetic video, each with the
     ReAct `response` an SFT cold start learns from: re-watch the asked clip, say what is there, answer."""
     caption = rng.choice(captions)
     window = (caption["start"], caption["end"])
-    question = "What color is the square from {}?"
     return question_rows(video, "color", question, window, caption["text"], caption["text"].split()[1], duration, rng)
+
+
+# The varied world's videos (seconds, fps, width x height) and questions: under `TINY_VIDEO_SETTINGS` their grids
+# differ (temporal and spatial), their `second_per_grid_ts` are fractional (8 frames of 11 s: 2.75 s a grid), and
+# their prompts have different lengths.
+VARIED_VIDEOS = [(8, 4, (64, 48)), (11, 3, (96, 48)), (7, 5, (64, 96)), (13, 2, (128, 64))]  # widths: multiples of 32 (decord)
+VARIED_QUESTIONS = [
+    "What color is the square from {}?",
+    "Which color does the moving square show from {}?",
+    "From {}, what is the color of the square?",
+    "In the clip from {}, which color has the square that moves around the frame?",
+]
 
 
 def flash_rows(video: str, window: tuple[int, int], color: str, duration: int, rng: random.Random) -> list[dict]:
@@ -359,9 +376,14 @@ def build_tiny_world(
     size: tuple[int, int] = (64, 48),
     seed: int = 0,
     flashes: bool = False,
+    varied: bool = False,
 ) -> TinyWorld:
     """Write the whole offline world under `out` (model, processor, videos, `qa.jsonl`, `captions.jsonl`). With
-    `flashes`, each video also holds a one-frame flash between its sampled frames, asked about (`flash_rows`)."""
+    `flashes`, each video also holds a one-frame flash between its sampled frames, asked about (`flash_rows`). With
+    `varied`, the videos differ in length, frame rate and size and the questions in wording (`VARIED_VIDEOS`):
+    grids differ between rows and `second_per_grid_ts` is fractional; otherwise every video has the same shape."""
+    if varied and (flashes or num_videos > len(VARIED_VIDEOS)):
+        raise ValueError(f"the varied world has {len(VARIED_VIDEOS)} videos and no flashes")
     root = Path(out)
     video_dir = root / "videos"
     video_dir.mkdir(parents=True, exist_ok=True)
@@ -372,9 +394,11 @@ def build_tiny_world(
     rows, caption_rows = [], []
     for i in range(num_videos):
         name = f"synthetic_{i:03d}.mp4"
-        video = dict(seconds=seconds, fps=fps, size=size, seed=seed * 1000 + i)
+        shape = VARIED_VIDEOS[i] if varied else (seconds, fps, size)
+        video = dict(zip(("seconds", "fps", "size"), shape, strict=True)) | {"seed": seed * 1000 + i}
         captions = write_synthetic_video(video_dir / name, **video)
-        rows += synthetic_rows(name, captions, round(seconds), rng)
+        question = VARIED_QUESTIONS[i] if varied else VARIED_QUESTIONS[0]
+        rows += synthetic_rows(name, captions, round(video["seconds"]), rng, question)
         if flashes:
             frame, window = _place_flash(video_dir / name, seconds, fps, 2.0, rng)
             color = rng.choice(list(COLORS))

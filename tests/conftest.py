@@ -75,10 +75,21 @@ def make_trainer():
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
-    """The offline world, built once per test session."""
+    """The offline world, built once per test session: uniform (every video 8 s at 4 fps, 64x48 px; grids (4, 4, 4),
+    `second_per_grid_ts` 2.0), which the demo and the benchmarks use. For variety: `varied_world`."""
     from rewatch_trl.tiny import build_tiny_world
 
     return build_tiny_world(tmp_path_factory.mktemp("tiny-world"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def varied_world(tmp_path_factory):
+    """The offline world with variety (`build_tiny_world(varied=True)`): videos of different lengths, frame rates and
+    sizes, so that grids differ between rows and `second_per_grid_ts` is fractional (2.75 s, 1.75 s, 3.25 s), and
+    prompts of different lengths. `tiny_world` is uniform: every video the same shape."""
+    from rewatch_trl.tiny import build_tiny_world
+
+    return build_tiny_world(tmp_path_factory.mktemp("varied-world"), seed=0, varied=True)
 
 
 @pytest.fixture(scope="session")

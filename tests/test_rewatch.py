@@ -116,15 +116,20 @@ def agentic_trainer(make_trainer, world, tmp_path, **config):
 
 def scripted_rollout(trainer, rows, script=SCRIPT):
     """The batch of an agentic rollout whose first generation round writes `script` in every completion (the
-    engine is not asked); every later round is the model's. Also returns the completions the rewards received."""
+    engine is not asked); every later round is the model's. `script` may also be a list of rounds, each a text per
+    completion (TRL's row order): those rounds are written, the rest are the model's. Also returns the completions
+    the rewards received."""
     real_round = trainer._generation_round
     rounds, rewarded = [], []
-    script_ids = trainer.processing_class.tokenizer(script, add_special_tokens=False)["input_ids"]
+    scripts = [[script] * len(rows)] if isinstance(script, str) else script
+    tokenize = trainer.processing_class.tokenizer
 
     def generation_round(sequences, videos, samples, stop, max_tokens):
         rounds.append([len(v) for v in videos])
-        if len(rounds) == 1:
-            return [(list(script_ids), None) for _ in sequences]
+        if len(rounds) <= len(scripts):
+            texts = scripts[len(rounds) - 1]
+            assert len(texts) == len(sequences), "a scripted round is for every completion"
+            return [(tokenize(text, add_special_tokens=False)["input_ids"], None) for text in texts]
         return real_round(sequences, videos, samples, stop, max_tokens)
 
     calculate = trainer._calculate_rewards
@@ -768,3 +773,89 @@ def test_eval_rewatch_on_vllm_through_the_command_line(tiny_world, tmp_path, mon
     received = [json.loads(line) for line in predictions_path(served).read_text().splitlines()]
     assert [p["rewatched"] for p in received] == [[{"start": 2.0, "end": 4.0, "frames": 8}]] * 2
     assert [p["completion"] for p in received] == [p["completion"] for p in expected]
+
+
+# Two prompts (different videos, prompt lengths) of G = 2, each completion re-watching two clips of its own
+TWO_ACTIONS = [
+    ["<action>Re-watch [00:02-00:04]</action>", "<action>Re-watch [00:04-00:06]</action>",
+     "<action>Re-watch [00:01-00:03]</action>", "<action>Re-watch [00:02-00:04]</action>"],
+    ["<observation>a</observation><action>Re-watch [00:00-00:02]</action>",
+     "<observation>b</observation><action>Re-watch [00:05-00:07]</action>",
+     "<observation>c</observation><action>Re-watch [00:06-00:08]</action>",
+     "<observation>d</observation><action>Re-watch [00:00-00:02]</action>"],
+]  # fmt: skip
+TWO_CLIPS = [[(2.0, 4.0), (0.0, 2.0)], [(4.0, 6.0), (5.0, 7.0)], [(1.0, 3.0), (6.0, 8.0)], [(2.0, 4.0), (0.0, 2.0)]]
+
+
+@pytest.mark.parametrize("sharing", [True, False])
+def test_each_completion_is_shown_its_own_clips(tiny_world, tmp_path, received, sharing, make_trainer):
+    """Two prompts of different lengths and videos, each completion with two actions of its own: every row's two
+    clips are `sample_clip`'s frames of its video's windows, every pass positions every row by the rule with its
+    own videos, and the log-probs of the model's tokens are a direct forward's of each whole sequence. (Giving every
+    completion completion 0's clips, or one grid for all, fails here.)"""
+    trainer, dataset = agentic_trainer(
+        make_trainer,
+        tiny_world,
+        tmp_path,
+        per_device_train_batch_size=4,
+        max_completion_length=96,
+        share_video_features=sharing,
+        share_prompt_prefix=sharing,
+    )
+    trainer.model.eval()
+    rows = [dataset[0], dataset[0], dataset[3], dataset[3]]
+    assert rows[0]["videos"] != rows[2]["videos"]
+    output, rounds, _ = scripted_rollout(trainer, rows, TWO_ACTIONS)
+    assert rounds[:3] == [[1] * 4, [2] * 4, [3] * 4]  # the third round sees the prompt's video and both clips
+    assert (output["prompt_mask"] == 0).any()  # prompts of different lengths: left padding
+    config = trainer.model.config
+    for i, row in enumerate(rows):
+        clips = output["clip_inputs"][i]
+        assert len(clips) == 2, i
+        for clip, (start, end) in zip(clips, TWO_CLIPS[i], strict=True):
+            frames = sample_clip(
+                str(tiny_world.video_dir / row["videos"]), start, end, trainer.rewatcher.clip_video_settings,
+                VideoCacheless(),
+            )  # fmt: skip
+            expected = trainer.video_collator.encode([CLIP_TEXT], [frames])
+            assert torch.equal(clip["pixel_values_videos"], expected["pixel_values_videos"]), (i, start)
+            assert torch.equal(clip["video_grid_thw"], expected["video_grid_thw"]), (i, start)
+    # rows 0 and 3 ask for the same window of different videos: different clips
+    assert not torch.equal(
+        output["clip_inputs"][0][0]["pixel_values_videos"], output["clip_inputs"][3][0]["pixel_values_videos"]
+    )
+
+    received.clear()
+    ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
+    mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
+    length = output["completion_ids"].size(1)
+    trainer._video_inputs, trainer._clip_inputs = output["video_inputs"], output["clip_inputs"]
+    try:
+        with torch.no_grad():
+            logps = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, length)[0]
+    finally:
+        trainer._video_inputs, trainer._clip_inputs = None, None
+    videos = [
+        v
+        for sample, clips in zip(output["video_inputs"], output["clip_inputs"], strict=True)
+        for v in [sample, *clips]
+    ]
+    grid = torch.cat([v["video_grid_thw"] for v in videos])
+    seconds = torch.cat([v["second_per_grid_ts"] for v in videos])
+    positions, _ = rope_index(config, ids, mask, grid, seconds)
+    kept = mask.bool()
+    if sharing:
+        prefix, completion = received
+        prompt = output["prompt_ids"].size(1)
+        assert torch.equal(prefix, positions[:, [0, 2], :prompt])
+        assert torch.equal(completion, positions[:, :, prompt:])
+    else:
+        (full,) = received
+        assert torch.equal(full[:, kept], positions[:, kept])
+    tool_mask = output["tool_mask"]
+    for i in range(4):
+        sequence = ids[i][kept[i]]
+        direct = direct_logps(trainer.model, config, sequence, [output["video_inputs"][i], *output["clip_inputs"][i]])
+        written = (output["completion_mask"][i] * tool_mask[i]).bool()
+        n = int(output["completion_mask"][i].sum())
+        assert (logps[i, :n][written[:n]] - direct[-n:][written[:n]]).abs().max() <= 1e-5, i

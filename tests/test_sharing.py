@@ -49,14 +49,28 @@ def loss_grads(trainer, inputs, sharing: bool):
         return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize(("g", "beta"), [(2, 0.0), (4, 0.0), (2, 0.1), (4, 0.1)])
-def test_sharing_is_exact(tiny_world, tmp_path, g, beta, make_trainer):
+@pytest.mark.parametrize(
+    ("world", "g", "beta"),
+    [("tiny_world", 2, 0.0), ("tiny_world", 4, 0.1), ("varied_world", 2, 0.0), ("varied_world", 4, 0.0),
+     ("varied_world", 2, 0.1), ("varied_world", 4, 0.1)],
+)  # fmt: skip
+def test_sharing_is_exact(world, tmp_path, g, beta, make_trainer, request):
+    """Sharing on equals sharing off (log-probs, gradients). On the varied world the two prompts hold different
+    videos, grids, fractional `second_per_grid_ts` and prompt lengths: features split by one grid for all, or seconds
+    truncated to whole numbers, would show; on the uniform one, two questions about one video."""
+    varied = world == "varied_world"
+    world = request.getfixturevalue(world)
     trainer, dataset = make_trainer(
-        tiny_world, tmp_path, num_generations=g, per_device_train_batch_size=2 * g, beta=beta, num_iterations=2
+        world, tmp_path, num_generations=g, per_device_train_batch_size=2 * g, beta=beta, num_iterations=2
     )
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
-    inputs = trainer._generate_and_score_completions(rows_of(dataset, [0, 1], g))
+    rows = [0, 2] if varied else [0, 1]
+    inputs = trainer._generate_and_score_completions(rows_of(dataset, rows, g))
+    if varied:
+        grids = {tuple(s["video_grid_thw"][0].tolist()) for s in inputs["video_inputs"]}
+        seconds = {s["second_per_grid_ts"].item() for s in inputs["video_inputs"]}
+        assert len(grids) == 2 and seconds == {2.0, 2.75}
     assert inputs["prompt_mask"][:, 0].tolist().count(0) == g  # the short prompts are left-padded
     assert len({id(s) for s in inputs["video_inputs"]}) == 2  # G copies share one sample
     kept = inputs["completion_mask"].bool()

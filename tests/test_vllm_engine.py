@@ -268,3 +268,44 @@ def test_truncated_sampling_keeps_the_importance_weight_at_one(engine, monkeypat
     monkeypatch.setattr(trainer, "_sampler_truncates", False)  # the control
     collapsed = trainer._generate_and_score_completions(rows)["importance_sampling_ratio"]
     assert collapsed.max() < 0.9, collapsed
+
+
+def test_vllm_renders_the_varied_worlds_prompts_as_the_trainer(varied_world, tmp_path, monkeypatch, make_trainer):
+    """Four prompts of different lengths whose videos differ in grid and in fractional `second_per_grid_ts` (2.0,
+    2.75, 1.75, 3.25 s): vLLM's prompt ids and its own M-RoPE positions are the trainer's rule, row by row (seconds
+    truncated to whole numbers, or one grid for all, would move them)."""
+    from vllm import SamplingParams
+    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration as VllmQwen
+
+    seen = []
+    original = VllmQwen.get_mrope_input_positions
+
+    def spy(self, input_tokens, mm_features):
+        result = original(self, input_tokens, mm_features)
+        seen.append((list(input_tokens), result[0].clone()))
+        return result
+
+    monkeypatch.setattr(VllmQwen, "get_mrope_input_positions", spy)
+    trainer, dataset = make_trainer(
+        varied_world, tmp_path, use_vllm=True, vllm_mode="colocate", vllm_max_model_length=1024
+    )
+    ids, videos, video_inputs = prompt_batch(trainer, [dataset[i] for i in (0, 2, 5, 6)])
+    seconds = [sample["second_per_grid_ts"].item() for sample in video_inputs]
+    assert seconds == [2.0, 2.75, 1.75, 3.25] and len({len(row) for row in ids}) == 4
+    assert len({tuple(sample["video_grid_thw"][0].tolist()) for sample in video_inputs}) == 3
+    llm = trainer.vllm_generation.llm
+    with llm.serving(videos):
+        outputs = llm.generate([{"prompt_token_ids": row} for row in ids], SamplingParams(max_tokens=1))
+    assert [output.prompt_token_ids for output in outputs] == ids
+    assert sorted(len(tokens) for tokens, _ in seen) == sorted(len(row) for row in ids)
+    for tokens, positions in seen:
+        row = ids.index(tokens)
+        expected, _ = rope_index(
+            trainer.model.config,
+            torch.tensor([tokens]),
+            video_grid_thw=video_inputs[row]["video_grid_thw"],
+            second_per_grid_ts=video_inputs[row]["second_per_grid_ts"],
+        )
+        assert torch.equal(positions, expected[:, 0]), row
+    # and the trainer scores what vLLM sampled from them alike (fp32)
+    assert sampling_difference(trainer, [dataset[i] for i in (0, 0, 2, 2)]) <= 1e-5
