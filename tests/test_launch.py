@@ -23,25 +23,6 @@ def checkpoint_steps(output_dir):
     return sorted(int(p.name.split("-")[1]) for p in Path(output_dir).glob("checkpoint-*"))
 
 
-def test_killed_run_resumes_to_the_planned_step(tiny_world, tmp_path, launcher):
-    from transformers import AutoModelForImageTextToText
-
-    output_dir = tmp_path / "run"
-    command = launcher.command(tiny_world, output_dir, max_steps=24, save_steps=2, save_total_limit=30)
-    launcher.kill_after_checkpoint(command, output_dir)
-    killed_at = checkpoint_steps(output_dir)
-    assert killed_at and max(killed_at) < 24  # it really died mid-run
-    assert not (output_dir / "trainer_state.json").is_file()
-    launcher.run(command)
-    assert launcher.state(output_dir)["global_step"] == 24
-    steps = checkpoint_steps(output_dir)
-    assert steps[-1] == 24 and set(killed_at) <= set(steps)
-    for step in steps:
-        checkpoint = output_dir / f"checkpoint-{step}"
-        assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
-        AutoModelForImageTextToText.from_pretrained(checkpoint)  # loads: not corrupt
-
-
 def test_run_killed_after_its_last_checkpoint_takes_no_extra_step(tiny_world, tmp_path, launcher):
     output_dir = tmp_path / "run"
     command = launcher.command(tiny_world, output_dir, max_steps=2, save_steps=2)
@@ -78,6 +59,7 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_world, sft_mod
     import shutil
 
     from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForImageTextToText
 
     # from the SFT cold start: its completions earn rewards with spread, so every step moves the weights
     settings = dict(
@@ -87,7 +69,9 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_world, sft_mod
     launcher.run(launcher.command(tiny_world, whole, **settings))
     command = launcher.command(tiny_world, resumed, **settings)
     launcher.kill_after_checkpoint(command, resumed)
-    assert not (resumed / "trainer_state.json").is_file()  # it died before the end
+    killed_at = checkpoint_steps(resumed)
+    assert killed_at and max(killed_at) < 4  # it really died mid-run
+    assert not (resumed / "trainer_state.json").is_file()
     # the control: the same killed run with its checkpoint's weights changed must end elsewhere (a run that
     # restarted from step 0 would end where the uninterrupted run does, and pass the equality below)
     tampered = tmp_path / "tampered"
@@ -106,6 +90,13 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_world, sft_mod
     assert difference <= 1e-6, f"resumed vs uninterrupted: {difference:.2e} (training moved them {moved:.2e})"
     changed = load_file(tampered / "model.safetensors")
     assert max((expected[name] - changed[name]).abs().max().item() for name in expected) > 1e-3
+    assert launcher.state(resumed)["global_step"] == 4
+    steps = checkpoint_steps(resumed)
+    assert steps[-1] == 4 and set(killed_at) <= set(steps)
+    for step in steps:  # every checkpoint complete and loadable
+        checkpoint = resumed / f"checkpoint-{step}"
+        assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
+        AutoModelForImageTextToText.from_pretrained(checkpoint)
     whole_losses = [e["loss"] for e in launcher.state(whole)["log_history"] if "loss" in e]
     resumed_losses = [e["loss"] for e in launcher.state(resumed)["log_history"] if "loss" in e]
     assert resumed_losses[-2:] == whole_losses[-2:]

@@ -279,10 +279,7 @@ class VideoCacheless:
 def test_agentic_rollout_through_vllm(tiny_world, tmp_path, monkeypatch, make_trainer):
     """The continued request (the sequence so far, both videos) renders in vLLM to the trainer's ids and positions,
     and vLLM samples after the clip what the trainer scores (the engine saw the clip as the loss pass does)."""
-    import functools
 
-    import trl.generation.vllm_generation as generation
-    import vllm
     from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration as VllmQwen
 
     seen = []
@@ -293,8 +290,7 @@ def test_agentic_rollout_through_vllm(tiny_world, tmp_path, monkeypatch, make_tr
         seen.append((list(input_tokens), result[0].clone()))
         return result
 
-    monkeypatch.setattr(generation, "LLM", functools.partial(vllm.LLM, dtype="float32", enforce_eager=True))
-    monkeypatch.setattr(VllmQwen, "get_mrope_input_positions", spy)
+    monkeypatch.setattr(VllmQwen, "get_mrope_input_positions", spy)  # a spy: TRL builds the engine as it does
     trainer, dataset = agentic_trainer(
         make_trainer, tiny_world, tmp_path, use_vllm=True, vllm_mode="colocate", vllm_max_model_length=1024
     )
@@ -324,8 +320,8 @@ def test_agentic_rollout_through_vllm(tiny_world, tmp_path, monkeypatch, make_tr
     after[:, :n] = False
     assert after.any()
     difference = (output["old_per_token_logps"] - output["sampling_per_token_logps"])[after].abs().max().item()
-    # fp32: 5e-7 here; the clip's frames left out (the prompt's shown twice) give 4e-3
-    assert difference <= 1e-4, f"max |vLLM log-prob - trainer log-prob| after the clip: {difference:.2e}"
+    # fp32 (the trainer's dtype): 5e-7 here; the clip's frames left out (the prompt's shown twice) give 4e-3
+    assert difference <= 1e-5, f"max |vLLM log-prob - trainer log-prob| after the clip: {difference:.2e}"
 
 
 def test_agentic_training_logs_its_rewatches(tiny_world, tmp_path, make_trainer):
@@ -859,3 +855,39 @@ def test_each_completion_is_shown_its_own_clips(tiny_world, tmp_path, received, 
         written = (output["completion_mask"][i] * tool_mask[i]).bool()
         n = int(output["completion_mask"][i].sum())
         assert (logps[i, :n][written[:n]] - direct[-n:][written[:n]]).abs().max() <= 1e-5, i
+
+
+def test_clip_tokens_are_out_of_the_kl_and_the_entropy(tiny_world, tmp_path, make_trainer):
+    """TRL multiplies the rollout's `env_mask` (its `tool_mask`) into the mask of the loss, the KL and the entropy:
+    the logged entropy and KL are the means over the model's own tokens, not over the clip's (computed here from the
+    trainer's own per-token entropies and log-probs; the control, the mean over every completion token, differs)."""
+    trainer, dataset = agentic_trainer(make_trainer, tiny_world, tmp_path, beta=0.1)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    inputs, _, _ = scripted_rollout(trainer, [dataset[0], dataset[0]])
+    torch.manual_seed(0)
+    with torch.no_grad():  # the policy moves away from the reference: a KL to measure
+        for p in trainer.model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    trainer._compute_loss(trainer.model, inputs)
+    entropy, kl = trainer._metrics["train"]["entropy"][-1], trainer._metrics["train"]["kl"][-1]
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+    mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+    trainer._video_inputs, trainer._clip_inputs = inputs["video_inputs"], inputs["clip_inputs"]
+    try:
+        with torch.no_grad():
+            logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+                trainer.model, ids, mask, inputs["completion_ids"].size(1), compute_entropy=True
+            )
+    finally:
+        trainer._video_inputs, trainer._clip_inputs = None, None
+    ref = inputs["ref_per_token_logps"]
+    per_token_kl = torch.exp(ref - logps) - (ref - logps) - 1
+    written = (inputs["completion_mask"] * inputs["tool_mask"]).bool()
+    every = inputs["completion_mask"].bool()
+    assert (every & ~written).any()  # the clip's tokens are in the completion
+    assert abs(entropy - entropies[written].mean().item()) <= 1e-6
+    assert abs(kl - per_token_kl[written].mean().item()) <= 1e-6
+    # the control: the means over every completion token, the clip's included
+    assert abs(entropies[every].mean().item() - entropy) > 1e-5
+    assert abs(per_token_kl[every].mean().item() - kl) > 1e-5
