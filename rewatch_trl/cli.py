@@ -14,6 +14,7 @@ def _tiny(args) -> None:
         fps=args.fps,
         seed=args.seed,
         flashes=args.flashes,
+        varied=args.varied,
     )
     print(f"tiny world written to {world.root}: model + processor, {len(world.rows)} rows in {world.qa_path.name}")
 
@@ -199,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also a one-frame flash in each video, between its sampled frames, and questions about it (that only "
         "a real re-watch can answer)",
+    )
+    tiny.add_argument(
+        "--varied",
+        action="store_true",
+        help="videos of different lengths, frame rates and sizes (grids differ, fractional seconds a grid) and "
+        "questions of different lengths, instead of one shape for all",
     )
     tiny.set_defaults(func=_tiny)
 
