@@ -99,3 +99,29 @@ def test_the_real_7b_shape_builds_offline():
     assert sum(p.numel() for p in model.model.visual.parameters()) == 676_550_144
     assert config.video_token_id == tokenizer.convert_tokens_to_ids("<|video_pad|>")
     assert config.text_config.rope_parameters["mrope_section"] == [16, 24, 24]
+
+
+def test_the_varied_world_differs_where_the_uniform_one_does_not(tmp_path):
+    """`rewatch-trl tiny --varied`: its videos give different grids and fractional seconds a grid, its prompts
+    different lengths; the default world's videos all give (4, 4, 4) grids of 2.0 s."""
+    from transformers import AutoProcessor
+
+    from rewatch_trl.cli import main as cli
+    from rewatch_trl.collator import VideoCollator
+    from rewatch_trl.tiny import TINY_VIDEO_SETTINGS
+
+    shapes = {}
+    for name, flags in (("uniform", []), ("varied", ["--varied"])):
+        assert cli(["tiny", "--out", str(tmp_path / name), *flags]) == 0
+        rows = [json.loads(line) for line in (tmp_path / name / "qa.jsonl").read_text().splitlines()]
+        collator = VideoCollator(
+            AutoProcessor.from_pretrained(tmp_path / name), TINY_VIDEO_SETTINGS, tmp_path / name / "videos"
+        )
+        batch = collator(rows)
+        shapes[name] = (
+            {tuple(grid) for grid in batch["video_grid_thw"].tolist()},
+            sorted(set(batch["second_per_grid_ts"].tolist())),
+            len(set(batch["attention_mask"].sum(1).tolist())),
+        )
+    assert shapes["uniform"] == ({(4, 4, 4)}, [2.0], 2)  # two prompt lengths: MCQ and open-ended
+    assert shapes["varied"] == ({(4, 4, 4), (4, 2, 4), (4, 4, 2)}, [1.75, 2.0, 2.75, 3.25], 8)
