@@ -117,6 +117,23 @@ def received(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def vllm_positions(monkeypatch):
+    """The M-RoPE positions vLLM's own Qwen2.5-VL computes for each prompt it prefills: `(tokens, positions)`."""
+    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration as VllmQwen
+
+    seen = []
+    original = VllmQwen.get_mrope_input_positions
+
+    def spy(self, input_tokens, mm_features):
+        result = original(self, input_tokens, mm_features)
+        seen.append((list(input_tokens), result[0].clone()))
+        return result
+
+    monkeypatch.setattr(VllmQwen, "get_mrope_input_positions", spy)
+    return seen
+
+
 # The vLLM tier (`make test-vllm`): the real engine's CPU build, in-process, with a small KV cache (otherwise the
 # CPU build sizes it from the machine's RAM, and takes half a minute to start).
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

@@ -57,8 +57,9 @@ class JudgeHandler(BaseHTTPRequestHandler):
         self._reply(200, json.dumps(body).encode())
 
 
-@pytest.fixture
-def server():
+def serve():
+    """`JudgeHandler` on a free port of 127.0.0.1 for the block: its base URL (the `server` fixture, and the
+    recipes' judge in tests/test_recipes.py)."""
     JudgeHandler.calls = {}
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), JudgeHandler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -66,6 +67,9 @@ def server():
     yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     httpd.shutdown()
     httpd.server_close()
+
+
+server = pytest.fixture(serve, name="server")
 
 
 def make(url, **kwargs):

@@ -5,12 +5,10 @@ top_p 0.9, gradient checkpointing (non-reentrant), 4 persistent DataLoader worke
 refuses it: `tests/sleeping_vllm.py` stands in), the judge (a server on 127.0.0.1)."""
 
 import json
-import threading
-from http.server import ThreadingHTTPServer
 
 import pytest
 
-from tests.test_judge import JudgeHandler
+from tests.test_judge import JudgeHandler, serve
 
 
 pytestmark = [pytest.mark.vllm]
@@ -43,13 +41,8 @@ SCRIPT = {"REWATCH_SCRIPT": "<action>Re-watch [00:02-00:04]</action>", "REWATCH_
 
 @pytest.fixture
 def judge():
-    JudgeHandler.calls = {}
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), JudgeHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-    httpd.server_close()
+    """The judge: an OpenAI-compatible server on 127.0.0.1 that answers by rule (`tests/test_judge.py`)."""
+    yield from serve()
 
 
 def run_recipe(launcher, recipe, settings, env=None):

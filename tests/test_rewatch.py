@@ -224,19 +224,34 @@ def test_scripted_rewatch_is_shown_masked_and_scored_exactly(tiny_world, tmp_pat
 
     # log-probs of the model's tokens == a direct forward of each whole sequence with both its videos
     received.clear()
-    ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
-    mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
-    length = output["completion_ids"].size(1)
-    trainer._video_inputs, trainer._clip_inputs = output["video_inputs"], output["clip_inputs"]
     trainer.sharing_counter.take()
-    try:
-        with torch.no_grad():
-            logps = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, length)[0]
-    finally:
-        trainer._video_inputs, trainer._clip_inputs = None, None
+    ids, mask, (logps, _, _) = agentic_pass(trainer, output)
     # shared: the prompt's video once and the clip (the same in both completions) once; else each row's two
     assert trainer.sharing_counter.take()["videos_encoded"] == (2 if sharing else 4)
-    # the positions every call received are the rule's for the whole sequences (prompt video and clip)
+    assert_scored_as_whole_sequences(trainer, output, ids, mask, logps, received, sharing)
+
+
+def agentic_pass(trainer, output, **kwargs):
+    """The trainer's log-prob pass (policy, no grad) over an agentic batch `output`, its prompts' videos and clips
+    bound: the rows' ids and attention mask, and what the pass returns (log-probs, entropies, aux loss)."""
+    ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
+    mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
+    trainer._video_inputs, trainer._clip_inputs = output["video_inputs"], output["clip_inputs"]
+    try:
+        with torch.no_grad():
+            result = trainer._get_per_token_logps_and_entropies(
+                trainer.model, ids, mask, output["completion_ids"].size(1), **kwargs
+            )
+    finally:
+        trainer._video_inputs, trainer._clip_inputs = None, None
+    return ids, mask, result
+
+
+def assert_scored_as_whole_sequences(trainer, output, ids, mask, logps, received, sharing):
+    """Every call of the pass received the rule's positions for the whole sequences (each row's prompt video and
+    clips; shared: each distinct prompt once, then every row's completion), and the log-probs of the model's own
+    tokens are a direct forward's of each whole sequence with its videos (≤ 1e-5)."""
+    config = trainer.model.config
     videos = [
         v
         for sample, clips in zip(output["video_inputs"], output["clip_inputs"], strict=True)
@@ -249,19 +264,19 @@ def test_scripted_rewatch_is_shown_masked_and_scored_exactly(tiny_world, tmp_pat
     if sharing:
         prefix, completion = received
         prompt = output["prompt_ids"].size(1)
-        assert torch.equal(prefix, positions[:, [0], :prompt])
+        distinct = list(dict.fromkeys(map(id, output["video_inputs"])))
+        rows = [[id(sample) for sample in output["video_inputs"]].index(key) for key in distinct]
+        assert torch.equal(prefix, positions[:, rows, :prompt])
         assert torch.equal(completion, positions[:, :, prompt:])
     else:
         (full,) = received
         assert torch.equal(full[:, kept], positions[:, kept])
-    for i in range(2):
+    for i in range(ids.size(0)):
         sequence = ids[i][kept[i]]
         direct = direct_logps(trainer.model, config, sequence, [output["video_inputs"][i], *output["clip_inputs"][i]])
-        written = (output["completion_mask"][i] * tool_mask[i]).bool()
+        written = (output["completion_mask"][i] * output["tool_mask"][i]).bool()
         n = int(output["completion_mask"][i].sum())
-        ours = logps[i, :n][written[:n]]
-        theirs = direct[-n:][written[:n]]
-        assert (ours - theirs).abs().max() <= 1e-5
+        assert (logps[i, :n][written[:n]] - direct[-n:][written[:n]]).abs().max() <= 1e-5, i
 
 
 class VideoCacheless:
@@ -276,21 +291,11 @@ class VideoCacheless:
 
 
 @pytest.mark.vllm
-def test_agentic_rollout_through_vllm(tiny_world, tmp_path, monkeypatch, make_trainer):
+def test_agentic_rollout_through_vllm(tiny_world, tmp_path, vllm_positions, make_trainer):
     """The continued request (the sequence so far, both videos) renders in vLLM to the trainer's ids and positions,
-    and vLLM samples after the clip what the trainer scores (the engine saw the clip as the loss pass does)."""
-
-    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration as VllmQwen
-
-    seen = []
-    original = VllmQwen.get_mrope_input_positions
-
-    def spy(self, input_tokens, mm_features):
-        result = original(self, input_tokens, mm_features)
-        seen.append((list(input_tokens), result[0].clone()))
-        return result
-
-    monkeypatch.setattr(VllmQwen, "get_mrope_input_positions", spy)  # a spy: TRL builds the engine as it does
+    and vLLM samples after the clip what the trainer scores (the engine saw the clip as the loss pass does; TRL
+    builds the engine as it does)."""
+    seen = vllm_positions
     trainer, dataset = agentic_trainer(
         make_trainer, tiny_world, tmp_path, use_vllm=True, vllm_mode="colocate", vllm_max_model_length=1024
     )
@@ -804,7 +809,6 @@ def test_each_completion_is_shown_its_own_clips(tiny_world, tmp_path, received, 
     output, rounds, _ = scripted_rollout(trainer, rows, TWO_ACTIONS)
     assert rounds[:3] == [[1] * 4, [2] * 4, [3] * 4]  # the third round sees the prompt's video and both clips
     assert (output["prompt_mask"] == 0).any()  # prompts of different lengths: left padding
-    config = trainer.model.config
     for i, row in enumerate(rows):
         clips = output["clip_inputs"][i]
         assert len(clips) == 2, i
@@ -822,39 +826,8 @@ def test_each_completion_is_shown_its_own_clips(tiny_world, tmp_path, received, 
     )
 
     received.clear()
-    ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
-    mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
-    length = output["completion_ids"].size(1)
-    trainer._video_inputs, trainer._clip_inputs = output["video_inputs"], output["clip_inputs"]
-    try:
-        with torch.no_grad():
-            logps = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, length)[0]
-    finally:
-        trainer._video_inputs, trainer._clip_inputs = None, None
-    videos = [
-        v
-        for sample, clips in zip(output["video_inputs"], output["clip_inputs"], strict=True)
-        for v in [sample, *clips]
-    ]
-    grid = torch.cat([v["video_grid_thw"] for v in videos])
-    seconds = torch.cat([v["second_per_grid_ts"] for v in videos])
-    positions, _ = rope_index(config, ids, mask, grid, seconds)
-    kept = mask.bool()
-    if sharing:
-        prefix, completion = received
-        prompt = output["prompt_ids"].size(1)
-        assert torch.equal(prefix, positions[:, [0, 2], :prompt])
-        assert torch.equal(completion, positions[:, :, prompt:])
-    else:
-        (full,) = received
-        assert torch.equal(full[:, kept], positions[:, kept])
-    tool_mask = output["tool_mask"]
-    for i in range(4):
-        sequence = ids[i][kept[i]]
-        direct = direct_logps(trainer.model, config, sequence, [output["video_inputs"][i], *output["clip_inputs"][i]])
-        written = (output["completion_mask"][i] * tool_mask[i]).bool()
-        n = int(output["completion_mask"][i].sum())
-        assert (logps[i, :n][written[:n]] - direct[-n:][written[:n]]).abs().max() <= 1e-5, i
+    ids, mask, (logps, _, _) = agentic_pass(trainer, output)
+    assert_scored_as_whole_sequences(trainer, output, ids, mask, logps, received, sharing)
 
 
 def test_clip_tokens_are_out_of_the_kl_and_the_entropy(tiny_world, tmp_path, make_trainer):
@@ -871,16 +844,7 @@ def test_clip_tokens_are_out_of_the_kl_and_the_entropy(tiny_world, tmp_path, mak
             p.add_(torch.randn_like(p) * 0.05)
     trainer._compute_loss(trainer.model, inputs)
     entropy, kl = trainer._metrics["train"]["entropy"][-1], trainer._metrics["train"]["kl"][-1]
-    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
-    mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
-    trainer._video_inputs, trainer._clip_inputs = inputs["video_inputs"], inputs["clip_inputs"]
-    try:
-        with torch.no_grad():
-            logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
-                trainer.model, ids, mask, inputs["completion_ids"].size(1), compute_entropy=True
-            )
-    finally:
-        trainer._video_inputs, trainer._clip_inputs = None, None
+    _, _, (logps, entropies, _) = agentic_pass(trainer, inputs, compute_entropy=True)
     ref = inputs["ref_per_token_logps"]
     per_token_kl = torch.exp(ref - logps) - (ref - logps) - 1
     written = (inputs["completion_mask"] * inputs["tool_mask"]).bool()

@@ -270,22 +270,13 @@ def test_truncated_sampling_keeps_the_importance_weight_at_one(engine, monkeypat
     assert collapsed.max() < 0.9, collapsed
 
 
-def test_vllm_renders_the_varied_worlds_prompts_as_the_trainer(varied_world, tmp_path, monkeypatch, make_trainer):
+def test_vllm_renders_the_varied_worlds_prompts_as_the_trainer(varied_world, tmp_path, vllm_positions, make_trainer):
     """Four prompts of different lengths whose videos differ in grid and in fractional `second_per_grid_ts` (2.0,
     2.75, 1.75, 3.25 s): vLLM's prompt ids and its own M-RoPE positions are the trainer's rule, row by row (seconds
     truncated to whole numbers, or one grid for all, would move them)."""
     from vllm import SamplingParams
-    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration as VllmQwen
 
-    seen = []
-    original = VllmQwen.get_mrope_input_positions
-
-    def spy(self, input_tokens, mm_features):
-        result = original(self, input_tokens, mm_features)
-        seen.append((list(input_tokens), result[0].clone()))
-        return result
-
-    monkeypatch.setattr(VllmQwen, "get_mrope_input_positions", spy)
+    seen = vllm_positions
     trainer, dataset = make_trainer(
         varied_world, tmp_path, use_vllm=True, vllm_mode="colocate", vllm_max_model_length=1024
     )
