@@ -7,8 +7,7 @@ refuses it: `tests/sleeping_vllm.py` stands in), the judge (a server on 127.0.0.
 import json
 
 import pytest
-
-from tests.test_judge import JudgeHandler, serve
+from test_judge import JudgeHandler, serve  # tests/ is on the path pytest runs these with
 
 
 pytestmark = [pytest.mark.vllm]

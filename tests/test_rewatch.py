@@ -652,10 +652,10 @@ def test_agentic_rounds_keep_a_sleeping_engine_awake(tiny_world, tmp_path, monke
     import contextlib
 
     import trl.generation.vllm_generation as generation
+    from sleeping_vllm import SleepingLLM
 
     import rewatch_trl.trainer as trainer_module
     from rewatch_trl.rewatch import Completion
-    from tests.sleeping_vllm import SleepingLLM
 
     monkeypatch.setattr(generation, "LLM", SleepingLLM)
     if not awake:
