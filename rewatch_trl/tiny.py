@@ -294,7 +294,12 @@ def synthetic_rows(
 # The varied world's videos (seconds, fps, width x height) and questions: under `TINY_VIDEO_SETTINGS` their grids
 # differ (temporal and spatial), their `second_per_grid_ts` are fractional (8 frames of 11 s: 2.75 s a grid), and
 # their prompts have different lengths.
-VARIED_VIDEOS = [(8, 4, (64, 48)), (11, 3, (96, 48)), (7, 5, (64, 96)), (13, 2, (128, 64))]  # widths: multiples of 32 (decord)
+VARIED_VIDEOS = [
+    (8, 4, (64, 48)),
+    (11, 3, (96, 48)),
+    (7, 5, (64, 96)),
+    (13, 2, (128, 64)),
+]  # widths: multiples of 32 (decord)
 VARIED_QUESTIONS = [
     "What color is the square from {}?",
     "Which color does the moving square show from {}?",
