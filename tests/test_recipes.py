@@ -36,6 +36,11 @@ REWATCH_GPU_ONLY = {
 }
 # agentic run: process 0 re-watches in its first round (scripted), process 1 does not
 SCRIPT = {"REWATCH_SCRIPT": "<action>Re-watch [00:02-00:04]</action>", "REWATCH_SCRIPT_RANK": "0"}
+# the paper's mode: process 0 answers in the ReAct format (scripted), process 1 as the random tiny model does
+ANSWER = {
+    "REWATCH_SCRIPT": "<action>Re-watch [00:02-00:04]</action><observation>a red square</observation><answer>A</answer>",
+    "REWATCH_SCRIPT_RANK": "0",
+}
 
 
 @pytest.fixture
@@ -77,10 +82,10 @@ def world_settings(world, out, judge):
     }
 
 
-def test_the_papers_grpo_recipe_runs_as_written(tiny_world, sft_model, tmp_path, launcher, judge):
-    """recipes/grpo.yaml from the tiny SFT cold start (its completions answer, so the judge is asked)."""
-    settings = GPU_ONLY | {"model_name_or_path": sft_model} | world_settings(tiny_world, tmp_path / "run", judge)
-    logs, events = run_recipe(launcher, "grpo", settings)
+def test_the_papers_grpo_recipe_runs_as_written(tiny_world, tmp_path, launcher, judge):
+    """recipes/grpo.yaml; process 0's completions are a scripted ReAct answer, so the judge is asked about them."""
+    settings = GPU_ONLY | {"model_name_or_path": tiny_world.root} | world_settings(tiny_world, tmp_path / "run", judge)
+    logs, events = run_recipe(launcher, "grpo", settings, ANSWER)
     assert sum(JudgeHandler.calls.values()) > 0
     assert all("rewards/rewatch_reward/mean" in entry for entry in logs)
     assert max(entry["rewards/rewatch_reward/mean"] for entry in logs) > 0
