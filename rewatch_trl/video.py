@@ -148,6 +148,19 @@ def compact_frames(frames: torch.Tensor) -> torch.Tensor:
     return small if torch.equal(small.to(frames.dtype), frames) else frames
 
 
+def decoder_error(error: BaseException) -> BaseException:
+    """The chosen decoder's own error. qwen-vl-utils retries a video its decoder failed on with torchvision, whose
+    failure (torchvision 0.29 has no `read_video`) would otherwise stand for the decoder's: the error raised while
+    handling the decoder's is skipped back to it."""
+    import traceback
+
+    while error.__context__ is not None and any(
+        frame.name == "_read_video_torchvision" for frame in traceback.extract_tb(error.__traceback__)
+    ):
+        error = error.__context__
+    return error
+
+
 def decode_video(path, settings: VideoSettings, start: float | None = None, end: float | None = None) -> SampledVideo:
     """Decode and sample one video (or the clip `[start, end]` seconds of it) with qwen-vl-utils, uncached."""
     from qwen_vl_utils import fetch_video
@@ -164,7 +177,8 @@ def decode_video(path, settings: VideoSettings, start: float | None = None, end:
     try:
         (frames, meta), _ = fetch_video(block, return_video_sample_fps=True, return_video_metadata=True)
     except Exception as error:  # decoders raise anything from RuntimeError to their own types
-        raise VideoError(f"cannot decode video {path} with {settings.video_backend}: {error}") from error
+        cause = decoder_error(error)
+        raise VideoError(f"cannot decode video {path} with {settings.video_backend}: {cause}") from cause
     return SampledVideo(
         path=str(path),
         frames=compact_frames(frames),

@@ -154,3 +154,33 @@ def test_a_small_dev_shm_is_said_before_the_workers_start(tiny_world, tmp_path, 
         messages = [r.getMessage() for r in caplog.records if "/dev/shm" in r.getMessage()]
         assert bool(messages) == warned, messages
     assert "--shm-size" in messages[0] if messages else True
+
+
+def corrupt_frames(path):
+    """Zero the frame data (`mdat` payload) of an mp4: its header still reads (duration, size), its frames do not."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"mdat")
+    size = int.from_bytes(data[at - 4 : at], "big")
+    data[at + 4 : at - 4 + size] = bytes(size - 8)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_an_undecodable_video_names_its_decoders_own_error(tmp_path, backend):
+    """A video whose frames do not decode: the error names the backend and carries that decoder's own message, not
+    that of qwen-vl-utils' torchvision fallback (torchvision 0.29 has no `read_video`)."""
+    import dataclasses
+
+    from rewatch_trl.tiny import TINY_VIDEO_SETTINGS, write_synthetic_video
+    from rewatch_trl.video import VideoError, decode_video, video_duration
+
+    path = tmp_path / "broken.mp4"
+    write_synthetic_video(path)
+    corrupt_frames(path)
+    assert video_duration(path) > 0  # the header still reads
+    settings = dataclasses.replace(TINY_VIDEO_SETTINGS, video_backend=backend)
+    with pytest.raises(VideoError) as caught:
+        decode_video(path, settings)
+    message = str(caught.value)
+    assert f"cannot decode video {path} with {backend}" in message
+    assert "read_video" not in message and "torchvision" not in message, message
