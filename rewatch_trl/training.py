@@ -1,12 +1,14 @@
 """What the GRPO and SFT entry points share: model, processor and data loading, resuming, and finishing a run."""
 
+import json
 import logging
 import os
+import re
 
 import torch
 from accelerate import PartialState
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerState
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import ModelConfig, get_quantization_config
 
 from rewatch_trl.configs import ScriptArguments
@@ -14,6 +16,9 @@ from rewatch_trl.positions import use_original_rope
 
 
 logger = logging.getLogger(__name__)
+CHECKPOINT = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+# transformers.trainer.TRAINER_STATE_NAME (not imported: `infer` loads its model through this module, not the trainer)
+TRAINER_STATE_NAME = "trainer_state.json"
 
 
 def load_model(model_args: ModelConfig):
@@ -61,12 +66,38 @@ def load_train_dataset(script_args: ScriptArguments):
 
 
 def resume_checkpoint(training_args) -> str | None:
-    """The checkpoint to resume from: the one the recipe names, else the last in `output_dir` (a killed run
-    picks up where it stopped when launched again)."""
+    """The checkpoint to resume from: the one the recipe names, else the last one of `output_dir` written whole (a
+    killed run picks up where it stopped when launched again)."""
     if training_args.resume_from_checkpoint:
         return training_args.resume_from_checkpoint
     if os.path.isdir(training_args.output_dir):
-        return get_last_checkpoint(training_args.output_dir)
+        return last_whole_checkpoint(training_args.output_dir)
+    return None
+
+
+def last_whole_checkpoint(output_dir) -> str | None:
+    """The last `checkpoint-N` of `output_dir` that was written whole. transformers writes a checkpoint in place and
+    its `trainer_state.json` last: a run killed while writing one leaves it without that file, or with it cut short
+    (`get_last_checkpoint` would still return it, and the resume would fail on it). Such a checkpoint is skipped,
+    and said."""
+    from pathlib import Path
+
+    steps = {}
+    for path in Path(output_dir).iterdir():
+        match = CHECKPOINT.fullmatch(path.name)
+        if match and path.is_dir():
+            steps[int(match.group(1))] = path
+    for step in sorted(steps, reverse=True):
+        state = steps[step] / TRAINER_STATE_NAME
+        try:
+            json.loads(state.read_text())
+        except FileNotFoundError:
+            reason = f"no {TRAINER_STATE_NAME} (transformers writes it last)"
+        except (OSError, ValueError) as error:
+            reason = f"its {TRAINER_STATE_NAME} is cut short ({error})"
+        else:
+            return str(steps[step])
+        logger.warning("not resuming from %s: it was not written whole, %s", steps[step], reason)
     return None
 
 
@@ -91,7 +122,7 @@ def train_and_save(trainer, processor, script_args: ScriptArguments) -> None:
     done = None
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
-        done = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        done = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
     if done is not None and 0 < args.max_steps <= done.global_step:
         # The run was killed after its last checkpoint: finish it from there (transformers would take one step
         # past `max_steps` when resumed at it). The checkpoint's model files are the final model: copied, not

@@ -89,3 +89,29 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_world, sft_mod
     whole_losses = [e["loss"] for e in launcher.state(whole)["log_history"] if "loss" in e]
     resumed_losses = [e["loss"] for e in launcher.state(resumed)["log_history"] if "loss" in e]
     assert resumed_losses[-2:] == whole_losses[-2:]
+
+
+def test_resuming_skips_a_checkpoint_not_written_whole(tmp_path, caplog):
+    """transformers writes a checkpoint's `trainer_state.json` last: a checkpoint without it (killed while writing
+    its weights), or with it cut short, is skipped, with the reason, and the run resumes from the last whole one."""
+    import logging
+    from types import SimpleNamespace
+
+    from rewatch_trl.training import resume_checkpoint
+
+    whole = tmp_path / "checkpoint-2"
+    whole.mkdir()
+    (whole / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "model.safetensors").write_bytes(b"\0" * 16)
+    (tmp_path / "checkpoint-6").mkdir()
+    (tmp_path / "checkpoint-6" / "trainer_state.json").write_text('{"global_step": 6, "log_hist')
+    args = SimpleNamespace(resume_from_checkpoint=None, output_dir=str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="rewatch_trl.training"):
+        assert resume_checkpoint(args) == str(whole)
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    assert "checkpoint-6" in messages[0] and "cut short" in messages[0]
+    assert "checkpoint-4" in messages[1] and "no trainer_state.json" in messages[1]
+    (whole / "trainer_state.json").unlink()  # nothing whole left: a fresh start
+    assert resume_checkpoint(args) is None
