@@ -12,6 +12,7 @@ Example:
 ```
 """
 
+import contextlib
 import json
 import logging
 import shutil
@@ -297,14 +298,40 @@ def save_prepared(dataset, video_root=None, save_to_disk=None, push_to_hub=None,
                 (target / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(Path(video_root) / name, target / name)
     if push_to_hub:
-        dataset.push_to_hub(push_to_hub)
-        if embed_videos:
-            from huggingface_hub import HfApi
+        with hub_failures(f"the Hub dataset {push_to_hub}", save_to_disk):
+            dataset.push_to_hub(push_to_hub)
+            if embed_videos:
+                from huggingface_hub import HfApi
 
-            HfApi().upload_folder(
-                repo_id=push_to_hub,
-                repo_type="dataset",
-                folder_path=str(video_root),
-                path_in_repo="videos",
-                allow_patterns=names,
-            )
+                HfApi().upload_folder(
+                    repo_id=push_to_hub,
+                    repo_type="dataset",
+                    folder_path=str(video_root),
+                    path_in_repo="videos",
+                    allow_patterns=names,
+                )
+
+
+class HubError(DataError):
+    """A push to the Hub that failed: what failed, why, and what to do, in one line."""
+
+
+@contextlib.contextmanager
+def hub_failures(target: str, saved=None):
+    """Within the block, a failed Hub call (no network, offline mode, no or a bad token, a refused repo) becomes a
+    `HubError` of one line that names `target`, the reason, what to do, and where the data was `saved` first."""
+    try:
+        yield
+    except Exception as error:  # the Hub client raises httpx's, requests' and its own errors
+        from huggingface_hub import constants
+
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        name = type(error).__name__
+        if constants.HF_HUB_OFFLINE:
+            hint = "HF_HUB_OFFLINE=1 is set: unset it to push"
+        elif "401" in reason or "403" in reason or "Token" in name:
+            hint = "log in (`hf auth login`) or set HF_TOKEN to a token that may write there"
+        else:
+            hint = f"the Hub at {constants.ENDPOINT} did not answer: check the network (and HF_ENDPOINT)"
+        kept = f"; the dataset is saved in {saved}" if saved else "; nothing was saved (add --save-to-disk DIR)"
+        raise HubError(f"could not push to {target}: {name}: {reason}; {hint}{kept}") from None

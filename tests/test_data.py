@@ -185,3 +185,34 @@ def test_a_jsonl_finds_the_videos_folder_beside_it(tiny_world):
     from rewatch_trl.data import video_root_of
 
     assert video_root_of(tiny_world.qa_path) == tiny_world.video_dir
+
+
+@pytest.mark.parametrize("hub", ["closed port", "offline mode"])
+def test_a_hub_push_that_fails_says_so_in_one_line_after_saving(tiny_world, tmp_path, hub):
+    """`rewatch-trl data --save-to-disk D --push-to-hub me/x` where the Hub cannot be reached (`HF_ENDPOINT` at a
+    closed port on 127.0.0.1, or `HF_HUB_OFFLINE=1`): the dataset is on disk, one line says what failed and what to
+    do, exit code 2, no traceback."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from datasets import load_from_disk
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = os.environ | {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_TOKEN": "hf_test", "HF_HOME": str(tmp_path)}
+    env["HF_HUB_OFFLINE"] = "1" if hub == "offline mode" else "0"
+    saved = tmp_path / "saved"
+    command = [sys.executable, "-m", "rewatch_trl.cli", "data", "--qa", str(tiny_world.qa_path)]
+    command += ["--captions", str(tiny_world.captions_path), "--video-root", str(tiny_world.video_dir)]
+    command += ["--save-to-disk", str(saved), "--push-to-hub", "me/x"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("rewatch-trl data: error:")]
+    assert line == result.stderr.strip().splitlines()[-1]  # the last word, after the progress bars
+    assert "could not push to the Hub dataset me/x" in line and str(saved) in line
+    assert ("HF_HUB_OFFLINE" in line) if hub == "offline mode" else (f"127.0.0.1:{port}" in line)
+    assert len(load_from_disk(str(saved))) == len(tiny_world.rows)
