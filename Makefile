@@ -17,6 +17,8 @@ VLLM_TORCH_SPEC ?= torch===2.13.0 torchvision==0.28.0
 VBIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
 PYTEST := python -m pytest -q -p no:cacheprovider
+# DeepSpeed's CPU op is built per environment (the two torch builds share torch's default extension folder's name)
+EXTENSIONS = TORCH_EXTENSIONS_DIR=$(abspath $(1))/torch_extensions
 
 TINY_REWATCH_DIR ?= runs/tiny-world-rewatch
 
@@ -37,7 +39,7 @@ $(STAMP): setup.cfg pyproject.toml
 	fi
 	$(BIN)/python -m pip install -q -e ".[dev,lmms-eval]"
 	# DeepSpeed builds its CPU communication op at its first start (~40 s, a C++ compiler): here, once, not in a test
-	TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch_extensions $(BIN)/python -c \
+	$(call EXTENSIONS,$(VENV)) $(BIN)/python -c \
 		"from deepspeed.comm.torch import build_shm_op; build_shm_op()" 2>/dev/null \
 		|| echo "warning: DeepSpeed's shm_comm op did not build (no C++ compiler?): the DeepSpeed tests will try again"
 	touch $(STAMP)
@@ -53,7 +55,7 @@ $(VLLM_STAMP): setup.cfg pyproject.toml
 		> $(VLLM_VENV)/vllm-requirements.txt
 	$(VBIN)/python -m pip install -q -r $(VLLM_VENV)/vllm-requirements.txt
 	$(VBIN)/python -m pip install -q -e ".[dev]"
-	TORCH_EXTENSIONS_DIR=$(abspath $(VLLM_VENV))/torch_extensions $(VBIN)/python -c \
+	$(call EXTENSIONS,$(VLLM_VENV)) $(VBIN)/python -c \
 		"from deepspeed.comm.torch import build_shm_op; build_shm_op()" 2>/dev/null \
 		|| echo "warning: DeepSpeed's shm_comm op did not build (no C++ compiler?): the DeepSpeed tests will try again"
 	touch $(VLLM_STAMP)
@@ -80,12 +82,11 @@ demo-rewatch: install
 # The README's test command: the core suite, then the vLLM tier (the real engine, on CPU).
 test: test-core test-vllm
 
-# DeepSpeed's CPU op is built per environment (the two torch builds share torch's default extension folder's name)
 test-core: install
-	TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch_extensions $(BIN)/$(PYTEST) -m "not vllm" tests
+	$(call EXTENSIONS,$(VENV)) $(BIN)/$(PYTEST) -m "not vllm" tests
 
 test-vllm: install-vllm
-	TORCH_EXTENSIONS_DIR=$(abspath $(VLLM_VENV))/torch_extensions $(VBIN)/$(PYTEST) -m vllm tests
+	$(call EXTENSIONS,$(VLLM_VENV)) $(VBIN)/$(PYTEST) -m vllm tests
 
 style: install
 	$(BIN)/ruff format .

@@ -372,10 +372,14 @@ class SharingCounter:
         return taken
 
 
+def base_model(model):
+    """A PEFT-wrapped model's base model; any other model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def backbone(model):
     """The Qwen2_5_VLModel inside a (PEFT-wrapped or not) Qwen2.5-VL for conditional generation."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model
+    return base_model(model).model
 
 
 def install_shared_video_features(model, frozen: bool = False) -> SharedVideoFeatures:

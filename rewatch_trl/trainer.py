@@ -51,6 +51,7 @@ from rewatch_trl.sharing import (
     SharedRows,
     SharingCounter,
     backbone,
+    base_model,
     install_shared_prefix,
     install_shared_video_features,
 )
@@ -394,8 +395,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         """Within the block, each call of `model` appends to the list yielded the log of the mass that the sampler's
         truncation keeps of the next-token distribution at each of the last `logits_to_keep` tokens (`sampling.py`)."""
         unwrapped = self.accelerator.unwrap_model(model)
-        base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
-        head = base.get_output_embeddings()
+        head = base_model(unwrapped).get_output_embeddings()
         masses = []
 
         def hook(module, args, output):
