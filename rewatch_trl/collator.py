@@ -10,15 +10,24 @@ Example:
 ```
 """
 
+import logging
 from pathlib import Path
 
 import torch
 
 from rewatch_trl.prompts import VideoSettings, build_messages
 from rewatch_trl.sharing import SharedRows, concat_rows
-from rewatch_trl.video import SampledVideo, VideoCache, default_video_cache, sample_video
+from rewatch_trl.video import (
+    SampledVideo,
+    UndecodableVideo,
+    VideoCache,
+    VideoError,
+    default_video_cache,
+    sample_video,
+)
 
 
+logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 # How the processor (and vLLM's copy of it) must treat frames that qwen-vl-utils already sampled and resized.
 PROCESSOR_VIDEO_KWARGS = {
@@ -43,7 +52,12 @@ def video_block(messages: list[dict]) -> dict:
 
 
 class VideoCollator:
-    """Builds prompts (for generation) or prompt + answer with a label mask (for SFT) from seed-format rows."""
+    """Builds prompts (for generation) or prompt + answer with a label mask (for SFT) from seed-format rows.
+
+    With `tolerate_undecodable` (the trainers' setting), a video that fails to decode raises nothing: it is kept in
+    `undecodable` (with the decoder's error, said once in a warning) and a blank `UndecodableVideo` stands in for it
+    from then on; the trainers leave its rows out of the loss. Without it (inference, evaluation), it raises.
+    """
 
     def __init__(
         self,
@@ -52,8 +66,11 @@ class VideoCollator:
         video_root=None,
         cache: VideoCache | None = None,
         chat_template_kwargs: dict | None = None,
+        tolerate_undecodable: bool = False,
     ):
         self.processor = processor
+        self.tolerate_undecodable = tolerate_undecodable
+        self.undecodable: dict[str, UndecodableVideo] = {}  # by path: the videos that failed to decode
         self.chat_template_kwargs = chat_template_kwargs or {}
         self.settings = settings or VideoSettings()
         self.video_root = Path(video_root) if video_root else None
@@ -80,7 +97,33 @@ class VideoCollator:
 
     def videos(self, rows: list[dict]) -> list[SampledVideo]:
         """The sampled frames of each row's video (each distinct video decoded once, through the cache)."""
-        return [sample_video(self.video_path(row), self.settings, self.cache) for row in rows]
+        return [self.sample(self.video_path(row)) for row in rows]
+
+    def sample(self, path: str) -> SampledVideo:
+        """The sampled frames of the video at `path` (resolved); with `tolerate_undecodable`, its blank stand-in if it
+        does not decode."""
+        if path in self.undecodable:
+            return self.undecodable[path]
+        try:
+            return sample_video(path, self.settings, self.cache)
+        except VideoError as error:
+            if not self.tolerate_undecodable:
+                raise
+            return self.failed(path, error)
+
+    def failed(self, path: str, error: BaseException | str) -> UndecodableVideo:
+        """Record that the video at `path` failed to decode (whole, or a clip of it): it is left out from now on."""
+        if path not in self.undecodable:
+            processor = self.processor.video_processor
+            self.undecodable[path] = UndecodableVideo.blank(
+                path,
+                self.settings.video_backend,
+                str(error),
+                frames=getattr(processor, "temporal_patch_size", 2),
+                side=processor.patch_size * processor.merge_size,
+            )
+            logger.warning("leaving out the rows of %s: %s", path, error)
+        return self.undecodable[path]
 
     def decode_ahead(self, batch: dict[str, list]) -> dict[str, list]:
         """A `datasets` transform that adds each row's sampled video (column `sampled_video`). Set on the training
@@ -105,7 +148,10 @@ class VideoCollator:
         """Put videos sampled with these settings elsewhere (by `decode_ahead`) in this process's cache."""
         # the G rows of a prompt arrive holding one object: each is put (its file looked up) once
         for video in {id(video): video for video in videos if video is not None}.values():
-            self.cache.put(video, self.settings)
+            if isinstance(video, UndecodableVideo):
+                self.undecodable.setdefault(video.path, video)
+            else:
+                self.cache.put(video, self.settings)
             self.received += 1
 
     def prompt_text(self, messages: list[dict]) -> str:
@@ -128,10 +174,7 @@ class VideoCollator:
     def encode_messages(self, conversations: list[list[dict]], **kwargs):
         """Chat prompts that each hold one video block → (processor inputs, the sampled videos in order); `kwargs`
         go to the processor (`device=` normalises and patchifies the frames there)."""
-        videos = [
-            sample_video(self._resolve(video_block(messages)["video"]), self.settings, self.cache)
-            for messages in conversations
-        ]
+        videos = [self.sample(self._resolve(video_block(messages)["video"])) for messages in conversations]
         return self.encode([self.prompt_text(messages) for messages in conversations], videos, **kwargs), videos
 
     def __call__(
@@ -145,11 +188,12 @@ class VideoCollator:
         if answers is None:
             return self.encode(prompts, videos)
         end = "<|im_end|>\n"
+        shown = videos
         if clips is not None:
-            videos = [
+            shown = [
                 video for row_video, row_clips in zip(videos, clips, strict=True) for video in (row_video, *row_clips)
             ]
-        batch = self.encode([p + a + end for p, a in zip(prompts, answers, strict=True)], videos)
+        batch = self.encode([p + a + end for p, a in zip(prompts, answers, strict=True)], shown)
         # The answer is what follows the last `<|im_start|>assistant\n`: its tokens, and the closing <|im_end|>.
         tokenizer = self.processor.tokenizer
         header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
@@ -160,6 +204,9 @@ class VideoCollator:
             tokenizer.convert_tokens_to_ids(token) for token in ("<|vision_start|>", "<|video_pad|>", "<|vision_end|>")
         ]
         labels[torch.isin(labels, torch.tensor(vision))] = IGNORE_INDEX  # a clip shown is read, not written
+        for i, video in enumerate(videos):
+            if isinstance(video, UndecodableVideo):  # the answer is about frames no one could see
+                labels[i] = IGNORE_INDEX
         for i, ids in enumerate(batch["input_ids"].tolist()):
             start = _last_index(ids, header)
             if start < 0:

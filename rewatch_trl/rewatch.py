@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from rewatch_trl.collator import split_video_inputs
 from rewatch_trl.prompts import VideoSettings, seconds_to_timestamp
 from rewatch_trl.react import parse_clips
-from rewatch_trl.video import SampledVideo, VideoError, sample_clip
+from rewatch_trl.video import DecodeError, SampledVideo, UndecodableVideo, VideoError, sample_clip
 
 
 ACTION_END = "</action>"
@@ -233,10 +233,14 @@ class Rewatcher:
         completion.actions_served += 1
         text = self.tokenizer.decode(completion.model_ids())
         clip = requested_clip(text, video.duration)
+        if isinstance(video, UndecodableVideo):
+            clip = "(no re-watch: the video does not decode)"
         if isinstance(clip, tuple):
             try:
                 ids, sample, frames = self.clip(video, *clip, device=device)
             except VideoError as error:  # a clip the decoder cannot cut (too short for one frame, say)
+                if isinstance(error, DecodeError) and self.collator.tolerate_undecodable:
+                    self.collator.failed(video.path, error)  # the file is broken: its rows are left out
                 clip = f"(no re-watch: {error})"
             else:
                 if len(ids) > budget:

@@ -16,7 +16,7 @@ from rewatch_trl.collator import VideoCollator
 from rewatch_trl.configs import ScriptArguments, SFTConfig
 from rewatch_trl.prompts import VideoSettings
 from rewatch_trl.rewatch import RewatchSettings, shown_clips
-from rewatch_trl.video import sample_clip
+from rewatch_trl.video import DecodeError, UndecodableVideo, sample_clip, write_undecodable
 
 
 logger = logging.getLogger(__name__)
@@ -25,14 +25,22 @@ logger = logging.getLogger(__name__)
 class SFTVideoCollator:
     """Seed-format rows → prompt + `response_field` with labels on the response tokens only. With agentic
     `rewatch` settings, each action's clip is shown after it (`rewatch.shown_clips`), as the rollouts will show it;
-    its tokens carry no labels."""
+    its tokens carry no labels. With a tolerant `collator` (`tolerate_undecodable`), a row whose video or clip
+    fails to decode gets no labels, and with `output_dir` the file is written to its `undecodable.jsonl` (step
+    null: batches are built ahead of their steps)."""
 
     def __init__(
-        self, collator: VideoCollator, response_field: str = "response", rewatch: RewatchSettings | None = None
+        self,
+        collator: VideoCollator,
+        response_field: str = "response",
+        rewatch: RewatchSettings | None = None,
+        output_dir=None,
     ):
         self.collator = collator
         self.response_field = response_field
         self.rewatch = rewatch if rewatch is not None and rewatch.agentic else None
+        self.output_dir = output_dir
+        self._written: set[str] = set()
 
     def __call__(self, rows: list[dict]):
         missing = [row.get("problem_id") for row in rows if not isinstance(row.get(self.response_field), str)]
@@ -40,14 +48,38 @@ class SFTVideoCollator:
             raise ValueError(f"rows {missing} have no {self.response_field!r} (the SFT target): set `response_field`")
         answers = [row[self.response_field] for row in rows]
         if self.rewatch is None:
-            return self.collator(rows, answers=answers)
+            batch = self.collator(rows, answers=answers)
+        else:
+            batch = self.collator(rows, *self._with_clips(rows, answers))
+        self._write_undecodable()
+        return batch
+
+    def _with_clips(self, rows: list[dict], answers: list[str]):
         settings = self.rewatch.clip_settings(self.collator.settings)
         shown, clips = [], []
         for answer, video in zip(answers, self.collator.videos(rows), strict=True):
             text, spans = shown_clips(answer, video.duration, self.rewatch.max_rewatches)
+            try:
+                if isinstance(video, UndecodableVideo):
+                    raise DecodeError(video.error)
+                row_clips = [
+                    sample_clip(video.path, start, end, settings, self.collator.cache) for start, end in spans
+                ]
+            except DecodeError as error:
+                if not self.collator.tolerate_undecodable:
+                    raise
+                self.collator.failed(video.path, error)  # the row's labels go (`VideoCollator.__call__`)
+                text, row_clips = answer, []
             shown.append(text)
-            clips.append([sample_clip(video.path, start, end, settings, self.collator.cache) for start, end in spans])
-        return self.collator(rows, answers=shown, clips=clips)
+            clips.append(row_clips)
+        return shown, clips
+
+    def _write_undecodable(self) -> None:
+        if self.output_dir is None:
+            return
+        new = [video.record(None) for path, video in self.collator.undecodable.items() if path not in self._written]
+        write_undecodable(self.output_dir, new)
+        self._written |= {record["path"] for record in new}
 
 
 def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig, video_args: VideoSettings):
@@ -68,9 +100,10 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
         train_dataset=dataset,
         processing_class=processor,
         data_collator=SFTVideoCollator(
-            VideoCollator(processor, video_args, video_root),
+            VideoCollator(processor, video_args, video_root, tolerate_undecodable=True),
             script_args.response_field,
             training_args,  # its re-watch settings
+            training_args.output_dir,
         ),
         peft_config=get_peft_config(model_args),
     )

@@ -33,6 +33,7 @@ import logging
 
 import datasets
 import torch
+from accelerate.utils import gather_object
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl import GRPOTrainer
 
@@ -56,7 +57,13 @@ from rewatch_trl.sharing import (
     install_shared_video_features,
 )
 from rewatch_trl.suppression import suppress_vision_tokens, suppressed_token_ids
-from rewatch_trl.video import SampledVideo, VideoCache, check_shared_memory, decoded_video_bytes
+from rewatch_trl.video import (
+    SampledVideo,
+    VideoCache,
+    check_shared_memory,
+    decoded_video_bytes,
+    write_undecodable,
+)
 from rewatch_trl.vllm_video import VideoLLM, awake_across_calls, engine_built_in, engine_dtype, reload_weights
 
 
@@ -101,8 +108,14 @@ class VideoGRPOTrainer(GRPOTrainer):
         )
         with engine:
             super().__init__(model, reward_funcs, args, *rest, **kwargs)
+        # a video that fails to decode mid-run costs its rows (`_leave_out_undecodable`), not the run
         self.video_collator = VideoCollator(
-            self.processing_class, video_settings, video_root, video_cache, self.chat_template_kwargs
+            self.processing_class,
+            video_settings,
+            video_root,
+            video_cache,
+            self.chat_template_kwargs,
+            tolerate_undecodable=True,
         )
         self._vision_config = self.model.config
         seconds_dtype = None
@@ -148,6 +161,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._clip_inputs: list[list[dict]] | None = None  # agentic mode: per sample, the clips of its completion
         self._pending_videos: list[SampledVideo | list[SampledVideo]] | None = None  # per row, for vLLM
         self._model_texts: list[str] | None = None  # agentic mode: what the model wrote, for the rewards
+        self._row_paths: list[str] | None = None  # per row of the generation at hand, its video
+        self._undecodable: set[str] = set()  # videos that failed to decode on any process, the same on all
+        self._left_out: torch.Tensor | None = None  # per row of the generation at hand: its video is one of them
         # vLLM samples from a truncated distribution (top-k, top-p, min-p): the importance-sampling correction then
         # compares the trainer's log-probs on that support (`sampling.py`); the old-policy pass's kept mass
         self._sampler_truncates = (
@@ -188,6 +204,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         rows = [distinct.index(key) for key in keys]
         self._video_inputs = [samples[i] for i in rows]
         self._pending_videos = [videos[i] for i in rows]
+        self._row_paths = [videos[i].path for i in rows]
         return [ids[i] for i in rows], None, self._generation_fields([mm[i] for i in rows])
 
     def _generation_fields(self, types: list[list[int]]) -> dict:
@@ -280,6 +297,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         finally:
             self._video_inputs, self._clip_inputs, self._pending_videos = None, None, None
             self._model_texts = None
+            self._row_paths, self._left_out = None, None
             self._old_pass_pending = False
         return output
 
@@ -291,7 +309,7 @@ class VideoGRPOTrainer(GRPOTrainer):
             self._video_inputs, self._clip_inputs = None, None
 
     def _generate(self, prompts: list):
-        output = super()._generate(prompts)
+        output = self._leave_out_undecodable(super()._generate(prompts))
         if self._model_texts is None:
             return output
         # the rewards read what the model wrote: the clips' tokens and the replies to failed actions left out
@@ -300,6 +318,38 @@ class VideoGRPOTrainer(GRPOTrainer):
         if completions and isinstance(completions[0], list):
             texts = [[{"role": "assistant", "content": text}] for text in texts]
         return (*output[:3], texts, *output[4:])
+
+    def _leave_out_undecodable(self, output: tuple) -> tuple:
+        """The rows whose video (or a clip of it) failed to decode, on any process so far, leave the loss: TRL's
+        `tool_mask` (the mask of the tokens the model wrote) is 0 over them, and `_calculate_rewards` makes them
+        unscorable (advantage 0). Every process learns of every failure here (the G copies of a prompt may sit on
+        several), and the main process writes each file once to `<output_dir>/undecodable.jsonl`."""
+        step = self.state.global_step
+        new = [
+            video.record(step)
+            for path, video in self.video_collator.undecodable.items()
+            if path not in self._undecodable
+        ]
+        records = list({record["path"]: record for record in gather_object(new)}.values())
+        self._undecodable |= {record["path"] for record in records}
+        if self.accelerator.is_main_process:
+            write_undecodable(self.args.output_dir, records)
+        left_out = [path in self._undecodable for path in self._row_paths]
+        self._left_out = torch.tensor(left_out, device=self.accelerator.device)
+        if not any(left_out):
+            return output
+        completion_ids, tool_mask = output[1], output[2]
+        tool_mask = tool_mask or [[1] * len(ids) for ids in completion_ids]
+        tool_mask = [[0] * len(mask) if out else mask for mask, out in zip(tool_mask, left_out, strict=True)]
+        return (*output[:2], tool_mask, *output[3:])
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        left_out = self.accelerator.gather(self._left_out)
+        rewards_per_func[left_out] = torch.nan  # unscorable: TRL gives such a row advantage 0, out of the baselines
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["data/undecodable"].append(left_out.sum().item())
+        return rewards_per_func
 
     def _agentic_rollout(self, prompts: list, trainer=None) -> dict:
         """`rollout_func` of agentic mode: the prompts encoded as in the paper's mode, then `Rewatcher.rollout`,

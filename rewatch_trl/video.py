@@ -26,6 +26,10 @@ class VideoError(ValueError):
     """A video that cannot be used: missing, empty, corrupt, or a clip outside it. The message names the file."""
 
 
+class DecodeError(VideoError):
+    """A video (or a clip of it) whose frames the decoder cannot read; the message carries the decoder's own."""
+
+
 @dataclass
 class SampledVideo:
     """Frames `(T, C, H, W)` (resized as qwen-vl-utils does; uint8, see `compact_frames`) and where they came from."""
@@ -61,6 +65,53 @@ class SampledVideo:
     @property
     def nbytes(self) -> int:
         return self.frames.numel() * self.frames.element_size()
+
+
+@dataclass
+class UndecodableVideo(SampledVideo):
+    """What stands in, during a run, for a video that failed to decode: blank frames of the smallest shape the
+    processor takes, and the decoder's `error`. The trainers leave its rows out of the loss."""
+
+    error: str = ""
+
+    @classmethod
+    def blank(cls, path: str, backend: str, error: str, frames: int, side: int) -> "UndecodableVideo":
+        return cls(
+            path=path,
+            frames=torch.zeros(frames, 3, side, side, dtype=torch.uint8),
+            frame_indices=list(range(frames)),
+            total_frames=frames,
+            video_fps=1.0,
+            backend=backend,
+            error=error,
+        )
+
+    def record(self, step: int | None) -> dict:
+        """Its line of `undecodable.jsonl`."""
+        return {"path": self.path, "backend": self.backend, "error": self.error, "step": step}
+
+
+UNDECODABLE_LOG = "undecodable.jsonl"
+
+
+def write_undecodable(output_dir, records: list[dict]) -> None:
+    """Append the records of videos that failed to decode to `<output_dir>/undecodable.jsonl`, each path once (a
+    path already there, by an earlier run or another process, is not written again)."""
+    import fcntl
+    import json
+
+    if not records:
+        return
+    path = Path(output_dir) / UNDECODABLE_LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as log:
+        fcntl.flock(log, fcntl.LOCK_EX)  # processes (and DataLoader workers) that meet the same file write it once
+        log.seek(0)
+        known = {json.loads(line)["path"] for line in log if line.strip()}
+        for record in records:
+            if record["path"] not in known:
+                known.add(record["path"])
+                log.write(json.dumps(record) + "\n")
 
 
 def _check_file(path) -> Path:
@@ -178,7 +229,7 @@ def decode_video(path, settings: VideoSettings, start: float | None = None, end:
         (frames, meta), _ = fetch_video(block, return_video_sample_fps=True, return_video_metadata=True)
     except Exception as error:  # decoders raise anything from RuntimeError to their own types
         cause = decoder_error(error)
-        raise VideoError(f"cannot decode video {path} with {settings.video_backend}: {cause}") from cause
+        raise DecodeError(f"cannot decode video {path} with {settings.video_backend}: {cause}") from cause
     return SampledVideo(
         path=str(path),
         frames=compact_frames(frames),
