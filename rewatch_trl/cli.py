@@ -71,14 +71,36 @@ def _summary(args) -> None:
 
 
 def _data(args) -> None:
-    from rewatch_trl.data import load_qa, save_prepared
+    from pathlib import Path
 
-    if not (args.save_to_disk or args.push_to_hub):
-        raise ValueError("say where the dataset goes: --save-to-disk DIR and/or --push-to-hub ID")
+    from rewatch_trl.data import check_decode, drop_rows_of, load_qa, save_prepared
+    from rewatch_trl.video import write_undecodable
+
+    if args.drop_undecodable and not args.check_decode:
+        raise ValueError("--drop-undecodable needs --check-decode")
+    if not (args.save_to_disk or args.push_to_hub or args.check_decode):
+        raise ValueError("say where the dataset goes: --save-to-disk DIR and/or --push-to-hub ID (or --check-decode)")
     dataset, report = load_qa(args.qa, args.captions, args.video_root, skip_invalid=args.skip_invalid)
-    save_prepared(dataset, args.video_root, args.save_to_disk, args.push_to_hub, args.embed_videos)
     print(report)
-    print(f"wrote {len(dataset)} rows to {' and '.join(filter(None, [args.save_to_disk, args.push_to_hub]))}")
+    failures = []
+    if args.check_decode:
+        paths = sorted({str(Path(args.video_root) / name) for name in dataset["videos"]})
+        failures = check_decode(paths, _video_settings(args), args.num_proc)
+        print(f"{len(failures)} of {len(paths)} videos do not decode")
+        for failure in failures:
+            print(f"  {failure['error']}")
+        if failures and args.drop_undecodable:
+            rows = len(dataset)
+            dataset = drop_rows_of(dataset, {failure["path"] for failure in failures}, args.video_root)
+            print(f"dropped the {rows - len(dataset)} rows of the {len(failures)} video(s) that do not decode")
+        elif failures:
+            print("their rows are kept: a run leaves them out as it meets them (--drop-undecodable drops them now)")
+    if args.save_to_disk or args.push_to_hub:
+        save_prepared(dataset, args.video_root, args.save_to_disk, args.push_to_hub, args.embed_videos)
+        print(f"wrote {len(dataset)} rows to {' and '.join(filter(None, [args.save_to_disk, args.push_to_hub]))}")
+    if failures and args.save_to_disk:
+        write_undecodable(args.save_to_disk, failures)
+        print(f"the videos that do not decode: {Path(args.save_to_disk) / 'undecodable.jsonl'}")
 
 
 def _video_settings(args):
@@ -157,8 +179,20 @@ def _vllm_kwargs(args) -> dict:
     return kwargs
 
 
-def _add_generation_options(parser) -> None:
+def _add_video_options(parser) -> None:
+    """How frames are sampled (`VideoSettings`; the seed's by default)."""
     from rewatch_trl.prompts import VideoSettings
+
+    defaults = VideoSettings()
+    parser.add_argument("--fps", type=float, default=defaults.video_fps)
+    parser.add_argument("--max-frames", type=int, default=defaults.video_max_frames)
+    parser.add_argument("--min-pixels", type=int, default=defaults.video_min_pixels, help="per frame")
+    parser.add_argument("--max-pixels", type=int, default=defaults.video_max_pixels, help="per frame")
+    parser.add_argument("--total-pixels", type=int, default=defaults.video_total_pixels, help="over all frames")
+    parser.add_argument("--video-backend", default=defaults.video_backend)
+
+
+def _add_generation_options(parser) -> None:
     from rewatch_trl.rewatch import RewatchSettings
 
     parser.add_argument("--model", required=True, help="a trained model directory or Hub id")
@@ -168,13 +202,7 @@ def _add_generation_options(parser) -> None:
     parser.add_argument("--max-model-len", type=int, help="vLLM: context to reserve (default: the model's)")
     parser.add_argument("--enforce-eager", action="store_true", help="vLLM: no CUDA graphs / compilation")
     # The seed's video settings by default; a model is best used with those it was trained with.
-    defaults = VideoSettings()
-    parser.add_argument("--fps", type=float, default=defaults.video_fps)
-    parser.add_argument("--max-frames", type=int, default=defaults.video_max_frames)
-    parser.add_argument("--min-pixels", type=int, default=defaults.video_min_pixels, help="per frame")
-    parser.add_argument("--max-pixels", type=int, default=defaults.video_max_pixels, help="per frame")
-    parser.add_argument("--total-pixels", type=int, default=defaults.video_total_pixels, help="over all frames")
-    parser.add_argument("--video-backend", default=defaults.video_backend)
+    _add_video_options(parser)
     rewatch = RewatchSettings()
     parser.add_argument(
         "--rewatch", action="store_true", help="agentic re-watching: show the model the clip each action names"
@@ -217,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--push-to-hub", help="push the dataset to this Hub id")
     data.add_argument("--embed-videos", action="store_true", help="copy/upload the videos alongside")
     data.add_argument("--skip-invalid", action="store_true", help="leave bad rows out (listed) instead of stopping")
+    data.add_argument(
+        "--check-decode",
+        action="store_true",
+        help="decode every video once, as the run samples it (the video options below), and list those that fail",
+    )
+    data.add_argument("--drop-undecodable", action="store_true", help="with --check-decode: drop their rows")
+    data.add_argument("--num-proc", type=int, default=1, help="--check-decode: decoding processes")
+    _add_video_options(data)
     data.set_defaults(func=_data)
 
     infer = commands.add_parser("infer", help="answer a question about a video, as the seed's inference does")

@@ -281,6 +281,53 @@ def check_videos(dataset, video_root, source) -> None:
     )
 
 
+def _decode_error(path: str, settings) -> str | None:
+    from rewatch_trl.video import VideoError, decode_video
+
+    try:
+        decode_video(path, settings)
+    except VideoError as error:
+        return str(error)
+    return None
+
+
+def check_decode(paths: list[str], settings, num_proc: int = 1, progress: bool = True) -> list[dict]:
+    """Decode each video of `paths` once, as a run with `settings` samples it, in `num_proc` worker processes: the
+    records (`undecodable.jsonl`'s) of those that do not decode, with their decoder's error. Row validation reads
+    the headers only; a file whose header reads and whose frames do not passes it, and would cost its rows mid-run.
+
+    Example:
+    ```python
+    >>> check_decode(["videos/a.mp4", "videos/b.mp4"], VideoSettings(), num_proc=2)  # doctest: +SKIP
+    [{'path': 'videos/b.mp4', 'backend': 'decord', 'error': 'cannot decode video videos/b.mp4 with decord: ...', 'step': None}]
+    ```
+    """
+    import functools
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    decode = functools.partial(_decode_error, settings=settings)
+    bar = functools.partial(tqdm, total=len(paths), desc="decoding videos", unit="video", disable=not progress)
+    if num_proc <= 1:
+        errors = list(bar(map(decode, paths)))
+    else:
+        # spawned, not forked: a decoder's or torch's threads in this process would not survive a fork
+        with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn")) as pool:
+            errors = list(bar(pool.map(decode, paths)))
+    return [
+        {"path": path, "backend": settings.video_backend, "error": error, "step": None}
+        for path, error in zip(paths, errors, strict=True)
+        if error is not None
+    ]
+
+
+def drop_rows_of(dataset, paths: set[str], video_root):
+    """`dataset` without the rows whose video is one of `paths` (as `video_root / videos`)."""
+    return dataset.filter(lambda row: str(Path(video_root) / row["videos"]) not in paths, desc="dropping rows")
+
+
 def save_prepared(dataset, video_root=None, save_to_disk=None, push_to_hub=None, embed_videos: bool = False) -> None:
     """Write a prepared dataset to a directory and/or the Hub; with `embed_videos`, its videos go alongside
     (copied into `OUT/videos/`, or uploaded to `videos/` of the Hub dataset repo)."""
@@ -317,9 +364,9 @@ class HubError(DataError):
 
 
 @contextlib.contextmanager
-def hub_failures(target: str, saved=None):
+def hub_failures(target: str, saved=None, what: str = "the dataset"):
     """Within the block, a failed Hub call (no network, offline mode, no or a bad token, a refused repo) becomes a
-    `HubError` of one line that names `target`, the reason, what to do, and where the data was `saved` first."""
+    `HubError` of one line that names `target`, the reason, what to do, and where `what` was `saved` first."""
     try:
         yield
     except Exception as error:  # the Hub client raises httpx's, requests' and its own errors
@@ -333,5 +380,5 @@ def hub_failures(target: str, saved=None):
             hint = "log in (`hf auth login`) or set HF_TOKEN to a token that may write there"
         else:
             hint = f"the Hub at {constants.ENDPOINT} did not answer: check the network (and HF_ENDPOINT)"
-        kept = f"; the dataset is saved in {saved}" if saved else "; nothing was saved (add --save-to-disk DIR)"
+        kept = f"; {what} is saved in {saved}" if saved else "; nothing was saved (add --save-to-disk DIR)"
         raise HubError(f"could not push to {target}: {name}: {reason}; {hint}{kept}") from None

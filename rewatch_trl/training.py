@@ -134,10 +134,17 @@ def train_and_save(trainer, processor, script_args: ScriptArguments) -> None:
         result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
-        trainer.save_model(args.output_dir)
+        # `_internal_call`: transformers' own save would push too; the run's one push is the last step below
+        trainer.save_model(args.output_dir, _internal_call=True)
     trainer.save_state()
     if trainer.accelerator.is_main_process:
         processor.tokenizer.padding_side = "left"
         processor.save_pretrained(args.output_dir)
     if args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name, tags=["rewatch-trl"])
+        from rewatch_trl.data import HubError, hub_failures
+
+        try:
+            with hub_failures(f"the Hub model {trainer.hub_model_id}", args.output_dir, "the model"):
+                trainer.push_to_hub(dataset_name=script_args.dataset_name, tags=["rewatch-trl"])
+        except HubError as error:  # the run is done and saved: the push alone can be done again (`hf upload`)
+            logger.error("%s", error)

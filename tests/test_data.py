@@ -216,3 +216,45 @@ def test_a_hub_push_that_fails_says_so_in_one_line_after_saving(tiny_world, tmp_
     assert "could not push to the Hub dataset me/x" in line and str(saved) in line
     assert ("HF_HUB_OFFLINE" in line) if hub == "offline mode" else (f"127.0.0.1:{port}" in line)
     assert len(load_from_disk(str(saved))) == len(tiny_world.rows)
+
+
+TINY_VIDEO_FLAGS = ["--fps", "2", "--max-frames", "8", "--min-pixels", "3136", "--max-pixels", "3136"]
+TINY_VIDEO_FLAGS += ["--total-pixels", "25088", "--video-backend", "decord"]
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_check_decode_finds_the_video_that_does_not_decode(tiny_world, tmp_path, capsys, num_proc):
+    """A folder of 4 videos, 1 with a readable header and no frames (which row validation lets through): the check
+    decodes each once, says 1 of 4, writes it with its decoder's error; `--drop-undecodable` saves the rest."""
+    import shutil
+
+    from test_video import corrupt_frames
+
+    videos = tmp_path / "videos"
+    shutil.copytree(tiny_world.video_dir, videos)
+    corrupt_frames(videos / "synthetic_002.mp4")
+    arguments = ["data", "--qa", str(tiny_world.qa_path), "--captions", str(tiny_world.captions_path)]
+    arguments += ["--video-root", str(videos), *TINY_VIDEO_FLAGS, "--num-proc", str(num_proc)]
+    kept = tmp_path / "kept"
+    assert cli([*arguments, "--save-to-disk", str(kept)]) == 0  # the control: validation alone passes it
+    assert "unreadable" not in capsys.readouterr().out and len(load_prepared(kept)) == 8
+
+    assert cli([*arguments, "--check-decode"]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 4 videos do not decode" in out and "synthetic_002.mp4" in out
+
+    dropped = tmp_path / "dropped"
+    assert cli([*arguments, "--check-decode", "--drop-undecodable", "--save-to-disk", str(dropped)]) == 0
+    out = capsys.readouterr().out
+    assert "dropped the 2 rows of the 1 video(s) that do not decode" in out
+    dataset = load_prepared(dropped)
+    assert len(dataset) == 6 and "synthetic_002.mp4" not in dataset["videos"]
+    (record,) = [json.loads(line) for line in (dropped / "undecodable.jsonl").read_text().splitlines()]
+    assert record["path"] == str(videos / "synthetic_002.mp4") and record["backend"] == "decord"
+    assert "cannot decode" in record["error"] and "read_video" not in record["error"]
+
+
+def test_drop_undecodable_needs_check_decode(tiny_world, tmp_path, capsys):
+    arguments = ["data", "--qa", str(tiny_world.qa_path), "--video-root", str(tiny_world.video_dir)]
+    assert cli([*arguments, "--drop-undecodable", "--save-to-disk", str(tmp_path / "o")]) == 2
+    assert "--drop-undecodable needs --check-decode" in capsys.readouterr().err

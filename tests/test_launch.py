@@ -115,3 +115,56 @@ def test_resuming_skips_a_checkpoint_not_written_whole(tmp_path, caplog):
     assert "checkpoint-4" in messages[1] and "no trainer_state.json" in messages[1]
     (whole / "trainer_state.json").unlink()  # nothing whole left: a fresh start
     assert resume_checkpoint(args) is None
+
+
+@pytest.fixture
+def refusing_hub():
+    """A Hub on 127.0.0.1 that creates repos and refuses every upload (403): the requests it got, and its URL."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    requests = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def _answer(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            requests.append((self.command, self.path))
+            if self.command == "POST" and self.path == "/api/repos/create":
+                status, body = 200, json.dumps({"url": f"{url}/me/x", "name": "me/x"})
+            else:
+                status, body = 403, json.dumps({"error": "this repo refuses uploads"})
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        do_GET = do_POST = do_PUT = do_HEAD = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield requests, url
+    server.shutdown()
+
+
+def test_a_final_push_that_fails_leaves_the_model_saved_and_says_so(tiny_world, tmp_path, launcher, refusing_hub):
+    """`push_to_hub: true` where the Hub makes the repo at the start and refuses the upload at the end: the run ends
+    (exit 0) with its model saved in `output_dir`, and one line says the push failed, why, and where the model is."""
+    requests, url = refusing_hub
+    out = tmp_path / "run"
+    command = launcher.command(
+        tiny_world, out, max_steps=1, save_strategy="no", push_to_hub="true", hub_model_id="me/x"
+    )
+    env = {"HF_ENDPOINT": url, "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_test", "HF_HOME": str(tmp_path / "hf")}
+    result = launcher.run(command, env=env)
+    assert ("POST", "/api/repos/create") in requests  # the control: the run really reached this Hub
+    assert any(status != "POST" or path != "/api/repos/create" for status, path in requests)  # and pushed to it
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if "could not push" in line]
+    assert "the Hub model me/x" in line and "403" in line and f"the model is saved in {out}" in line
+    assert launcher.state(out)["global_step"] == 1 and (out / "model.safetensors").is_file()
