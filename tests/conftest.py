@@ -204,19 +204,24 @@ class Launcher:
 
     def kill_after_checkpoint(self, command, output_dir, step: int = 2, timeout: float = 240) -> None:
         """Start `command` and kill -9 its whole process group as soon as its step-`step` checkpoint is written."""
+        written = Path(output_dir) / f"checkpoint-{step}" / "trainer_state.json"
+        self.kill_when(command, written.is_file, timeout)
+
+    def kill_when(self, command, condition, timeout: float = 240, env: dict | None = None) -> None:
+        """Start `command` and kill -9 its whole process group as soon as `condition()` holds."""
         process = subprocess.Popen(
             command,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env=self.environment(),
+            env=self.environment() | (env or {}),
             cwd=self.root,
             start_new_session=True,
         )
         deadline = time.time() + timeout
         try:
-            while not (Path(output_dir) / f"checkpoint-{step}" / "trainer_state.json").is_file():
-                assert process.poll() is None, "the run ended before its checkpoint"
-                assert time.time() < deadline, "no checkpoint within the time limit"
+            while not condition():
+                assert process.poll() is None, "the run ended before it was killed"
+                assert time.time() < deadline, "not killed within the time limit"
                 time.sleep(0.05)
         finally:
             os.killpg(process.pid, signal.SIGKILL)

@@ -168,3 +168,23 @@ def test_a_final_push_that_fails_leaves_the_model_saved_and_says_so(tiny_world, 
     (line,) = [line for line in result.stderr.splitlines() if "could not push" in line]
     assert "the Hub model me/x" in line and "403" in line and f"the model is saved in {out}" in line
     assert launcher.state(out)["global_step"] == 1 and (out / "model.safetensors").is_file()
+
+
+def test_a_run_killed_while_it_writes_a_checkpoint_resumes_from_the_one_before(tiny_world, tmp_path, launcher):
+    """SIGKILL while checkpoint-2 is half written (its model and optimizer there, its trainer state not yet): the
+    relaunch skips it, says so, resumes from checkpoint-1, and ends at max_steps with checkpoint-2 written whole."""
+    out = tmp_path / "run"
+    settings = dict(max_steps=3, save_steps=1, save_total_limit=5)
+    slow = [launcher.accelerate, "launch", "--config_file", str(launcher.root / "accelerate_configs/cpu.yaml")]
+    slow += ["--num_processes", "1", str(launcher.root / "tests/slow_checkpoint.py")]
+    slow += launcher.recipe_args(tiny_world, out, **settings)
+    launcher.kill_when(slow, (out / "writing-checkpoint-2").is_file, env={"SLOW_CHECKPOINT_STEP": "2"})
+    half = out / "checkpoint-2"
+    assert (half / "model.safetensors").is_file() and not (half / "trainer_state.json").exists()  # killed mid-write
+    result = launcher.run(launcher.command(tiny_world, out, **settings))
+    (skipped,) = [line for line in result.stderr.splitlines() if "not resuming from" in line]
+    assert str(half) in skipped and "trainer_state.json" in skipped
+    assert f"resuming from {out / 'checkpoint-1'}" in result.stderr
+    assert launcher.state(out)["global_step"] == 3
+    assert json.loads((half / "trainer_state.json").read_text())["global_step"] == 2  # rewritten whole
+    assert checkpoint_steps(out) == [1, 2, 3]
