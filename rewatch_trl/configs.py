@@ -66,6 +66,13 @@ class GRPOConfig(RewatchSettings, trl.GRPOConfig):
             "checkpointing for the policy pass)."
         },
     )
+    judge_max_failed_steps: int = field(
+        default=20,
+        metadata={
+            "help": "Stop the run (with a checkpoint) when every judge call of this many consecutive steps that asked "
+            "the judge failed, instead of training on unscorable rows; 0: never stop."
+        },
+    )
     freeze_vision_tower: bool = field(
         default=False,
         metadata={

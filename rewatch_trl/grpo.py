@@ -60,4 +60,10 @@ def parse_args(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main(*parse_args(sys.argv[1:]))
+    from rewatch_trl.training import RunStopped
+
+    try:
+        main(*parse_args(sys.argv[1:]))
+    except RunStopped as stopped:
+        logger.error("%s", stopped)
+        sys.exit(3)

@@ -80,7 +80,8 @@ class JudgeClient:
         self.timeout = timeout
         self.max_tokens = max_tokens
         self.temperature = temperature
-        self.failures = 0
+        self.calls = 0  # requests asked
+        self.failures = 0  # of them, those that failed every try or whose reply said no verdict
         self._lock = threading.Lock()
         self._client = None
 
@@ -97,6 +98,8 @@ class JudgeClient:
         return self._client
 
     def _ask_one(self, prompt: str) -> str | None:
+        with self._lock:
+            self.calls += 1
         try:
             response = self.client.chat.completions.create(
                 model=self.model,

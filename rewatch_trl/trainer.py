@@ -34,6 +34,7 @@ import logging
 import datasets
 import torch
 from accelerate.utils import gather_object
+from transformers import TrainerCallback
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl import GRPOTrainer
 
@@ -68,6 +69,17 @@ from rewatch_trl.vllm_video import VideoLLM, awake_across_calls, engine_built_in
 
 
 logger = logging.getLogger(__name__)
+
+
+class StopOnJudgeOutage(TrainerCallback):
+    """Saves a checkpoint and stops training at the end of a step once the trainer has found its judge down."""
+
+    def __init__(self, trainer: "VideoGRPOTrainer"):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer.judge_outage is not None:
+            control.should_save = control.should_training_stop = True
 
 
 class VideoGRPOTrainer(GRPOTrainer):
@@ -173,6 +185,19 @@ class VideoGRPOTrainer(GRPOTrainer):
         )
         self._old_pass_pending = False
         self._old_kept_mass: torch.Tensor | None = None  # the last generation batch's, (rows, completion tokens)
+        # the judges the reward functions ask (`get_reward_funcs` binds them): watched for an outage, `_watch_judges`
+        self._judges = list(
+            {
+                id(judge): judge
+                for func in self.reward_funcs
+                if (judge := getattr(func, "keywords", {}).get("judge")) is not None
+            }.values()
+        )
+        self._judge_counts = (0, 0)  # calls and failures of the judges until the last generation
+        self._judge_failed_steps = 0  # consecutive generations whose every judge call failed
+        self.judge_outage: str | None = None  # why the run stopped, once the judges are found down
+        if self._judges and getattr(self.args, "judge_max_failed_steps", 0):
+            self.add_callback(StopOnJudgeOutage(self))
         self.rewatcher = None
         # our GRPOConfig holds the re-watch settings (a plain trl.GRPOConfig: the paper's mode)
         if isinstance(self.args, RewatchSettings) and self.args.agentic:
@@ -349,7 +374,31 @@ class VideoGRPOTrainer(GRPOTrainer):
         rewards_per_func[left_out] = torch.nan  # unscorable: TRL gives such a row advantage 0, out of the baselines
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["data/undecodable"].append(left_out.sum().item())
+        self._watch_judges(mode)
         return rewards_per_func
+
+    def _watch_judges(self, mode: str) -> None:
+        """`judge/failed_fraction` of this generation's judge calls (all processes); after `judge_max_failed_steps`
+        generations in a row whose every call failed, `judge_outage` says so and `StopOnJudgeOutage` stops the run."""
+        if not self._judges:
+            return
+        counts = (sum(judge.calls for judge in self._judges), sum(judge.failures for judge in self._judges))
+        new = torch.tensor([now - before for now, before in zip(counts, self._judge_counts, strict=True)])
+        self._judge_counts = counts
+        calls, failed = self.accelerator.gather(new.to(self.accelerator.device)[None]).sum(0).tolist()
+        if not calls:  # no row asked the judge: says nothing of it
+            return
+        self._metrics[mode]["judge/failed_fraction"].append(failed / calls)
+        self._judge_failed_steps = self._judge_failed_steps + 1 if failed == calls else 0
+        limit = getattr(self.args, "judge_max_failed_steps", 0)
+        if mode == "train" and limit and self._judge_failed_steps >= limit:
+            step = self.state.global_step + 1  # the step at hand, whose end saves the checkpoint
+            endpoints = ", ".join(sorted({f"{judge.base_url} ({judge.model})" for judge in self._judges}))
+            self.judge_outage = (
+                f"the judge at {endpoints} failed every call of the last {self._judge_failed_steps} steps that asked "
+                f"it: training stopped at step {step}, saved in {self.args.output_dir}/checkpoint-{step}; bring the "
+                "judge back and launch the same command to resume (judge_max_failed_steps: 0 never stops)"
+            )
 
     def _agentic_rollout(self, prompts: list, trainer=None) -> dict:
         """`rollout_func` of agentic mode: the prompts encoded as in the paper's mode, then `Rewatcher.rollout`,

@@ -16,6 +16,12 @@ from rewatch_trl.positions import use_original_rope
 
 
 logger = logging.getLogger(__name__)
+
+
+class RunStopped(RuntimeError):
+    """A run that stopped before `max_steps` for a reason it states (its judge down): it resumes when launched again."""
+
+
 CHECKPOINT = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 # transformers.trainer.TRAINER_STATE_NAME (not imported: `infer` loads its model through this module, not the trainer)
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -132,6 +138,8 @@ def train_and_save(trainer, processor, script_args: ScriptArguments) -> None:
             copy_model_files(checkpoint, args.output_dir)
     else:
         result = trainer.train(resume_from_checkpoint=checkpoint)
+        if getattr(trainer, "judge_outage", None):  # its checkpoint is saved; the run is not done
+            raise RunStopped(trainer.judge_outage)
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         # `_internal_call`: transformers' own save would push too; the run's one push is the last step below

@@ -169,3 +169,57 @@ def test_each_failure_is_a_counted_warning(server, caplog):
     assert "(1 failures so far)" in messages[0] or "(1 failures so far)" in messages[1]
     assert any("(2 failures so far)" in message for message in messages)
     assert any("unparsable judge reply" in message and "maybe" in message for message in messages)
+
+
+class RefusingHandler(BaseHTTPRequestHandler):
+    """A judge endpoint that refuses every request (400: not retried), and counts them."""
+
+    calls = 0
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).calls += 1
+        body = b'{"error": {"message": "refused"}}'
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_run_stops_with_a_checkpoint_when_every_judge_call_fails(tiny_world, sft_model, tmp_path, launcher):
+    """`judge_max_failed_steps: 2` and a judge that refuses everything: the steps that asked it log
+    `judge/failed_fraction` 1.0, and at the second such step the run saves a checkpoint and stops, naming the
+    endpoint, instead of training on to max_steps on unscorable rows."""
+    import subprocess
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), RefusingHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    out = tmp_path / "run"
+    # 1 prompt a step, 8 steps: the 4 open-ended rows ask the judge (the SFT cold start answers), the others do not
+    settings = dict(model_name_or_path=sft_model, max_completion_length=64, max_steps=8)
+    command = launcher.command(
+        tiny_world, out, **settings, judge_base_url=url, judge_model="judge", judge_max_failed_steps=2
+    )
+    command += ["--reward_funcs", "format", "judge_accuracy", "--reward_weights", "1.0", "1.0"]
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=300, env=launcher.environment(), cwd=launcher.root
+        )
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert result.returncode != 0
+    assert RefusingHandler.calls > 0  # the control: the judge was asked
+    (line,) = [line for line in result.stderr.splitlines() if "failed every call" in line]
+    assert f"the judge at {url}" in line and "2 steps" in line
+    (checkpoint,) = out.glob("checkpoint-*")
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert 2 <= state["global_step"] < 8 and checkpoint.name in line
+    fractions = [entry["judge/failed_fraction"] for entry in state["log_history"] if "judge/failed_fraction" in entry]
+    assert fractions == [1.0, 1.0]
+    assert not (out / "model.safetensors").exists()  # not saved as a finished run: a relaunch resumes it
