@@ -359,7 +359,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._undecodable |= {record["path"] for record in records}
         if self.accelerator.is_main_process:
             write_undecodable(self.args.output_dir, records)
-        left_out = [path in self._undecodable for path in self._row_paths]
+        # rows a custom `rollout_func` made hold no video of ours
+        left_out = [path in self._undecodable for path in self._row_paths or [None] * len(output[1])]
         self._left_out = torch.tensor(left_out, device=self.accelerator.device)
         if not any(left_out):
             return output

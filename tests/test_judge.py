@@ -202,6 +202,7 @@ def test_a_run_stops_with_a_checkpoint_when_every_judge_call_fails(tiny_world, s
     out = tmp_path / "run"
     # 1 prompt a step, 8 steps: the 4 open-ended rows ask the judge (the SFT cold start answers), the others do not
     settings = dict(model_name_or_path=sft_model, max_completion_length=64, max_steps=8)
+    settings |= dict(per_device_train_batch_size=2, num_generations=2)
     command = launcher.command(
         tiny_world, out, **settings, judge_base_url=url, judge_model="judge", judge_max_failed_steps=2
     )

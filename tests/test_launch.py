@@ -43,8 +43,10 @@ def test_every_recipe_parses(launcher):
 
 
 def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_world, sft_model, tmp_path, launcher):
-    """Killed after its step-2 checkpoint and launched again, a run ends with the weights of the same run never
-    interrupted (a resume that restarted from step 0, or lost the optimizer's or the sampler's state, would not)."""
+    """Killed (SIGKILL) while it writes its step-4 checkpoint (model and optimizer written, trainer state not yet:
+    `tests/slow_checkpoint.py` widens that moment) and launched again, a run skips the half-written checkpoint, says
+    so, resumes from checkpoint-2 and ends with the weights of the same run never interrupted (a resume that
+    restarted from step 0, or lost the optimizer's or the sampler's state, would not)."""
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -56,10 +58,12 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_world, sft_mod
     )
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     launcher.run(launcher.command(tiny_world, whole, **settings))
-    command = launcher.command(tiny_world, resumed, **settings)
-    launcher.kill_after_checkpoint(command, resumed)
-    killed_at = checkpoint_steps(resumed)
-    assert killed_at and max(killed_at) < 4  # it really died mid-run
+    slow = [launcher.accelerate, "launch", "--config_file", str(launcher.root / "accelerate_configs/cpu.yaml")]
+    slow += ["--num_processes", "1", str(launcher.root / "tests/slow_checkpoint.py")]
+    slow += launcher.recipe_args(tiny_world, resumed, **settings)
+    launcher.kill_when(slow, (resumed / "writing-checkpoint-4").is_file, env={"SLOW_CHECKPOINT_STEP": "4"})
+    half = resumed / "checkpoint-4"
+    assert (half / "model.safetensors").is_file() and not (half / "trainer_state.json").exists()  # killed mid-write
     assert not (resumed / "trainer_state.json").is_file()
     # the control: the same killed run with its checkpoint's weights changed must end elsewhere (a run that
     # restarted from step 0 would end where the uninterrupted run does, and pass the equality below)
@@ -70,7 +74,10 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_world, sft_mod
         {name: value + 1e-2 for name, value in checkpoint.items()}, tampered / "checkpoint-2" / "model.safetensors"
     )
     launcher.run(launcher.command(tiny_world, tampered, **settings))
-    launcher.run(command)
+    result = launcher.run(launcher.command(tiny_world, resumed, **settings))
+    (skipped,) = [line for line in result.stderr.splitlines() if "not resuming from" in line]
+    assert str(half) in skipped and "trainer_state.json" in skipped
+    assert f"resuming from {resumed / 'checkpoint-2'}" in result.stderr
     expected, received = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     start = load_file(sft_model / "model.safetensors")
     moved = max((expected[name] - start[name]).abs().max().item() for name in expected)
@@ -80,9 +87,8 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_world, sft_mod
     changed = load_file(tampered / "model.safetensors")
     assert max((expected[name] - changed[name]).abs().max().item() for name in expected) > 1e-3
     assert launcher.state(resumed)["global_step"] == 4
-    steps = checkpoint_steps(resumed)
-    assert steps[-1] == 4 and set(killed_at) <= set(steps)
-    for step in steps:  # every checkpoint complete and loadable
+    assert checkpoint_steps(resumed) == [2, 4]
+    for step in (2, 4):  # every checkpoint complete and loadable, the half-written one rewritten whole
         checkpoint = resumed / f"checkpoint-{step}"
         assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
         AutoModelForImageTextToText.from_pretrained(checkpoint)
@@ -168,23 +174,3 @@ def test_a_final_push_that_fails_leaves_the_model_saved_and_says_so(tiny_world, 
     (line,) = [line for line in result.stderr.splitlines() if "could not push" in line]
     assert "the Hub model me/x" in line and "403" in line and f"the model is saved in {out}" in line
     assert launcher.state(out)["global_step"] == 1 and (out / "model.safetensors").is_file()
-
-
-def test_a_run_killed_while_it_writes_a_checkpoint_resumes_from_the_one_before(tiny_world, tmp_path, launcher):
-    """SIGKILL while checkpoint-2 is half written (its model and optimizer there, its trainer state not yet): the
-    relaunch skips it, says so, resumes from checkpoint-1, and ends at max_steps with checkpoint-2 written whole."""
-    out = tmp_path / "run"
-    settings = dict(max_steps=3, save_steps=1, save_total_limit=5)
-    slow = [launcher.accelerate, "launch", "--config_file", str(launcher.root / "accelerate_configs/cpu.yaml")]
-    slow += ["--num_processes", "1", str(launcher.root / "tests/slow_checkpoint.py")]
-    slow += launcher.recipe_args(tiny_world, out, **settings)
-    launcher.kill_when(slow, (out / "writing-checkpoint-2").is_file, env={"SLOW_CHECKPOINT_STEP": "2"})
-    half = out / "checkpoint-2"
-    assert (half / "model.safetensors").is_file() and not (half / "trainer_state.json").exists()  # killed mid-write
-    result = launcher.run(launcher.command(tiny_world, out, **settings))
-    (skipped,) = [line for line in result.stderr.splitlines() if "not resuming from" in line]
-    assert str(half) in skipped and "trainer_state.json" in skipped
-    assert f"resuming from {out / 'checkpoint-1'}" in result.stderr
-    assert launcher.state(out)["global_step"] == 3
-    assert json.loads((half / "trainer_state.json").read_text())["global_step"] == 2  # rewritten whole
-    assert checkpoint_steps(out) == [1, 2, 3]

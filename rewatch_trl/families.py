@@ -1,0 +1,128 @@
+"""The model families rewatch-trl knows, in one table: what differs between them is asked here, and nowhere else
+branches on `model_type`.
+
+| family | vision patch | pixel unit (a token) | `second_per_grid_ts` | positions | trained by rewatch-trl |
+| --- | ---: | ---: | --- | --- | --- |
+| `qwen2_5_vl` (the paper's) | 14 px | 28 px | returned, read by M-RoPE | `positions.rope_index` (its pretrained rule) | every path |
+| `qwen3_vl` | 16 px | 32 px | none: each frame pair's time is written as text (`<0.7 seconds>`) | transformers' own | tiny world, collator, forward and `generate`; not yet the trainers |
+
+Example:
+```python
+>>> family_of({"model_type": "qwen2_5_vl"}).pixel_unit, FAMILIES["qwen3_vl"].pixel_unit
+(28, 32)
+```
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a model family needs of rewatch-trl.
+
+    Args:
+        name: transformers' `model_type`.
+        patch_size: the vision tower's patch, in px (qwen-vl-utils' `image_patch_size`).
+        merge_size: patches merged into one visual token, per side.
+        seconds_per_grid: the processor returns `second_per_grid_ts` and the positions read it.
+        original_rope: the positions are `positions.rope_index` (Qwen2.5-VL's pretrained rule, which transformers'
+            own departs from); otherwise transformers' rule is the model's.
+        trains: the trainers (GRPO, SFT) are wired for it.
+        tiny_text / tiny_vision: the tiny world's model sizes (`tiny.build_tiny_world(family=...)`).
+    """
+
+    name: str
+    patch_size: int
+    merge_size: int = 2
+    seconds_per_grid: bool = True
+    original_rope: bool = True
+    trains: bool = True
+    tiny_text: dict = field(default_factory=dict)
+    tiny_vision: dict = field(default_factory=dict)
+
+    @property
+    def pixel_unit(self) -> int:
+        """The side, in px, of the square one visual token covers: frames are resized to multiples of it."""
+        return self.patch_size * self.merge_size
+
+    def check_trains(self, what: str) -> None:
+        """An error naming the family when `what` (a trainer) is not wired for it yet."""
+        if not self.trains:
+            raise NotImplementedError(
+                f"{what} does not train {self.name} models yet (issue 24: its timestamps in the text, positions and "
+                f"deepstack features); known families and what they run: rewatch_trl/families.py"
+            )
+
+
+# One head of size 64 in the text model: a head size vLLM's CPU attention supports (16 is refused), so that one tiny
+# world serves the vLLM tests too.
+_TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 1,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 32768,
+}
+
+FAMILIES = {
+    family.name: family
+    for family in (
+        Family(
+            "qwen2_5_vl",
+            patch_size=14,
+            # M-RoPE's sections split the head's 32 frequencies as the 7B's [16, 24, 24] split 64
+            tiny_text=_TINY_TEXT
+            | {"rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [8, 12, 12]}},
+            tiny_vision={
+                "depth": 2,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_heads": 2,
+                "out_hidden_size": 64,
+                "fullatt_block_indexes": [1],
+                "tokens_per_second": 2,
+            },
+        ),
+        Family(
+            "qwen3_vl",
+            patch_size=16,
+            seconds_per_grid=False,
+            original_rope=False,
+            trains=False,
+            # the sections sum to half the head (interleaved T/H/W, as the published 8B's [24, 20, 20] of 128)
+            tiny_text=_TINY_TEXT
+            | {
+                "head_dim": 64,
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "rope_theta": 5_000_000.0,
+                    "mrope_section": [12, 10, 10],
+                    "mrope_interleaved": True,
+                },
+            },
+            tiny_vision={
+                "depth": 2,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_heads": 2,
+                "patch_size": 16,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+                "out_hidden_size": 64,
+                "num_position_embeddings": 64,  # a learned square grid: a perfect square
+                "deepstack_visual_indexes": [0],
+            },
+        ),
+    )
+}
+
+
+def family_of(config) -> Family:
+    """The family of a model's config (or of a model, or a config dict); an unknown one is an error naming the
+    known ones."""
+    config = getattr(config, "config", config)
+    model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
+    if model_type not in FAMILIES:
+        raise ValueError(f"unknown model family {model_type!r}; rewatch-trl knows {', '.join(FAMILIES)}")
+    return FAMILIES[model_type]
