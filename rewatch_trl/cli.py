@@ -15,6 +15,7 @@ def _tiny(args) -> None:
         seed=args.seed,
         flashes=args.flashes,
         varied=args.varied,
+        family=args.family,
     )
     print(f"tiny world written to {world.root}: model + processor, {len(world.rows)} rows in {world.qa_path.name}")
 
@@ -214,6 +215,8 @@ def _add_generation_options(parser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rewatch_trl.families import FAMILIES
+
     parser = argparse.ArgumentParser(prog="rewatch-trl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -234,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="videos of different lengths, frame rates and sizes (grids differ, fractional seconds a grid) and "
         "questions of different lengths, instead of one shape for all",
+    )
+    tiny.add_argument(
+        "--family", default="qwen2_5_vl", choices=sorted(FAMILIES), help="the model family (rewatch_trl/families.py)"
     )
     tiny.set_defaults(func=_tiny)
 

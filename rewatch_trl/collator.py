@@ -10,6 +10,7 @@ Example:
 ```
 """
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -73,6 +74,8 @@ class VideoCollator:
         self.undecodable: dict[str, UndecodableVideo] = {}  # by path: the videos that failed to decode
         self.chat_template_kwargs = chat_template_kwargs or {}
         self.settings = settings or VideoSettings()
+        if self.settings.video_patch_size is None:  # frames resized in the model's pixel unit
+            self.settings = dataclasses.replace(self.settings, video_patch_size=processor.video_processor.patch_size)
         self.video_root = Path(video_root) if video_root else None
         self.cache = cache if cache is not None else default_video_cache()
         self._sent: set[str] = set()  # videos this process's `decode_ahead` has handed out
@@ -224,11 +227,14 @@ def split_video_inputs(batch) -> list[dict[str, torch.Tensor]]:
     split of a generation batch (which index lists and tensors by sample) keep each video with its sample."""
     grids = batch["video_grid_thw"]
     rows = torch.split(batch["pixel_values_videos"], grids.prod(-1).tolist())
-    seconds = torch.as_tensor(batch["second_per_grid_ts"]).reshape(-1)
-    return [
-        {"pixel_values_videos": pixels, "video_grid_thw": grid[None], "second_per_grid_ts": second[None]}
-        for pixels, grid, second in zip(rows, grids, seconds, strict=True)
+    samples = [
+        {"pixel_values_videos": pixels, "video_grid_thw": grid[None]} for pixels, grid in zip(rows, grids, strict=True)
     ]
+    if "second_per_grid_ts" in batch:  # a family that times its grids so (`families.Family.seconds_per_grid`)
+        seconds = torch.as_tensor(batch["second_per_grid_ts"]).reshape(-1)
+        for sample, second in zip(samples, seconds, strict=True):
+            sample["second_per_grid_ts"] = second[None]
+    return samples
 
 
 def video_fields(
@@ -240,7 +246,8 @@ def video_fields(
     first appearance: the layout `SharedVideoFeatures` reads, G times fewer bytes copied for G rows a prompt."""
     rows = SharedRows(samples, clips=clips)
     videos = rows.videos
-    fields = {key: torch.cat([video[key] for video in videos]) for key in ("video_grid_thw", "second_per_grid_ts")}
+    keys = [key for key in ("video_grid_thw", "second_per_grid_ts") if key in videos[0]]
+    fields = {key: torch.cat([video[key] for video in videos]) for key in keys}
     pixel_videos = [videos[i] for i in rows.distinct_videos] if distinct_pixels else videos
     fields["pixel_values_videos"] = concat_rows([video["pixel_values_videos"] for video in pixel_videos])
     return fields

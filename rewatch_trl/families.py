@@ -28,6 +28,8 @@ class Family:
         original_rope: the positions are `positions.rope_index` (Qwen2.5-VL's pretrained rule, which transformers'
             own departs from); otherwise transformers' rule is the model's.
         trains: the trainers (GRPO, SFT) are wired for it.
+        processor_class / image_processor_class / video_processor_class: its stock processors (transformers' names),
+            built with `processor_kwargs` (the tiny world's).
         tiny_text / tiny_vision: the tiny world's model sizes (`tiny.build_tiny_world(family=...)`).
     """
 
@@ -37,6 +39,10 @@ class Family:
     seconds_per_grid: bool = True
     original_rope: bool = True
     trains: bool = True
+    processor_class: str = "Qwen2_5_VLProcessor"
+    image_processor_class: str = "Qwen2VLImageProcessor"
+    video_processor_class: str = "Qwen2VLVideoProcessor"
+    processor_kwargs: dict = field(default_factory=dict)
     tiny_text: dict = field(default_factory=dict)
     tiny_vision: dict = field(default_factory=dict)
 
@@ -90,6 +96,10 @@ FAMILIES = {
             seconds_per_grid=False,
             original_rope=False,
             trains=False,
+            processor_class="Qwen3VLProcessor",
+            video_processor_class="Qwen3VLVideoProcessor",
+            # the published processor's patch and normalisation (the image processor's defaults are Qwen2-VL's)
+            processor_kwargs={"patch_size": 16, "image_mean": [0.5] * 3, "image_std": [0.5] * 3},
             # the sections sum to half the head (interleaved T/H/W, as the published 8B's [24, 20, 20] of 128)
             tiny_text=_TINY_TEXT
             | {

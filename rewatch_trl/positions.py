@@ -92,8 +92,11 @@ def use_original_rope(model, seconds_dtype: torch.dtype | None = None):
 
     `second_per_grid_ts` is first cast to `seconds_dtype` (by default the model's dtype), as vLLM does: it casts
     every floating output of the processor to its model's dtype, so in a bf16 run a 6.2604 s grid counts 6.25 s."""
+    from rewatch_trl.families import family_of
     from rewatch_trl.sharing import backbone
 
+    if not family_of(model).original_rope:  # transformers' own rule is the model's
+        return model
     inner = backbone(model)
     dtype = seconds_dtype or inner.dtype
 

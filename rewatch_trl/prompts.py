@@ -40,6 +40,13 @@ class VideoSettings:
         default="decord",
         metadata={"help": "Video reader: decord, pyav, torchcodec or torchvision (qwen-vl-utils' readers + PyAV)."},
     )
+    video_patch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "The vision patch in px, to which frames are resized (twice it a side: 28 px for Qwen2.5-VL, 32 "
+            "for Qwen3-VL); default: the model's processor's (14 where there is none)."
+        },
+    )
 
     def video_block(self, video: str) -> dict:
         """The `{"type": "video", ...}` content block of the seed, which qwen-vl-utils reads."""

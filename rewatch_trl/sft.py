@@ -14,6 +14,7 @@ from trl import ModelConfig, SFTTrainer, TrlParser, get_peft_config
 
 from rewatch_trl.collator import VideoCollator
 from rewatch_trl.configs import ScriptArguments, SFTConfig
+from rewatch_trl.families import family_of
 from rewatch_trl.prompts import VideoSettings
 from rewatch_trl.rewatch import RewatchSettings, shown_clips
 from rewatch_trl.video import DecodeError, UndecodableVideo, sample_clip, write_undecodable
@@ -94,8 +95,10 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
             f"the dataset has no {script_args.response_field!r} column (the SFT target); it has "
             f"{', '.join(dataset.column_names)}"
         )
+    model = load_model(model_args)
+    family_of(model).check_trains("rewatch_trl.sft")
     trainer = SFTTrainer(
-        model=load_model(model_args),
+        model=model,
         args=training_args,
         train_dataset=dataset,
         processing_class=processor,

@@ -17,6 +17,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from rewatch_trl.families import family_of
 from rewatch_trl.prompts import VideoSettings, duration_string, seconds_to_timestamp
 from rewatch_trl.rewatch import RewatchSettings
 
@@ -53,14 +54,21 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# Small frames for the tiny world: 56x56 px (4 visual tokens a frame after the 2x2 merge), at most 8 frames.
-TINY_VIDEO_SETTINGS = VideoSettings(
-    video_fps=2.0,
-    video_max_frames=8,
-    video_min_pixels=56 * 56,
-    video_max_pixels=56 * 56,
-    video_total_pixels=8 * 56 * 56,
-)
+
+def tiny_video_settings(family: str = "qwen2_5_vl") -> VideoSettings:
+    """Small frames for the tiny world: two pixel units a side (56x56 px for Qwen2.5-VL, 64x64 for Qwen3-VL: 4
+    visual tokens a frame after the 2x2 merge), at most 8 frames."""
+    side = 2 * family_of({"model_type": family}).pixel_unit
+    return VideoSettings(
+        video_fps=2.0,
+        video_max_frames=8,
+        video_min_pixels=side * side,
+        video_max_pixels=side * side,
+        video_total_pixels=8 * side * side,
+    )
+
+
+TINY_VIDEO_SETTINGS = tiny_video_settings()
 
 # How the tiny world re-watches in agentic mode: a clip at the videos' 4 fps, every frame of a 2 s window.
 TINY_REWATCH_SETTINGS = RewatchSettings(
@@ -80,6 +88,12 @@ class TinyWorld:
     qa_path: Path
     captions_path: Path
     rows: list[dict]
+    family: str = "qwen2_5_vl"
+
+    @property
+    def video_settings(self) -> VideoSettings:
+        """How its videos are sampled (`tiny_video_settings`)."""
+        return tiny_video_settings(self.family)
 
 
 def _corpus() -> list[str]:
@@ -120,42 +134,19 @@ def build_tiny_tokenizer():
     )
 
 
-def build_tiny_processor(tokenizer=None):
-    """The stock `Qwen2_5_VLProcessor` with the stock image and video processors around the tiny tokenizer."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+def build_tiny_processor(tokenizer=None, family: str = "qwen2_5_vl"):
+    """The family's stock processor, with its stock image and video processors, around the tiny tokenizer."""
+    import transformers
 
+    spec = family_of({"model_type": family})
     tokenizer = tokenizer or build_tiny_tokenizer()
-    return Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(),
-        tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(),
-        chat_template=CHAT_TEMPLATE,
-    )
+    processors = {
+        "image_processor": getattr(transformers, spec.image_processor_class)(**spec.processor_kwargs),
+        "video_processor": getattr(transformers, spec.video_processor_class)(**spec.processor_kwargs),
+    }
+    return getattr(transformers, spec.processor_class)(tokenizer=tokenizer, chat_template=CHAT_TEMPLATE, **processors)
 
 
-TINY_SIZES = {
-    "text": {
-        "vocab_size": None,  # the tokenizer's
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        # one head of size 64: a head size vLLM's CPU attention supports (16 is refused), so that one tiny world
-        # serves the vLLM tests too; M-RoPE's sections split its 32 frequencies as the 7B's [16, 24, 24] split 64
-        "num_attention_heads": 1,
-        "num_key_value_heads": 1,
-        "max_position_embeddings": 32768,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [8, 12, 12]},
-    },
-    "vision": {
-        "depth": 2,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 2,
-        "out_hidden_size": 64,
-        "fullatt_block_indexes": [1],
-        "tokens_per_second": 2,
-    },
-}
 # The sizes of the published Qwen2.5-VL-7B-Instruct config: a random model of the real shape, built offline.
 QWEN2_5_VL_7B_SIZES = {
     "text": {
@@ -181,17 +172,20 @@ QWEN2_5_VL_7B_SIZES = {
 }
 
 
-def tiny_config(tokenizer, sizes: dict | None = None):
-    """A Qwen2.5-VL config for `tokenizer`'s special tokens: hidden size 64, 2 layers and a 2-block vision tower,
-    or the `sizes` given (`QWEN2_5_VL_7B_SIZES`: the real 7B shape, random weights, for GPU benchmarks)."""
-    from transformers import Qwen2_5_VLConfig
+def tiny_config(tokenizer, sizes: dict | None = None, family: str = "qwen2_5_vl"):
+    """A config of the `family` for `tokenizer`'s special tokens: its tiny sizes (`families.Family.tiny_text` /
+    `tiny_vision`: hidden size 64, 2 layers and a 2-block vision tower), or the `sizes` given
+    (`QWEN2_5_VL_7B_SIZES`: the real 7B shape, random weights, for GPU benchmarks)."""
+    from transformers import AutoConfig
 
-    sizes = sizes or TINY_SIZES
+    spec = family_of({"model_type": family})
+    sizes = sizes or {"text": spec.tiny_text, "vision": spec.tiny_vision}
     ids = tokenizer.convert_tokens_to_ids
-    return Qwen2_5_VLConfig(
+    return AutoConfig.for_model(
+        family,
         text_config={
             **sizes["text"],
-            "vocab_size": sizes["text"]["vocab_size"] or len(tokenizer),
+            "vocab_size": sizes["text"].get("vocab_size") or len(tokenizer),
             "bos_token_id": ids("<|endoftext|>"),
             "eos_token_id": ids("<|im_end|>"),
             "pad_token_id": ids("<|endoftext|>"),
@@ -204,14 +198,16 @@ def tiny_config(tokenizer, sizes: dict | None = None):
     )
 
 
-def build_tiny_model(tokenizer=None, seed: int = 0):
-    """A random tiny `Qwen2_5_VLForConditionalGeneration` (fp32, eval mode), the same weights for the same seed."""
+def build_tiny_model(tokenizer=None, seed: int = 0, family: str = "qwen2_5_vl"):
+    """A random tiny image-text-to-text model of the `family` (fp32, eval mode), the same weights for the same
+    seed."""
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
 
     tokenizer = tokenizer or build_tiny_tokenizer()
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer))
+    config = tiny_config(tokenizer, family=family)
+    model = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING[type(config)](config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval()
@@ -382,19 +378,21 @@ def build_tiny_world(
     seed: int = 0,
     flashes: bool = False,
     varied: bool = False,
+    family: str = "qwen2_5_vl",
 ) -> TinyWorld:
     """Write the whole offline world under `out` (model, processor, videos, `qa.jsonl`, `captions.jsonl`). With
     `flashes`, each video also holds a one-frame flash between its sampled frames, asked about (`flash_rows`). With
     `varied`, the videos differ in length, frame rate and size and the questions in wording (`VARIED_VIDEOS`):
-    grids differ between rows and `second_per_grid_ts` is fractional; otherwise every video has the same shape."""
+    grids differ between rows and `second_per_grid_ts` is fractional; otherwise every video has the same shape. The
+    model and processor are of the `family` (`families.FAMILIES`); sample its videos with `world.video_settings`."""
     if varied and (flashes or num_videos > len(VARIED_VIDEOS)):
         raise ValueError(f"the varied world has {len(VARIED_VIDEOS)} videos and no flashes")
     root = Path(out)
     video_dir = root / "videos"
     video_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer()
-    build_tiny_model(tokenizer, seed=seed).save_pretrained(root)
-    build_tiny_processor(tokenizer).save_pretrained(root)
+    build_tiny_model(tokenizer, seed=seed, family=family).save_pretrained(root)
+    build_tiny_processor(tokenizer, family).save_pretrained(root)
     rng = random.Random(seed)
     rows, caption_rows = [], []
     for i in range(num_videos):
@@ -417,4 +415,4 @@ def build_tiny_world(
     qa_path, captions_path = root / "qa.jsonl", root / "captions.jsonl"
     qa_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     captions_path.write_text("".join(json.dumps(row) + "\n" for row in caption_rows))
-    return TinyWorld(root, video_dir, qa_path, captions_path, rows)
+    return TinyWorld(root, video_dir, qa_path, captions_path, rows, family)

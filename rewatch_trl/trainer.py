@@ -45,6 +45,7 @@ from rewatch_trl.collator import (
     video_fields,
     video_forward_kwargs,
 )
+from rewatch_trl.families import family_of
 from rewatch_trl.positions import use_original_rope
 from rewatch_trl.prompts import VideoSettings
 from rewatch_trl.rewatch import Rewatcher, RewatchSettings
@@ -120,6 +121,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         )
         with engine:
             super().__init__(model, reward_funcs, args, *rest, **kwargs)
+        family_of(self.model).check_trains(type(self).__name__)
         # a video that fails to decode mid-run costs its rows (`_leave_out_undecodable`), not the run
         self.video_collator = VideoCollator(
             self.processing_class,

@@ -226,7 +226,12 @@ def decode_video(path, settings: VideoSettings, start: float | None = None, end:
         block |= {"video_start": start, "video_end": end}
     _use_backend(settings.video_backend)
     try:
-        (frames, meta), _ = fetch_video(block, return_video_sample_fps=True, return_video_metadata=True)
+        (frames, meta), _ = fetch_video(
+            block,
+            image_patch_size=settings.video_patch_size or 14,
+            return_video_sample_fps=True,
+            return_video_metadata=True,
+        )
     except Exception as error:  # decoders raise anything from RuntimeError to their own types
         cause = decoder_error(error)
         raise DecodeError(f"cannot decode video {path} with {settings.video_backend}: {cause}") from cause

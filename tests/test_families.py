@@ -1,0 +1,79 @@
+"""The family table (`rewatch_trl/families.py`): a tiny world of each family, its frames in the family's pixel unit,
+the collator's inputs as its processor makes them, its model's own positions; the trainers say which they train."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def qwen3_world(tmp_path_factory):
+    from rewatch_trl.tiny import build_tiny_world
+
+    return build_tiny_world(tmp_path_factory.mktemp("qwen3-vl-world"), num_videos=2, seed=0, family="qwen3_vl")
+
+
+def test_an_unknown_family_is_an_error_naming_the_known(tmp_path):
+    from rewatch_trl.families import family_of
+    from rewatch_trl.tiny import build_tiny_world
+
+    with pytest.raises(ValueError, match="unknown model family 'llava'; rewatch-trl knows qwen2_5_vl, qwen3_vl"):
+        family_of({"model_type": "llava"})
+    with pytest.raises(ValueError, match="unknown model family 'qwen9'"):
+        build_tiny_world(tmp_path, family="qwen9")
+
+
+def test_each_familys_frames_and_video_tokens(qwen3_world, tiny_world):
+    """Qwen3-VL's frames are resized in 32-px units (Qwen2.5-VL's in 28): 64x64 against 56x56, 4 tokens a frame
+    each; its processor writes each frame pair's time into the text and returns no `second_per_grid_ts`."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from rewatch_trl.collator import VideoCollator, split_video_inputs
+    from rewatch_trl.video import VideoCache
+
+    seen = {}
+    for world in (tiny_world, qwen3_world):
+        processor = AutoProcessor.from_pretrained(world.root)
+        model = AutoModelForImageTextToText.from_pretrained(world.root).eval()
+        assert model.config.model_type == world.family
+        collator = VideoCollator(processor, world.video_settings, world.video_dir, VideoCache())
+        (video,) = collator.videos(world.rows[:1])
+        batch = collator(world.rows[:1])
+        config = model.config
+        tokens = int((batch["input_ids"] == config.video_token_id).sum())
+        grid = batch["video_grid_thw"][0].tolist()
+        seen[world.family] = (tuple(video.frames.shape), tokens, "second_per_grid_ts" in batch)
+        assert tokens == grid[0] * grid[1] * grid[2] // 4  # the 2x2 merge
+        (sample,) = split_video_inputs(batch)
+        assert ("second_per_grid_ts" in sample) == (world.family == "qwen2_5_vl")
+        with torch.no_grad():
+            logits = model(**batch).logits
+            generated = model.generate(**batch, max_new_tokens=4, do_sample=False)
+        assert torch.isfinite(logits).all() and generated.shape[1] == batch["input_ids"].shape[1] + 4
+        if world.family == "qwen3_vl":
+            text = processor.tokenizer.decode(batch["input_ids"][0])
+            assert text.count(" seconds>") == grid[0]  # one timestamp a frame pair
+    assert seen == {"qwen2_5_vl": ((8, 3, 56, 56), 16, True), "qwen3_vl": ((8, 3, 64, 64), 16, False)}
+
+
+def test_qwen3_keeps_transformers_positions_and_qwen2_5_gets_the_original_rule(qwen3_world, tiny_world):
+    from transformers import AutoModelForImageTextToText
+
+    from rewatch_trl.positions import use_original_rope
+
+    for world, replaced in ((tiny_world, True), (qwen3_world, False)):
+        model = use_original_rope(AutoModelForImageTextToText.from_pretrained(world.root))
+        assert ("get_rope_index" in vars(model.model)) == replaced
+
+
+def test_the_trainers_say_they_do_not_train_qwen3_yet(qwen3_world, tmp_path, make_trainer):
+    with pytest.raises(NotImplementedError, match="VideoGRPOTrainer does not train qwen3_vl models yet"):
+        make_trainer(qwen3_world, tmp_path)
+
+
+def test_the_tiny_command_builds_a_world_of_the_family(tmp_path):
+    import json
+
+    from rewatch_trl.cli import main
+
+    assert main(["tiny", "--family", "qwen3_vl", "--num-videos", "1", "--out", str(tmp_path / "w")]) == 0
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["model_type"] == "qwen3_vl"
