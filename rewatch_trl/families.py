@@ -4,7 +4,7 @@ branches on `model_type`.
 | family | vision patch | pixel unit (a token) | `second_per_grid_ts` | positions | trained by rewatch-trl |
 | --- | ---: | ---: | --- | --- | --- |
 | `qwen2_5_vl` (the paper's) | 14 px | 28 px | returned, read by M-RoPE | `positions.rope_index` (its pretrained rule) | every path |
-| `qwen3_vl` | 16 px | 32 px | none: each frame pair's time is written as text (`<0.7 seconds>`) | transformers' own | tiny world, collator, forward and `generate`; not yet the trainers |
+| `qwen3_vl` | 16 px | 32 px | none: each frame pair's time is written as text (`<0.7 seconds>`) | transformers' own | GRPO with transformers' generation, unshared; not yet vLLM, agentic, SFT, sharing |
 
 Example:
 ```python
@@ -27,7 +27,7 @@ class Family:
         seconds_per_grid: the processor returns `second_per_grid_ts` and the positions read it.
         original_rope: the positions are `positions.rope_index` (Qwen2.5-VL's pretrained rule, which transformers'
             own departs from); otherwise transformers' rule is the model's.
-        trains: the trainers (GRPO, SFT) are wired for it.
+        not_yet: the paths not wired for it yet (`PATHS`); `check` refuses them by name.
         processor_class / image_processor_class / video_processor_class: its stock processors (transformers' names),
             built with `processor_kwargs` (the tiny world's).
         tiny_text / tiny_vision: the tiny world's model sizes (`tiny.build_tiny_world(family=...)`).
@@ -38,7 +38,7 @@ class Family:
     merge_size: int = 2
     seconds_per_grid: bool = True
     original_rope: bool = True
-    trains: bool = True
+    not_yet: tuple[str, ...] = ()
     processor_class: str = "Qwen2_5_VLProcessor"
     image_processor_class: str = "Qwen2VLImageProcessor"
     video_processor_class: str = "Qwen2VLVideoProcessor"
@@ -51,13 +51,28 @@ class Family:
         """The side, in px, of the square one visual token covers: frames are resized to multiples of it."""
         return self.patch_size * self.merge_size
 
-    def check_trains(self, what: str) -> None:
-        """An error naming the family when `what` (a trainer) is not wired for it yet."""
-        if not self.trains:
+    def supports(self, path: str) -> bool:
+        if path not in PATHS:
+            raise ValueError(f"unknown path {path!r}; known: {', '.join(PATHS)}")
+        return path not in self.not_yet
+
+    def check(self, path: str) -> None:
+        """An error naming the family and `path` (one of `PATHS`) when that path is not wired for it yet."""
+        if not self.supports(path):
             raise NotImplementedError(
-                f"{what} does not train {self.name} models yet (issue 24: its timestamps in the text, positions and "
-                f"deepstack features); known families and what they run: rewatch_trl/families.py"
+                f"{PATHS[path]} does not run {self.name} models yet (issue 24); what each family runs: "
+                "rewatch_trl/families.py"
             )
+
+
+# The paths a family may not run yet, and what each is called in an error.
+PATHS = {
+    "vllm": "VideoGRPOTrainer with use_vllm",
+    "agentic": "VideoGRPOTrainer with rewatch_mode='agentic'",
+    "sft": "rewatch_trl.sft",
+    "share_video_features": "share_video_features",
+    "share_prompt_prefix": "share_prompt_prefix",
+}
 
 
 # One head of size 64 in the text model: a head size vLLM's CPU attention supports (16 is refused), so that one tiny
@@ -95,7 +110,8 @@ FAMILIES = {
             patch_size=16,
             seconds_per_grid=False,
             original_rope=False,
-            trains=False,
+            # vision sharing would drop the deepstack features; the prefix split's positions are Qwen2.5-VL's rule
+            not_yet=("vllm", "agentic", "sft", "share_video_features", "share_prompt_prefix"),
             processor_class="Qwen3VLProcessor",
             video_processor_class="Qwen3VLVideoProcessor",
             # the published processor's patch and normalisation (the image processor's defaults are Qwen2-VL's)

@@ -96,7 +96,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
             f"{', '.join(dataset.column_names)}"
         )
     model = load_model(model_args)
-    family_of(model).check_trains("rewatch_trl.sft")
+    family_of(model).check("sft")
     trainer = SFTTrainer(
         model=model,
         args=training_args,

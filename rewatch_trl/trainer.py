@@ -121,7 +121,17 @@ class VideoGRPOTrainer(GRPOTrainer):
         )
         with engine:
             super().__init__(model, reward_funcs, args, *rest, **kwargs)
-        family_of(self.model).check_trains(type(self).__name__)
+        family = family_of(self.model)
+        if self.use_vllm:
+            family.check("vllm")
+        if isinstance(self.args, RewatchSettings) and self.args.agentic:
+            family.check("agentic")
+        for switch in ("share_video_features", "share_prompt_prefix"):
+            if getattr(self.args, switch, False) and not family.supports(switch):
+                logger.warning(
+                    "%s is off: it is not wired for %s models yet (rewatch_trl/families.py)", switch, family.name
+                )
+                setattr(self.args, switch, False)
         # a video that fails to decode mid-run costs its rows (`_leave_out_undecodable`), not the run
         self.video_collator = VideoCollator(
             self.processing_class,

@@ -30,13 +30,12 @@ def build_trainer(world, tmp_path, rows=None, peft_config=None, **config):
     from rewatch_trl.configs import GRPOConfig
     from rewatch_trl.grpo import add_prompts
     from rewatch_trl.rewards import get_reward_funcs
-    from rewatch_trl.tiny import TINY_VIDEO_SETTINGS
     from rewatch_trl.trainer import VideoGRPOTrainer
     from rewatch_trl.video import VideoCache
 
     processor = AutoProcessor.from_pretrained(world.root)
     model = AutoModelForImageTextToText.from_pretrained(world.root)
-    collator = VideoCollator(processor, TINY_VIDEO_SETTINGS, world.video_dir)
+    collator = VideoCollator(processor, world.video_settings, world.video_dir)
     dataset = add_prompts(Dataset.from_list(rows or world.rows), collator)
     settings = dict(
         output_dir=str(tmp_path),
@@ -59,7 +58,7 @@ def build_trainer(world, tmp_path, rows=None, peft_config=None, **config):
         args=args,
         train_dataset=dataset,
         processing_class=processor,
-        video_settings=TINY_VIDEO_SETTINGS,
+        video_settings=world.video_settings,
         video_root=world.video_dir,
         video_cache=VideoCache(),
         peft_config=peft_config,
@@ -80,6 +79,14 @@ def tiny_world(tmp_path_factory):
     from rewatch_trl.tiny import build_tiny_world
 
     return build_tiny_world(tmp_path_factory.mktemp("tiny-world"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def qwen3_world(tmp_path_factory):
+    """A tiny Qwen3-VL world (`families.py`): 2 videos, frames of 64x64 px (its 32-px unit), timestamps in the text."""
+    from rewatch_trl.tiny import build_tiny_world
+
+    return build_tiny_world(tmp_path_factory.mktemp("qwen3-vl-world"), num_videos=2, seed=0, family="qwen3_vl")
 
 
 @pytest.fixture(scope="session")

@@ -5,13 +5,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(scope="module")
-def qwen3_world(tmp_path_factory):
-    from rewatch_trl.tiny import build_tiny_world
-
-    return build_tiny_world(tmp_path_factory.mktemp("qwen3-vl-world"), num_videos=2, seed=0, family="qwen3_vl")
-
-
 def test_an_unknown_family_is_an_error_naming_the_known(tmp_path):
     from rewatch_trl.families import family_of
     from rewatch_trl.tiny import build_tiny_world
@@ -65,9 +58,13 @@ def test_qwen3_keeps_transformers_positions_and_qwen2_5_gets_the_original_rule(q
         assert ("get_rope_index" in vars(model.model)) == replaced
 
 
-def test_the_trainers_say_they_do_not_train_qwen3_yet(qwen3_world, tmp_path, make_trainer):
-    with pytest.raises(NotImplementedError, match="VideoGRPOTrainer does not train qwen3_vl models yet"):
-        make_trainer(qwen3_world, tmp_path)
+@pytest.mark.parametrize(
+    ("config", "refused"),
+    [({"rewatch_mode": "agentic"}, "VideoGRPOTrainer with rewatch_mode='agentic' does not run qwen3_vl models yet")],
+)
+def test_the_paths_not_wired_for_qwen3_say_so(qwen3_world, tmp_path, make_trainer, config, refused):
+    with pytest.raises(NotImplementedError, match=refused):
+        make_trainer(qwen3_world, tmp_path, **config)
 
 
 def test_the_tiny_command_builds_a_world_of_the_family(tmp_path):
