@@ -96,7 +96,8 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
             f"{', '.join(dataset.column_names)}"
         )
     model = load_model(model_args)
-    family_of(model).check("sft")
+    if training_args.agentic:  # its clips' timestamps would be labels
+        family_of(model).check("agentic")
     trainer = SFTTrainer(
         model=model,
         args=training_args,
