@@ -4,7 +4,7 @@ branches on `model_type`.
 | family | vision patch | pixel unit (a token) | `second_per_grid_ts` | positions | trained by rewatch-trl |
 | --- | ---: | ---: | --- | --- | --- |
 | `qwen2_5_vl` (the paper's) | 14 px | 28 px | returned, read by M-RoPE | `positions.rope_index` (its pretrained rule) | every path |
-| `qwen3_vl` | 16 px | 32 px | none: each frame pair's time is written as text (`<0.7 seconds>`) | transformers' own | GRPO with transformers' generation (unshared), SFT; not yet vLLM, agentic, sharing |
+| `qwen3_vl`, `qwen3_vl_moe`, `qwen3_5` | 16 px | 32 px | none: each frame pair's time is written as text (`<0.7 seconds>`) | transformers' own | GRPO with transformers' generation (unshared), SFT; not yet vLLM, agentic, sharing |
 
 Example:
 ```python
@@ -85,6 +85,19 @@ _TINY_TEXT = {
     "max_position_embeddings": 32768,
 }
 
+_TINY_QWEN3_VISION = {
+    "depth": 2,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "patch_size": 16,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "out_hidden_size": 64,
+    "num_position_embeddings": 64,  # a learned square grid: a perfect square
+    "deepstack_visual_indexes": [0],
+}
+
 FAMILIES = {
     family.name: family
     for family in (
@@ -126,18 +139,63 @@ FAMILIES = {
                     "mrope_interleaved": True,
                 },
             },
-            tiny_vision={
-                "depth": 2,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_heads": 2,
-                "patch_size": 16,
-                "spatial_merge_size": 2,
-                "temporal_patch_size": 2,
-                "out_hidden_size": 64,
-                "num_position_embeddings": 64,  # a learned square grid: a perfect square
-                "deepstack_visual_indexes": [0],
+            tiny_vision=_TINY_QWEN3_VISION,
+        ),
+        Family(
+            "qwen3_vl_moe",
+            patch_size=16,
+            seconds_per_grid=False,
+            original_rope=False,
+            not_yet=("vllm", "agentic", "share_video_features", "share_prompt_prefix"),
+            processor_class="Qwen3VLProcessor",
+            video_processor_class="Qwen3VLVideoProcessor",
+            processor_kwargs={"patch_size": 16, "image_mean": [0.5] * 3, "image_std": [0.5] * 3},
+            # 4 experts, 2 a token; an expert's width a multiple of vLLM-CPU's alignment (128; 48 is refused)
+            tiny_text=_TINY_TEXT
+            | {
+                "head_dim": 64,
+                "moe_intermediate_size": 128,
+                "num_local_experts": 4,
+                "num_experts_per_tok": 2,
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "rope_theta": 5_000_000.0,
+                    "mrope_section": [12, 10, 10],
+                    "mrope_interleaved": True,
+                },
             },
+            tiny_vision=_TINY_QWEN3_VISION,
+        ),
+        Family(
+            "qwen3_5",
+            patch_size=16,
+            seconds_per_grid=False,
+            original_rope=False,
+            # its prompt prefix is also a recurrent and convolution state (Gated DeltaNet layers), not keys alone
+            not_yet=("vllm", "agentic", "share_video_features", "share_prompt_prefix"),
+            processor_class="Qwen3VLProcessor",
+            video_processor_class="Qwen3VLVideoProcessor",
+            processor_kwargs={"patch_size": 16, "image_mean": [0.5] * 3, "image_std": [0.5] * 3},
+            # a linear-attention layer, then a full-attention one (the published 3:1, shortened); head dims of 64,
+            # which vLLM-CPU's linear attention takes (64 or 128); a quarter of each head rotary, as published
+            tiny_text=_TINY_TEXT
+            | {
+                "head_dim": 64,
+                "layer_types": ["linear_attention", "full_attention"],
+                "linear_conv_kernel_dim": 4,
+                "linear_key_head_dim": 64,
+                "linear_value_head_dim": 64,
+                "linear_num_key_heads": 1,
+                "linear_num_value_heads": 1,
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "rope_theta": 10_000_000.0,
+                    "partial_rotary_factor": 0.25,
+                    "mrope_section": [3, 3, 2],
+                    "mrope_interleaved": True,
+                },
+            },
+            tiny_vision={key: value for key, value in _TINY_QWEN3_VISION.items() if key != "deepstack_visual_indexes"},
         ),
     )
 }

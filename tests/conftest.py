@@ -82,11 +82,26 @@ def tiny_world(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def qwen3_world(tmp_path_factory):
-    """A tiny Qwen3-VL world (`families.py`): 2 videos, frames of 64x64 px (its 32-px unit), timestamps in the text."""
+def family_world(tiny_world, tmp_path_factory):
+    """`family_world(name)`: the tiny world of a model family (`families.py`), built once per session; Qwen2.5-VL's
+    is `tiny_world`, the others hold 2 videos (Qwen3 families: frames of 64x64 px, their 32-px unit)."""
     from rewatch_trl.tiny import build_tiny_world
 
-    return build_tiny_world(tmp_path_factory.mktemp("qwen3-vl-world"), num_videos=2, seed=0, family="qwen3_vl")
+    worlds = {"qwen2_5_vl": tiny_world}
+
+    def world(family: str):
+        if family not in worlds:
+            out = tmp_path_factory.mktemp(f"{family}-world")
+            worlds[family] = build_tiny_world(out, num_videos=2, seed=0, family=family)
+        return worlds[family]
+
+    return world
+
+
+@pytest.fixture(scope="session")
+def qwen3_world(family_world):
+    """The tiny Qwen3-VL world: 2 videos, frames of 64x64 px (its 32-px unit), timestamps in the text."""
+    return family_world("qwen3_vl")
 
 
 @pytest.fixture(scope="session")

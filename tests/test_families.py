@@ -9,7 +9,7 @@ def test_an_unknown_family_is_an_error_naming_the_known(tmp_path):
     from rewatch_trl.families import family_of
     from rewatch_trl.tiny import build_tiny_world
 
-    with pytest.raises(ValueError, match="unknown model family 'llava'; rewatch-trl knows qwen2_5_vl, qwen3_vl"):
+    with pytest.raises(ValueError, match="unknown model family .llava.; rewatch-trl knows qwen2_5_vl, qwen3_vl, "):
         family_of({"model_type": "llava"})
     with pytest.raises(ValueError, match="unknown model family 'qwen9'"):
         build_tiny_world(tmp_path, family="qwen9")
@@ -88,3 +88,28 @@ def test_sft_learns_on_qwen3(qwen3_world, tmp_path, launcher):
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 4 and losses[-1] <= losses[0] / 2, losses
     assert trainer.model.config.model_type == "qwen3_vl"
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5"])
+def test_a_left_padded_batch_scores_each_row_as_alone(family, family_world):
+    """TRL pads prompts on the left: every family's model (Qwen3.5's linear-attention layers too) gives a padded
+    row the logits of that row alone; the control, the padding attended to, moves them."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from rewatch_trl.collator import VideoCollator
+    from rewatch_trl.positions import use_original_rope
+    from rewatch_trl.video import VideoCache
+
+    world = family_world(family)
+    processor = AutoProcessor.from_pretrained(world.root)
+    model = use_original_rope(AutoModelForImageTextToText.from_pretrained(world.root).eval())
+    collator = VideoCollator(processor, world.video_settings, world.video_dir, VideoCache())
+    rows = world.rows[:2]  # a multiple-choice and an open-ended question: different lengths
+    batch = collator(rows)
+    assert len(set(batch["attention_mask"].sum(1).tolist())) == 2
+    with torch.no_grad():
+        padded = model(**batch).logits[:, -1]
+        alone = torch.cat([model(**collator([row])).logits[:, -1] for row in rows])
+        attended = model(**(batch | {"attention_mask": torch.ones_like(batch["attention_mask"])})).logits[:, -1]
+    assert (padded - alone).abs().max() <= 1e-5
+    assert (attended - alone).abs().max() > 1e-3

@@ -5,6 +5,7 @@ import torch
 from trl import GRPOTrainer
 
 from rewatch_trl.collator import split_video_inputs, video_forward_kwargs
+from rewatch_trl.families import FAMILIES
 from rewatch_trl.tiny import TINY_VIDEO_SETTINGS
 from rewatch_trl.video import sample_video
 from rewatch_trl.vllm_video import VideoLLM, collapse_placeholders, vllm_video_requests
@@ -35,9 +36,9 @@ def direct_logps(model, collator, rows, completion_ids, completion_mask, pixel_t
     return logps.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
-def test_every_logp_pass_sees_the_video(family, tiny_world, qwen3_world, tmp_path, make_trainer):
-    world = {"qwen2_5_vl": tiny_world, "qwen3_vl": qwen3_world}[family]
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_logp_pass_sees_the_video(family, family_world, tmp_path, make_trainer):
+    world = family_world(family)
     # Qwen3-VL: its trainer switches the sharing off (not wired for it yet), and says so
     trainer, dataset = make_trainer(world, tmp_path, beta=0.1, num_iterations=2)
     assert trainer.args.share_video_features == (family == "qwen2_5_vl")
@@ -107,9 +108,9 @@ def test_loss_pass_log_probs_follow_the_shuffled_batch(tiny_world, tmp_path, mak
     assert (policy_logps[kept] - expected[kept]).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
-def test_two_grpo_steps_learn_and_log_rewards(family, tiny_world, qwen3_world, tmp_path, make_trainer):
-    world = {"qwen2_5_vl": tiny_world, "qwen3_vl": qwen3_world}[family]
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_grpo_steps_learn_and_log_rewards(family, family_world, tmp_path, make_trainer):
+    world = family_world(family)
     trainer, _ = make_trainer(world, tmp_path, save_strategy="steps", save_steps=2)
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     trainer.train()
