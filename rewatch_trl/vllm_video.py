@@ -23,14 +23,56 @@ from rewatch_trl.suppression import suppression_logit_bias
 from rewatch_trl.video import SampledVideo
 
 
-def collapse_placeholders(token_ids: list[int], video_token_id: int) -> list[int]:
-    """Each run of `video_token_id` collapsed to one token: the prompt as vLLM expects it before it expands each
-    video's placeholder to the video's feature count."""
-    return [t for i, t in enumerate(token_ids) if t != video_token_id or i == 0 or token_ids[i - 1] != t]
+def collapse_placeholders(
+    token_ids: list[int], video_token_id: int, vision_start_id: int | None = None, vision_end_id: int | None = None
+) -> list[int]:
+    """The prompt as vLLM expects it before it expands each video's placeholder itself: the template's ids. Each run
+    of `video_token_id` becomes one token (Qwen2.5-VL: `<|vision_start|><|video_pad|>×N<|vision_end|>`); with the
+    vision start and end ids, a video whose frame pairs each carry a timestamp and a block of their own inside the
+    template's pair (the Qwen3 families: `<|vision_start|><0.6 seconds><|vision_start|><|video_pad|>×N
+    <|vision_end|>…<|vision_end|>`) becomes that pair around one placeholder."""
+    ids, collapsed, i = list(token_ids), [], 0
+    while i < len(ids):
+        end = None
+        if vision_start_id is not None and ids[i] == vision_start_id:
+            end = _timestamped_video_end(ids, i, video_token_id, vision_start_id, vision_end_id)
+        if end is not None:
+            collapsed += [vision_start_id, video_token_id, vision_end_id]
+            i = end
+            continue
+        if ids[i] != video_token_id or not collapsed or collapsed[-1] != video_token_id:
+            collapsed.append(ids[i])
+        i += 1
+    return collapsed
+
+
+def _timestamped_video_end(ids: list[int], start: int, pad: int, vision_start: int, vision_end: int) -> int | None:
+    """Where a timestamped video that opens at `ids[start]` ends (after its closing `vision_end`), or None if none
+    opens there: one or more frame-pair blocks (a timestamp's text, `vision_start`, pads, `vision_end`), then the
+    template's `vision_end`."""
+    special, i = {pad, vision_start, vision_end}, start + 1
+    while True:
+        text = i
+        while i < len(ids) and ids[i] not in special:
+            i += 1
+        if i == text or i >= len(ids) or ids[i] != vision_start:
+            return None
+        pads = i = i + 1
+        while i < len(ids) and ids[i] == pad:
+            i += 1
+        if i == pads or i >= len(ids) or ids[i] != vision_end:
+            return None
+        i += 1
+        if i < len(ids) and ids[i] == vision_end:
+            return i + 1
 
 
 def vllm_video_requests(
-    requests: list[dict], videos: list[SampledVideo | list[SampledVideo]], video_token_id: int
+    requests: list[dict],
+    videos: list[SampledVideo | list[SampledVideo]],
+    video_token_id: int,
+    vision_start_id: int | None = None,
+    vision_end_id: int | None = None,
 ) -> list[dict]:
     """TRL's vLLM requests (`{"prompt_token_ids": ...}`, the processor's ids, one per prompt) with the frames of
     each prompt's video (or videos, in order: the prompt's, then the clips an agentic completion was shown): the
@@ -48,7 +90,9 @@ def vllm_video_requests(
     return [
         {
             **request,
-            "prompt_token_ids": collapse_placeholders(list(request["prompt_token_ids"]), video_token_id),
+            "prompt_token_ids": collapse_placeholders(
+                request["prompt_token_ids"], video_token_id, vision_start_id, vision_end_id
+            ),
             "multi_modal_data": {"video": _video_data(video)},
             "mm_processor_kwargs": dict(PROCESSOR_VIDEO_KWARGS),
         }
@@ -151,7 +195,7 @@ class VideoLLM:
 
     def __init__(self, llm, config):
         self.llm = llm
-        self.video_token_id = config.video_token_id
+        self.video_ids = (config.video_token_id, config.vision_start_token_id, config.vision_end_token_id)
         self.logit_bias = suppression_logit_bias(config)
         self.videos: list[SampledVideo | list[SampledVideo]] | None = None
         self.sampling: dict = {}
@@ -181,7 +225,7 @@ class VideoLLM:
         videos = self.videos if videos is None else videos
         if videos is None:
             return self.llm.generate(prompts, sampling_params=sampling_params, **kwargs)
-        requests = vllm_video_requests(prompts, videos, self.video_token_id)
+        requests = vllm_video_requests(prompts, videos, *self.video_ids)
         if self.sampling:
             sampling_params = sampling_params.clone()
             for key, value in self.sampling.items():

@@ -4,11 +4,13 @@ import copy
 import pickle
 from types import SimpleNamespace
 
+import pytest
+
 from rewatch_trl.suppression import SUPPRESSION_BIAS, suppression_logit_bias
 from rewatch_trl.vllm_video import VideoLLM, collapse_placeholders
 
 
-CONFIG = SimpleNamespace(video_token_id=9, image_token_id=8, vision_start_token_id=7)
+CONFIG = SimpleNamespace(video_token_id=9, image_token_id=8, vision_start_token_id=7, vision_end_token_id=6)
 
 
 def test_each_placeholder_run_collapses_to_one():
@@ -63,3 +65,25 @@ def test_the_paper_recipe_reserves_the_context_its_videos_need():
     reserved = recipe["vllm_max_model_length"]
     assert reserved >= video_tokens + recipe["max_completion_length"] + 1024  # room for the prompt's text
     assert reserved < 32768  # not the model's whole context
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_a_prompt_collapses_to_the_templates_ids(family, family_world):
+    """vLLM expands each video's placeholder in the template's ids (`<|vision_start|><|video_pad|><|vision_end|>`)
+    itself, Qwen3's into per-frame-pair timestamps and blocks inside that pair: the trainer's expanded prompt must
+    collapse back to exactly the template's ids. The control: collapsing each pad run alone leaves Qwen3's frame
+    blocks and timestamps behind (vLLM would expand the first and read the rest as text)."""
+    from transformers import AutoProcessor
+
+    from rewatch_trl.collator import VideoCollator
+    from rewatch_trl.video import VideoCache
+
+    world = family_world(family)
+    processor = AutoProcessor.from_pretrained(world.root)
+    collator = VideoCollator(processor, world.video_settings, world.video_dir, VideoCache())
+    row = world.rows[0]
+    expanded = collator([row])["input_ids"][0].tolist()
+    template = processor.tokenizer(collator.prompt_text(collator.messages(row)), add_special_tokens=False)["input_ids"]
+    tokens = processor.tokenizer.convert_tokens_to_ids(["<|video_pad|>", "<|vision_start|>", "<|vision_end|>"])
+    assert collapse_placeholders(expanded, *tokens) == template
+    assert (collapse_placeholders(expanded, tokens[0]) == template) == (family == "qwen2_5_vl")
