@@ -4,7 +4,7 @@ branches on `model_type`.
 | family | vision patch | pixel unit (a token) | `second_per_grid_ts` | positions | trained by rewatch-trl |
 | --- | ---: | ---: | --- | --- | --- |
 | `qwen2_5_vl` (the paper's) | 14 px | 28 px | returned, read by M-RoPE | `positions.rope_index` (its pretrained rule) | every path |
-| `qwen3_vl`, `qwen3_vl_moe`, `qwen3_5` | 16 px | 32 px | none: each frame pair's time is written as text (`<0.7 seconds>`) | transformers' own | GRPO with transformers' generation (unshared), SFT; not yet vLLM, agentic, sharing |
+| `qwen3_vl`, `qwen3_vl_moe`, `qwen3_5` | 16 px | 32 px | none: each frame pair's time is written as text (`<0.7 seconds>`) | transformers' own (vLLM's alike) | GRPO (unshared; colocated vLLM on `qwen3_vl`), SFT; not yet agentic, sharing, vLLM on MoE and Qwen3.5 |
 
 Example:
 ```python
@@ -123,7 +123,7 @@ FAMILIES = {
             seconds_per_grid=False,
             original_rope=False,
             # vision sharing would drop the deepstack features; the prefix split's positions are Qwen2.5-VL's rule
-            not_yet=("vllm", "agentic", "share_video_features", "share_prompt_prefix"),
+            not_yet=("agentic", "share_video_features", "share_prompt_prefix"),
             processor_class="Qwen3VLProcessor",
             video_processor_class="Qwen3VLVideoProcessor",
             # the published processor's patch and normalisation (the image processor's defaults are Qwen2-VL's)

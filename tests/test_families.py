@@ -113,3 +113,52 @@ def test_a_left_padded_batch_scores_each_row_as_alone(family, family_world):
         attended = model(**(batch | {"attention_mask": torch.ones_like(batch["attention_mask"])})).logits[:, -1]
     assert (padded - alone).abs().max() <= 1e-5
     assert (attended - alone).abs().max() > 1e-3
+
+
+@pytest.mark.vllm
+def test_qwen3_on_colocated_vllm_renders_the_trainer_ids_and_samples_its_log_probs(
+    qwen3_world, tmp_path, make_trainer
+):
+    """TRL's engine on the tiny Qwen3-VL world: vLLM expands the collapsed prompt to exactly the trainer's ids
+    (timestamps and frame-pair blocks), and two GRPO steps (lr 5e-2, the weights synced after the first) sample
+    with the trainer's log-probs to 1e-5 in fp32. The control: the per-run collapse gives vLLM other ids."""
+    from vllm import SamplingParams
+
+    from rewatch_trl.collator import PROCESSOR_VIDEO_KWARGS
+    from rewatch_trl.vllm_video import collapse_placeholders
+
+    trainer, dataset = make_trainer(
+        qwen3_world,
+        tmp_path,
+        use_vllm=True,
+        vllm_mode="colocate",
+        vllm_max_model_length=1024,
+        learning_rate=5e-2,
+    )
+    llm = trainer.vllm_generation.llm
+    assert llm.llm_engine.model_config.dtype == torch.float32
+    rows = [dataset[0], dataset[0], dataset[1], dataset[1]]
+    ids, _, _ = trainer._tokenize_prompts([row["prompt"] for row in rows])
+    videos = trainer._pending_videos
+    with llm.serving(videos):
+        outputs = llm.generate([{"prompt_token_ids": row} for row in ids], SamplingParams(max_tokens=1))
+    assert [output.prompt_token_ids for output in outputs] == ids
+    per_run = llm.llm.generate(
+        [
+            {
+                "prompt_token_ids": collapse_placeholders(ids[0], trainer.model.config.video_token_id),
+                "multi_modal_data": {"video": (videos[0].frames, videos[0].metadata())},
+                "mm_processor_kwargs": dict(PROCESSOR_VIDEO_KWARGS),
+            }
+        ],
+        SamplingParams(max_tokens=1),
+    )
+    assert per_run[0].prompt_token_ids != ids[0]
+    trainer.train()
+    differences = [
+        entry["sampling/sampling_logp_difference/max"]
+        for entry in trainer.state.log_history
+        if "sampling/sampling_logp_difference/max" in entry
+    ]
+    print(f"Qwen3-VL sampling_logp_difference/max per step (vLLM vs trainer): {differences}")
+    assert len(differences) == 2 and max(differences) <= 1e-5, differences
