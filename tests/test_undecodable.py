@@ -164,24 +164,3 @@ def test_a_clip_that_does_not_decode_leaves_its_video_out(tiny_world, monkeypatc
     assert "a planted failure" in processor.tokenizer.decode(inserted)
     path = collator.video_path(tiny_world.rows[0])
     assert list(collator.undecodable) == [path] and isinstance(collator.sample(path), UndecodableVideo)
-
-
-@pytest.mark.vllm
-def test_grpo_on_colocated_vllm_leaves_the_broken_videos_rows_out(broken_world, tmp_path, make_trainer):
-    """The blank stand-in goes through the real engine (its processor, its positions) like any video."""
-    out = tmp_path / "run"
-    trainer, _ = make_trainer(
-        broken_world,
-        out,
-        use_vllm=True,
-        vllm_mode="colocate",
-        vllm_max_model_length=1024,
-        max_steps=4,
-        num_generations=2,
-        per_device_train_batch_size=4,
-    )
-    trainer.train()
-    assert trainer.state.global_step == 4
-    logged = [entry["data/undecodable"] for entry in trainer.state.log_history if "data/undecodable" in entry]
-    assert sum(logged) == 2 * 2
-    check_record(out, broken_world)

@@ -104,6 +104,36 @@ def test_vllm_renders_the_trainer_prompt_ids_and_positions(engine):
     assert doubled[0].prompt_token_ids.count(config.video_token_id) == 31
 
 
+def test_a_blank_stand_in_goes_through_the_engine(engine):
+    """What stands in for a video that failed to decode mid-run (`video.UndecodableVideo`: 2 blank frames of one
+    token) reaches vLLM like any video: its prompt ids are the trainer's, and it is sampled from."""
+    import copy
+
+    from vllm import SamplingParams
+
+    trainer, dataset = engine.trainer, engine.dataset
+    collator = trainer.video_collator
+    broken = str(trainer.video_collator.video_root / "broken.mp4")
+    collator.failed(broken, "cannot decode video broken.mp4 with decord: a planted failure")
+    prompt = copy.deepcopy(dataset[0]["prompt"])
+    for message in prompt:
+        for block in message["content"] if isinstance(message["content"], list) else []:
+            if block.get("type") == "video":
+                block["video"] = broken
+    try:
+        ids, _, _ = trainer._tokenize_prompts([prompt, prompt])
+        videos = trainer._pending_videos
+        assert {video.path for video in videos} == {broken} and videos[0].frames.abs().sum() == 0
+        llm = trainer.vllm_generation.llm
+        with llm.serving(videos):
+            outputs = llm.generate([{"prompt_token_ids": row} for row in ids], SamplingParams(max_tokens=2))
+    finally:
+        collator.undecodable.pop(broken)
+    assert [output.prompt_token_ids for output in outputs] == ids
+    assert ids[0].count(trainer.model.config.video_token_id) == 1
+    assert all(len(output.outputs[0].token_ids) > 0 for output in outputs)
+
+
 def sampling_difference(trainer, rows) -> float:
     """The largest |vLLM log-prob − trainer old-policy log-prob| over the completion tokens of one generation batch
     of `rows` (what TRL logs as `sampling/sampling_logp_difference/max`)."""
