@@ -98,6 +98,30 @@ _TINY_QWEN3_VISION = {
     "deepstack_visual_indexes": [0],
 }
 
+# What the Qwen3 families share: the 16-px patch, no `second_per_grid_ts`, transformers' positions, the Qwen3-VL
+# processor (the published patch and normalisation: the image processor's defaults are Qwen2-VL's), the text
+# model's interleaved M-RoPE (sections summing to half of a 64 head, as the published 8B's [24, 20, 20] of 128).
+# Vision sharing would drop the deepstack features, and the prefix split's positions are Qwen2.5-VL's rule.
+_QWEN3 = dict(
+    patch_size=16,
+    seconds_per_grid=False,
+    original_rope=False,
+    processor_class="Qwen3VLProcessor",
+    video_processor_class="Qwen3VLVideoProcessor",
+    processor_kwargs={"patch_size": 16, "image_mean": [0.5] * 3, "image_std": [0.5] * 3},
+    tiny_vision=_TINY_QWEN3_VISION,
+)
+_QWEN3_TEXT = _TINY_TEXT | {
+    "head_dim": 64,
+    "rope_parameters": {
+        "rope_type": "default",
+        "rope_theta": 5_000_000.0,
+        "mrope_section": [12, 10, 10],
+        "mrope_interleaved": True,
+    },
+}
+_QWEN3_NOT_YET = ("agentic", "share_video_features", "share_prompt_prefix")
+
 FAMILIES = {
     family.name: family
     for family in (
@@ -117,70 +141,26 @@ FAMILIES = {
                 "tokens_per_second": 2,
             },
         ),
-        Family(
-            "qwen3_vl",
-            patch_size=16,
-            seconds_per_grid=False,
-            original_rope=False,
-            # vision sharing would drop the deepstack features; the prefix split's positions are Qwen2.5-VL's rule
-            not_yet=("agentic", "share_video_features", "share_prompt_prefix"),
-            processor_class="Qwen3VLProcessor",
-            video_processor_class="Qwen3VLVideoProcessor",
-            # the published processor's patch and normalisation (the image processor's defaults are Qwen2-VL's)
-            processor_kwargs={"patch_size": 16, "image_mean": [0.5] * 3, "image_std": [0.5] * 3},
-            # the sections sum to half the head (interleaved T/H/W, as the published 8B's [24, 20, 20] of 128)
-            tiny_text=_TINY_TEXT
-            | {
-                "head_dim": 64,
-                "rope_parameters": {
-                    "rope_type": "default",
-                    "rope_theta": 5_000_000.0,
-                    "mrope_section": [12, 10, 10],
-                    "mrope_interleaved": True,
-                },
-            },
-            tiny_vision=_TINY_QWEN3_VISION,
-        ),
+        Family("qwen3_vl", **_QWEN3, not_yet=_QWEN3_NOT_YET, tiny_text=_QWEN3_TEXT),
         Family(
             "qwen3_vl_moe",
-            patch_size=16,
-            seconds_per_grid=False,
-            original_rope=False,
-            not_yet=("vllm", "agentic", "share_video_features", "share_prompt_prefix"),
-            processor_class="Qwen3VLProcessor",
-            video_processor_class="Qwen3VLVideoProcessor",
-            processor_kwargs={"patch_size": 16, "image_mean": [0.5] * 3, "image_std": [0.5] * 3},
+            **_QWEN3,
+            # vLLM: experts reloaded wrong on its CPU build without a post-processing step, `norm_topk_prob` unread
+            not_yet=(*_QWEN3_NOT_YET, "vllm"),
             # 4 experts, 2 a token; an expert's width a multiple of vLLM-CPU's alignment (128; 48 is refused)
-            tiny_text=_TINY_TEXT
-            | {
-                "head_dim": 64,
-                "moe_intermediate_size": 128,
-                "num_local_experts": 4,
-                "num_experts_per_tok": 2,
-                "rope_parameters": {
-                    "rope_type": "default",
-                    "rope_theta": 5_000_000.0,
-                    "mrope_section": [12, 10, 10],
-                    "mrope_interleaved": True,
-                },
-            },
-            tiny_vision=_TINY_QWEN3_VISION,
+            tiny_text=_QWEN3_TEXT | {"moe_intermediate_size": 128, "num_local_experts": 4, "num_experts_per_tok": 2},
         ),
         Family(
             "qwen3_5",
-            patch_size=16,
-            seconds_per_grid=False,
-            original_rope=False,
-            # its prompt prefix is also a recurrent and convolution state (Gated DeltaNet layers), not keys alone
-            not_yet=("vllm", "agentic", "share_video_features", "share_prompt_prefix"),
-            processor_class="Qwen3VLProcessor",
-            video_processor_class="Qwen3VLVideoProcessor",
-            processor_kwargs={"patch_size": 16, "image_mean": [0.5] * 3, "image_std": [0.5] * 3},
+            **_QWEN3
+            | {"tiny_vision": {k: v for k, v in _TINY_QWEN3_VISION.items() if k != "deepstack_visual_indexes"}},
+            # vLLM-CPU runs it in bf16 only; its prompt prefix is also a recurrent and convolution state (Gated
+            # DeltaNet layers), not keys and values alone
+            not_yet=(*_QWEN3_NOT_YET, "vllm"),
             # a linear-attention layer, then a full-attention one (the published 3:1, shortened); head dims of 64,
             # which vLLM-CPU's linear attention takes (64 or 128); a quarter of each head rotary, as published
-            tiny_text=_TINY_TEXT
+            tiny_text=_QWEN3_TEXT
             | {
-                "head_dim": 64,
                 "layer_types": ["linear_attention", "full_attention"],
                 "linear_conv_kernel_dim": 4,
                 "linear_key_head_dim": 64,
@@ -195,7 +175,6 @@ FAMILIES = {
                     "mrope_interleaved": True,
                 },
             },
-            tiny_vision={key: value for key, value in _TINY_QWEN3_VISION.items() if key != "deepstack_visual_indexes"},
         ),
     )
 }
