@@ -79,8 +79,17 @@ demo-rewatch: install
 	$(BIN)/rewatch-trl summary runs/tiny-grpo-rewatch
 	@echo "trained checkpoint: runs/tiny-grpo-rewatch (try: rewatch-trl infer --rewatch ..., README 'Real re-watching')"
 
-# The README's test command: the core suite, then the vLLM tier (the real engine, on CPU).
-test: test-core test-vllm
+# The README's test command: the core suite, then the vLLM tier (the real engine, on CPU). The vLLM environment is
+# built while the core suite runs (its install is mostly downloads and unpacking); its log is printed if it fails.
+VLLM_INSTALL_LOG ?= logs/install-vllm.log
+test: install
+	@mkdir -p $(dir $(VLLM_INSTALL_LOG))
+	@$(MAKE) --no-print-directory install-vllm > $(VLLM_INSTALL_LOG) 2>&1 & building=$$!; \
+	$(MAKE) --no-print-directory test-core; core=$$?; \
+	wait $$building; built=$$?; \
+	if [ $$built -ne 0 ]; then cat $(VLLM_INSTALL_LOG); echo "building $(VLLM_VENV) failed"; exit $$built; fi; \
+	if [ $$core -ne 0 ]; then exit $$core; fi; \
+	$(MAKE) --no-print-directory test-vllm
 
 test-core: install
 	$(call EXTENSIONS,$(VENV)) $(BIN)/$(PYTEST) -m "not vllm" tests
