@@ -265,3 +265,38 @@ def sft_model(tiny_world, tmp_path_factory, launcher):
     out = tmp_path_factory.mktemp("sft")
     launcher.run(launcher.command(tiny_world, out, 1, stage="sft", max_steps=60, save_strategy="no"))
     return out
+
+
+@pytest.fixture
+def refusing_hub():
+    """A Hub on 127.0.0.1 that creates repos and refuses every upload (403): the requests it got, and its URL."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    requests = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def _answer(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            requests.append((self.command, self.path))
+            if self.command == "POST" and self.path == "/api/repos/create":
+                status, body = 200, json.dumps({"url": f"{url}/me/x", "name": "me/x"})
+            else:
+                status, body = 403, json.dumps({"error": "this repo refuses uploads"})
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        do_GET = do_POST = do_PUT = do_HEAD = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield requests, url
+    server.shutdown()

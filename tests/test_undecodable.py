@@ -90,25 +90,41 @@ def test_grpo_with_decode_ahead_leaves_the_broken_videos_rows_out(broken_world, 
     check_record(out, broken_world)
 
 
-def test_two_process_grpo_reaches_max_steps_past_a_broken_video(broken_world, tmp_path, launcher):
-    """A prompt's 8 completions split 4 and 4 between two processes (1 prompt a step, 8 steps: every row once)."""
+def test_a_two_process_run_past_a_broken_video_and_a_refusing_hub(broken_world, tmp_path, launcher, refusing_hub):
+    """What a long run meets, at once: a prompt's 8 completions split 4 and 4 between two processes (1 prompt a
+    step, 4 steps: each video's first row once), one video broken, and a Hub that makes the repo at the start and
+    refuses the upload at the end (403). The run reaches max_steps with the broken video's rows left out and written
+    down, saves its model in `output_dir`, and one line says the push failed, why, and where the model is."""
+    rows = [json.loads(line) for line in broken_world.qa_path.read_text().splitlines()]
+    firsts = list({row["videos"]: row for row in reversed(rows)}.values())
+    broken_world.qa_path.write_text("".join(json.dumps(row) + "\n" for row in firsts))
+    requests, url = refusing_hub
     out = tmp_path / "run"
     command = launcher.command(
         broken_world,
         out,
         2,
-        max_steps=8,
+        max_steps=4,
         per_device_train_batch_size=4,
         num_generations=8,
         save_strategy="no",
         model_name_or_path=broken_world.root,
+        push_to_hub="true",
+        hub_model_id="me/x",
     )
-    launcher.run(command, timeout=600)
+    env = {"HF_ENDPOINT": url, "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_test", "HF_HOME": str(tmp_path / "hf")}
+    result = launcher.run(command, timeout=600, env=env)
     state = launcher.state(out)
-    assert state["global_step"] == 8
+    assert state["global_step"] == 4
     logged = [entry["data/undecodable"] for entry in state["log_history"] if "data/undecodable" in entry]
-    assert sum(logged) == 2 * 8  # the broken video's 2 rows, 8 completions each
+    assert sum(logged) == 8  # the broken video's row, its 8 completions
     check_record(out, broken_world)
+    assert ("POST", "/api/repos/create") in requests  # the control: the run really reached this Hub
+    assert any(status != "POST" or path != "/api/repos/create" for status, path in requests)  # and pushed to it
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if "could not push" in line]
+    assert "the Hub model me/x" in line and "403" in line and f"the model is saved in {out}" in line
+    assert (out / "model.safetensors").is_file()
 
 
 def test_sft_masks_the_broken_videos_rows(broken_world):
