@@ -316,8 +316,10 @@ def check_decode(paths: list[str], settings, num_proc: int = 1, progress: bool =
         # spawned, not forked: a decoder's or torch's threads in this process would not survive a fork
         with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn")) as pool:
             errors = list(bar(pool.map(decode, paths)))
+    from rewatch_trl.video import undecodable_record
+
     return [
-        {"path": path, "backend": settings.video_backend, "error": error, "step": None}
+        undecodable_record(path, settings.video_backend, error)
         for path, error in zip(paths, errors, strict=True)
         if error is not None
     ]

@@ -88,10 +88,16 @@ class UndecodableVideo(SampledVideo):
 
     def record(self, step: int | None) -> dict:
         """Its line of `undecodable.jsonl`."""
-        return {"path": self.path, "backend": self.backend, "error": self.error, "step": step}
+        return undecodable_record(self.path, self.backend, self.error, step)
 
 
 UNDECODABLE_LOG = "undecodable.jsonl"
+
+
+def undecodable_record(path: str, backend: str, error: str, step: int | None = None) -> dict:
+    """A line of `undecodable.jsonl`: the file, the decoder, its error, and the step of the run that met it (None
+    before a run: `rewatch-trl data --check-decode`, or in SFT)."""
+    return {"path": path, "backend": backend, "error": error, "step": step}
 
 
 def write_undecodable(output_dir, records: list[dict]) -> None:
