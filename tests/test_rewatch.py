@@ -504,10 +504,6 @@ def test_agentic_sft_then_grpo_then_infer_rewatch(flash_world, tmp_path, launche
         launcher.state(zero2)["log_history"][0]["rewatch/clips_per_completion"]
         == logs[0]["rewatch/clips_per_completion"]
     )
-    # under ZeRO-3, transformers generation is refused (its rounds gather the shards: ranks would wait on each other)
-    zero3 = launcher.command(flash_world, tmp_path / "zero3", 2, config="tests/deepspeed/zero3_cpu.yaml", **settings)
-    refused = subprocess.run(zero3, capture_output=True, text=True, env=launcher.environment(), cwd=launcher.root)
-    assert refused.returncode != 0 and "under ZeRO-3 needs use_vllm" in refused.stderr
     tiny = ["--max-frames", "8", "--min-pixels", "3136", "--max-pixels", "3136", "--total-pixels", "25088"]
     tiny += ["--rewatch-fps", "4", "--rewatch-max-frames", "8", "--rewatch-max-pixels", "3136", "--max-rewatches", "2"]
     row = next(row for row in flash_world.rows if row["question_type"] == "flash")
@@ -521,6 +517,18 @@ def test_agentic_sft_then_grpo_then_infer_rewatch(flash_world, tmp_path, launche
     assert result["rewatched"], result["completion"]
     for clip in result["rewatched"]:
         assert 0 <= clip["start"] < clip["end"] <= 8 and clip["frames"] > 0
+
+
+def test_agentic_transformers_generation_is_refused_under_zero3(tiny_world, tmp_path, make_trainer, monkeypatch):
+    """Under ZeRO-3 each transformers generation round gathers the shards, a collective: processes whose completions
+    need different numbers of rounds would wait on each other, so agentic mode there needs vLLM. The control: the
+    same trainer without ZeRO-3 is built."""
+    import rewatch_trl.trainer
+
+    assert agentic_trainer(make_trainer, tiny_world, tmp_path / "ddp")[0].rewatcher is not None
+    monkeypatch.setattr(rewatch_trl.trainer, "is_deepspeed_zero3_enabled", lambda: True)
+    with pytest.raises(NotImplementedError, match="under ZeRO-3 needs use_vllm"):
+        agentic_trainer(make_trainer, tiny_world, tmp_path / "zero3")
 
 
 def script_first_round(monkeypatch, prefill=False):
