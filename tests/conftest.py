@@ -141,18 +141,20 @@ def received(monkeypatch):
 
 @pytest.fixture
 def vllm_positions(monkeypatch):
-    """The M-RoPE positions vLLM's own Qwen2.5-VL computes for each prompt it prefills: `(tokens, positions)`."""
-    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration as VllmQwen
+    """The M-RoPE positions vLLM's own model computes for each prompt it prefills: `(tokens, positions)`. Qwen2.5-VL's
+    rule and Qwen3-VL's (which its MoE and Qwen3.5 inherit) are both watched."""
+    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+    from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
 
     seen = []
-    original = VllmQwen.get_mrope_input_positions
+    for model_class in (Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration):
 
-    def spy(self, input_tokens, mm_features):
-        result = original(self, input_tokens, mm_features)
-        seen.append((list(input_tokens), result[0].clone()))
-        return result
+        def spy(self, input_tokens, mm_features, original=model_class.get_mrope_input_positions):
+            result = original(self, input_tokens, mm_features)
+            seen.append((list(input_tokens), result[0].clone()))
+            return result
 
-    monkeypatch.setattr(VllmQwen, "get_mrope_input_positions", spy)
+        monkeypatch.setattr(model_class, "get_mrope_input_positions", spy)
     return seen
 
 

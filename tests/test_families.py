@@ -117,14 +117,15 @@ def test_a_left_padded_batch_scores_each_row_as_alone(family, family_world):
 
 @pytest.mark.vllm
 def test_qwen3_on_colocated_vllm_renders_the_trainer_ids_and_samples_its_log_probs(
-    qwen3_world, tmp_path, make_trainer
+    qwen3_world, tmp_path, make_trainer, vllm_positions
 ):
     """TRL's engine on the tiny Qwen3-VL world: vLLM expands the collapsed prompt to exactly the trainer's ids
-    (timestamps and frame-pair blocks), and two GRPO steps (lr 5e-2, the weights synced after the first) sample
-    with the trainer's log-probs to 1e-5 in fp32. The control: the per-run collapse gives vLLM other ids."""
+    (timestamps and frame-pair blocks) and gives them the trainer's M-RoPE positions (transformers' rule), and two
+    GRPO steps (lr 5e-2, the weights synced after the first) sample with the trainer's log-probs to 1e-5 in fp32.
+    The controls: the per-run collapse gives vLLM other ids; text positions are not the video's."""
     from vllm import SamplingParams
 
-    from rewatch_trl.collator import PROCESSOR_VIDEO_KWARGS
+    from rewatch_trl.collator import PROCESSOR_VIDEO_KWARGS, token_types
     from rewatch_trl.vllm_video import collapse_placeholders
 
     trainer, dataset = make_trainer(
@@ -140,9 +141,21 @@ def test_qwen3_on_colocated_vllm_renders_the_trainer_ids_and_samples_its_log_pro
     rows = [dataset[0], dataset[0], dataset[1], dataset[1]]
     ids, _, _ = trainer._tokenize_prompts([row["prompt"] for row in rows])
     videos = trainer._pending_videos
+    vllm_positions.clear()
     with llm.serving(videos):
         outputs = llm.generate([{"prompt_token_ids": row} for row in ids], SamplingParams(max_tokens=1))
     assert [output.prompt_token_ids for output in outputs] == ids
+    assert vllm_positions
+    for tokens, positions in vllm_positions:
+        row = ids.index(tokens)
+        prompt = torch.tensor([tokens])
+        expected, _ = trainer.model.model.get_rope_index(
+            prompt,
+            token_types(prompt, trainer.model.config),
+            video_grid_thw=trainer._video_inputs[row]["video_grid_thw"],
+        )
+        assert torch.equal(positions, expected[:, 0]), row
+        assert not torch.equal(positions[0], torch.arange(len(tokens)))  # the video's positions are not the text's
     per_run = llm.llm.generate(
         [
             {
