@@ -18,6 +18,11 @@ def _tiny(args) -> None:
         family=args.family,
     )
     print(f"tiny world written to {world.root}: model + processor, {len(world.rows)} rows in {world.qa_path.name}")
+    keys = " ".join(f"--{key} {value}" for key, value in world.recipe_keys().items())
+    print(
+        "GRPO on it: accelerate launch --config_file accelerate_configs/cpu.yaml -m rewatch_trl.grpo "
+        f"--config recipes/tiny/grpo.yaml {keys}"
+    )
 
 
 # the per-step counts a summary shows beside the rewards, when the run logged them: what sharing did, and the real

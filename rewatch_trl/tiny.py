@@ -95,6 +95,20 @@ class TinyWorld:
         """How its videos are sampled (`tiny_video_settings`)."""
         return tiny_video_settings(self.family)
 
+    def recipe_keys(self) -> dict:
+        """The keys that point a tiny recipe (`recipes/tiny/*.yaml`) at this world: its model, rows, captions, videos
+        and frame sizes (in its family's pixel unit)."""
+        settings = self.video_settings
+        return {
+            "model_name_or_path": self.root,
+            "dataset_name": self.qa_path,
+            "captions": self.captions_path,
+            "video_root": self.video_dir,
+            "video_min_pixels": settings.video_min_pixels,
+            "video_max_pixels": settings.video_max_pixels,
+            "video_total_pixels": settings.video_total_pixels,
+        }
+
 
 def _corpus() -> list[str]:
     from rewatch_trl.prompts import REACT_PROMPT, SYSTEM_PROMPT

@@ -179,14 +179,8 @@ class Launcher:
         """The arguments of a tiny `stage` recipe (`recipes/tiny/{recipe or stage}.yaml`) run on `world` (`--config`
         and recipe keys), as `parse_args` and the entry points take them; `overrides` are recipe keys."""
         settings = (
-            {
-                "model_name_or_path": world.root,
-                "dataset_name": world.qa_path,
-                "captions": world.captions_path,
-                "video_root": world.video_dir,
-                "output_dir": output_dir,
-                "max_steps": 2,
-            }
+            world.recipe_keys()
+            | {"output_dir": output_dir, "max_steps": 2}
             | ({"max_completion_length": 8} if stage == "grpo" else {})
             | overrides
         )

@@ -27,19 +27,20 @@ def test_kept_mass_is_vllms_truncation(top_k, top_p):
     assert (wider - expected).abs().max() > 1e-3
 
 
-def test_the_tiny_recipe_at_top_p_keeps_the_importance_weight(tiny_world, tmp_path, launcher):
-    """`--use_vllm true --top_p 0.9 --max_completion_length 64` on the tiny recipe, launched as a user launches it:
-    TRL's importance-sampling ratio stays at 1 on every step (the engine samples in the trainer's fp32), where the
-    whole-vocabulary comparison gave 0.0068 (trl#6789)."""
+@pytest.mark.parametrize(("family", "steps"), [("qwen2_5_vl", 3), ("qwen3_vl", 2)])
+def test_the_tiny_recipe_at_top_p_keeps_the_importance_weight(family, steps, family_world, tmp_path, launcher):
+    """`--use_vllm true --top_p 0.9 --max_completion_length 64` on the tiny recipe of each family's world (the keys
+    `rewatch-trl tiny` prints), launched as a user launches it: TRL's importance-sampling ratio stays at 1 on every
+    step (the engine samples in the trainer's fp32), where the whole-vocabulary comparison gave 0.0068 (trl#6789)."""
     out = tmp_path / "run"
     command = launcher.command(
-        tiny_world, out, use_vllm="true", top_p=0.9, top_k=40, max_completion_length=64, max_steps=3
+        family_world(family), out, use_vllm="true", top_p=0.9, top_k=40, max_completion_length=64, max_steps=steps
     )
     launcher.run(command, timeout=600)
     logs = [
         entry for entry in launcher.state(out)["log_history"] if "sampling/importance_sampling_ratio/mean" in entry
     ]
-    assert len(logs) == 3
+    assert len(logs) == steps
     for entry in logs:
         assert entry["sampling/importance_sampling_ratio/mean"] >= 0.98, entry
         assert entry["sampling/importance_sampling_ratio/min"] >= 0.98, entry
