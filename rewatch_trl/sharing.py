@@ -1,15 +1,17 @@
 """Sharing one prompt's video and prefix across its G completions, exactly.
 
-Two stand-ins, installed on a Qwen2.5-VL's backbone by `VideoGRPOTrainer` and handed by it, around each model
-call, the `SharedRows` of that call: which rows hold the same prompt and video (rows that share a sample dict).
+Two stand-ins, installed on a Qwen-VL backbone by `VideoGRPOTrainer` and handed by it, around each model call, the
+`SharedRows` of that call: which rows hold the same prompt and video (rows that share a sample dict).
 
-- `SharedVideoFeatures` replaces `get_video_features`: the vision tower runs once per distinct video;
+- `SharedVideoFeatures` replaces `get_video_features`: the vision tower runs once per distinct video (its deepstack
+  features, which Qwen3-VL adds to the first layers of the language model, shared with the rest);
 - `SharedPrefix` replaces the backbone's `forward` in the log-prob passes: each distinct prompt goes through the
   language model once and the completions attend to its cached keys and values.
 
 Both give what the unshared model gives (tests/test_sharing.py: log-probs within 1e-5, gradients within 1e-4).
 """
 
+import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -123,13 +125,24 @@ def pixel_chunks(pixels: torch.Tensor, grid: torch.Tensor, distinct: list[int]) 
     return dict(zip(distinct, torch.split(pixels, [sizes[row] for row in distinct]), strict=True))
 
 
+def split_deepstack(output) -> list[list[torch.Tensor]]:
+    """Per video of a vision-tower call, its deepstack features (one tensor a deepstack layer), which the tower
+    returns concatenated over the videos; `[[], ...]` for a tower without them (Qwen2.5-VL, Qwen3.5)."""
+    layers = getattr(output, "deepstack_features", None) or []
+    sizes = [len(features) for features in output.pooler_output]
+    per_layer = [layer.split(sizes) for layer in layers]
+    return [[layer[video] for layer in per_layer] for video in range(len(sizes))]
+
+
 class SharedVideoFeatures:
-    """Stands in for a Qwen2.5-VL model's `get_video_features`: runs the vision tower once per distinct video of a
-    call and hands every row the features of its video, so the G completions of a prompt share one encoding.
+    """Stands in for a Qwen-VL model's `get_video_features`: runs the vision tower once per distinct video of a call
+    and hands every row the features of its video (and their deepstack features), so the G completions of a prompt
+    share one encoding.
 
     `rows` (set by the trainer around each call, `rows.videos` one sample per video of the call) says which videos
-    are the same; with `frozen`, the features are also kept on the sample (`sample["video_features"]`, no grad)
-    and reused by every later pass over it. `videos_encoded` counts the videos that went through the tower.
+    are the same; with `frozen`, the features are also kept on the sample (`sample["video_features"]` and
+    `sample["deepstack_features"]`, no grad) and reused by every later pass over it. `videos_encoded` counts the
+    videos that went through the tower.
     """
 
     def __init__(self, base_model, frozen: bool = False):
@@ -145,29 +158,32 @@ class SharedVideoFeatures:
         samples, distinct = self.rows.videos, self.rows.distinct_videos
         chunks = pixel_chunks(pixel_values_videos, video_grid_thw, distinct)
         todo = [row for row in distinct if "video_features" not in samples[row]]
-        features = {}
+        features, deepstack = {}, {}
         output = None
         if todo:
             pixels = concat_rows([chunks[row] for row in todo])
             output = self.get_video_features(pixels, video_grid_thw[todo], **kwargs)
             self.videos_encoded += len(todo)
-            for row, feature in zip(todo, output.pooler_output, strict=True):
-                features[id(samples[row])] = feature
+            for row, feature, deep in zip(todo, output.pooler_output, split_deepstack(output), strict=True):
+                features[id(samples[row])], deepstack[id(samples[row])] = feature, deep
                 if self.frozen:
                     samples[row]["video_features"] = feature.detach()
+                    samples[row]["deepstack_features"] = [layer.detach() for layer in deep]
         for row in distinct:
             features.setdefault(id(samples[row]), samples[row].get("video_features"))
-        pooled = tuple(features[id(sample)] for sample in samples)
+            deepstack.setdefault(id(samples[row]), samples[row].get("deepstack_features"))
         if output is None:
             from transformers.modeling_outputs import BaseModelOutputWithPooling
 
             output = BaseModelOutputWithPooling(last_hidden_state=None)
-        output.pooler_output = pooled
+        output.pooler_output = tuple(features[id(sample)] for sample in samples)
+        layers = zip(*(deepstack[id(sample)] for sample in samples), strict=True)
+        output.deepstack_features = [torch.cat(layer) for layer in layers]
         return output
 
 
 class SharedPrefix:
-    """Stands in for a Qwen2.5-VL backbone's `forward` in the log-prob passes: the prompt of each distinct sample
+    """Stands in for a Qwen-VL backbone's `forward` in the log-prob passes: the prompt of each distinct sample
     goes through the model once (video included), and the G completions of that prompt attend to its cached keys
     and values, instead of G full sequences. M-RoPE positions come from the full sequences, so every token sits
     where it would have. Handed the ends of the rows (`SharedRows.input_ids` holding the whole rows), it returns
@@ -219,7 +235,8 @@ class SharedPrefix:
             attention_mask = torch.ones_like(input_ids)
         kwargs.pop("use_cache", None)
         pixels, grid = kwargs.pop("pixel_values_videos"), kwargs.pop("video_grid_thw")
-        seconds, mm = kwargs.pop("second_per_grid_ts"), kwargs.pop("mm_token_type_ids")
+        # Qwen3 families have no `second_per_grid_ts`: their frames' times are in the text
+        seconds, mm = kwargs.pop("second_per_grid_ts", None), kwargs.pop("mm_token_type_ids")
         prompt = input_ids.size(1) - length
         samples, distinct = rows.samples, rows.distinct
         where = {id(samples[row]): i for i, row in enumerate(distinct)}
@@ -238,32 +255,36 @@ class SharedPrefix:
         encoded = sorted({first[video] for video in prompt_videos + clip_videos})
         if self.shared_features is not None:
             self.shared_features.rows = SharedRows([rows.videos[video] for video in encoded])
-        features = self.inner.get_video_features(
-            concat_rows([chunks[video] for video in encoded]), grid[encoded]
-        ).pooler_output
-        feature_of = dict(zip(encoded, features, strict=True))
+        output = self.inner.get_video_features(concat_rows([chunks[video] for video in encoded]), grid[encoded])
+        feature_of = dict(zip(encoded, zip(output.pooler_output, split_deepstack(output), strict=True), strict=True))
+        prefix_embeds, prefix_deepstack = self._with_videos(
+            input_ids[distinct, :prompt], [feature_of[first[v]] for v in prompt_videos]
+        )
+        # agentic mode: the clips shown in the completions, in their places
+        completion_embeds, completion_deepstack = self._with_videos(
+            input_ids[:, prompt:], [feature_of[first[v]] for v in clip_videos]
+        )
         cache = PrefixCache()
         # A checkpointing layer drops the cache it is given unless told that replaying it is safe, as it is here.
         saved = [layer.__dict__.get("_can_checkpoint_with_cache") for layer in layers]
         for layer in layers:
             layer._can_checkpoint_with_cache = True
         try:
-            prefix = self.forward(
-                inputs_embeds=self._with_videos(
-                    input_ids[distinct, :prompt], [feature_of[first[v]] for v in prompt_videos]
-                ),
-                attention_mask=attention_mask[distinct, :prompt],
-                position_ids=positions[:, distinct, :prompt],
-                past_key_values=cache,
-                **kwargs,
-            )
+            with _language_model_given(self.inner.language_model, prefix_deepstack):
+                prefix = self.forward(
+                    inputs_embeds=prefix_embeds,
+                    attention_mask=attention_mask[distinct, :prompt],
+                    position_ids=positions[:, distinct, :prompt],
+                    past_key_values=cache,
+                    **kwargs,
+                )
             self.prefix_rows += len(distinct)
             completion = self.inner.language_model(
-                # agentic mode: the clips shown in the completions, in their places
-                inputs_embeds=self._with_videos(input_ids[:, prompt:], [feature_of[first[v]] for v in clip_videos]),
+                inputs_embeds=completion_embeds,
                 attention_mask=attention_mask,
                 position_ids=positions[:, :, prompt:],
                 past_key_values=cache.reader(index),
+                **completion_deepstack,
                 **kwargs,
             )
         finally:
@@ -278,14 +299,38 @@ class SharedPrefix:
         hidden = torch.cat([prefix.last_hidden_state[:, prompt - kept :][index], completion.last_hidden_state], dim=1)
         return type(prefix)(last_hidden_state=hidden)
 
-    def _with_videos(self, input_ids: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
-        """The embeddings of `input_ids` with the `features` of their videos, in order, at their placeholders."""
+    def _with_videos(self, input_ids: torch.Tensor, videos: list[tuple]) -> tuple[torch.Tensor, dict]:
+        """The embeddings of `input_ids` with the features of their `videos` (`(features, deepstack features)` each,
+        in order) at their placeholders, and the language model's deepstack arguments for them (none without)."""
         embeds = self.inner.get_input_embeddings()(input_ids)
-        if not features:
-            return embeds
-        features = torch.cat(features).to(embeds.device, embeds.dtype)
+        if not videos:
+            return embeds, {}
+        features = torch.cat([features for features, _ in videos]).to(embeds.device, embeds.dtype)
         _, placeholders = self.inner.get_placeholder_mask(input_ids, embeds, video_features=features)
-        return embeds.masked_scatter(placeholders, features)
+        embeds = embeds.masked_scatter(placeholders, features)
+        layers = list(zip(*(deepstack for _, deepstack in videos), strict=True))
+        if not layers:
+            return embeds, {}
+        return embeds, {
+            "visual_pos_masks": placeholders[..., 0],
+            "deepstack_visual_embeds": [torch.cat(layer) for layer in layers],
+        }
+
+
+@contextlib.contextmanager
+def _language_model_given(language_model, arguments: dict):
+    """Within the block, each call of `language_model` also gets `arguments`: the backbone's forward, handed the
+    embeddings already, passes the deepstack features it has not computed as none."""
+    if not arguments:
+        yield
+        return
+    handle = language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: (args, kwargs | arguments), with_kwargs=True
+    )
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class PrefixCache(DynamicCache):
@@ -378,12 +423,13 @@ def base_model(model):
 
 
 def backbone(model):
-    """The Qwen2_5_VLModel inside a (PEFT-wrapped or not) Qwen2.5-VL for conditional generation."""
+    """The backbone (`Qwen2_5_VLModel`, `Qwen3VLModel`, ...) inside a (PEFT-wrapped or not) Qwen-VL for conditional
+    generation."""
     return base_model(model).model
 
 
 def install_shared_video_features(model, frozen: bool = False) -> SharedVideoFeatures:
-    """Put a `SharedVideoFeatures` in place of the `get_video_features` of a Qwen2.5-VL."""
+    """Put a `SharedVideoFeatures` in place of the `get_video_features` of a Qwen-VL."""
     inner = backbone(model)  # its forward calls self.get_video_features
     shared = SharedVideoFeatures(inner, frozen=frozen)
     inner.get_video_features = shared
@@ -391,7 +437,7 @@ def install_shared_video_features(model, frozen: bool = False) -> SharedVideoFea
 
 
 def install_shared_prefix(model, shared_features: SharedVideoFeatures | None = None) -> SharedPrefix:
-    """Put a `SharedPrefix` in place of the `forward` of a Qwen2.5-VL's backbone."""
+    """Put a `SharedPrefix` in place of the `forward` of a Qwen-VL's backbone."""
     inner = backbone(model)
     shared = SharedPrefix(inner, shared_features)
     inner.forward = shared

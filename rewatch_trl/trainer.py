@@ -125,9 +125,7 @@ class VideoGRPOTrainer(GRPOTrainer):
             super().__init__(model, reward_funcs, args, *rest, **kwargs)
         for switch in ("share_video_features", "share_prompt_prefix"):
             if getattr(self.args, switch, False) and not family.supports(switch):
-                logger.warning(
-                    "%s is off: it is not wired for %s models yet (rewatch_trl/families.py)", switch, family.name
-                )
+                logger.warning("%s is off: %s", switch, family.why_not(switch))
                 setattr(self.args, switch, False)
         # a video that fails to decode mid-run costs its rows (`_leave_out_undecodable`), not the run
         self.video_collator = VideoCollator(

@@ -63,14 +63,60 @@ def test_sharing_is_exact(world, tmp_path, g, beta, make_trainer, request):
     trainer, dataset = make_trainer(
         world, tmp_path, num_generations=g, per_device_train_batch_size=2 * g, beta=beta, num_iterations=2
     )
-    trainer.model.train()
-    trainer.current_gradient_accumulation_steps = 1
-    rows = [0, 2] if varied else [0, 1]
-    inputs = trainer._generate_and_score_completions(rows_of(dataset, rows, g))
+    inputs = scored_batch(trainer, rows_of(dataset, [0, 2] if varied else [0, 1], g))
     if varied:
         grids = {tuple(s["video_grid_thw"][0].tolist()) for s in inputs["video_inputs"]}
         seconds = {s["second_per_grid_ts"].item() for s in inputs["video_inputs"]}
         assert len(grids) == 2 and seconds == {2.0, 2.75}
+    assert_sharing_exact(trainer, inputs, g, beta)
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_vl_moe", "qwen3_5"])
+def test_sharing_is_exact_on_each_family(family, family_world, tmp_path, make_trainer, monkeypatch):
+    """Sharing on equals sharing off on the Qwen3 families, whose vision tower also hands deepstack features to the
+    first layers of the language model (Qwen3-VL and its MoE): shared with the rest (the control: dropped, they move
+    the log-probs by more than 1e-2). Qwen3.5's prompt prefix is also a recurrent state (its Gated DeltaNet layers):
+    its prefix sharing is off, with the reason logged, and its vision sharing on."""
+    from rewatch_trl.families import FAMILIES
+    from rewatch_trl.sharing import SharedVideoFeatures
+
+    g = 2
+    trainer, dataset = make_trainer(
+        family_world(family),
+        tmp_path,
+        num_generations=g,
+        per_device_train_batch_size=2 * g,
+        beta=0.1,
+        num_iterations=2,
+    )
+    assert trainer._shared_features
+    assert bool(trainer._shared_prefixes) == FAMILIES[family].supports("share_prompt_prefix")
+    inputs = scored_batch(trainer, rows_of(dataset, [0, 1], g))
+    assert_sharing_exact(trainer, inputs, g, 0.1)
+    if getattr(trainer.model.config.vision_config, "deepstack_visual_indexes", None):
+        kept = inputs["completion_mask"].bool()
+        off = logps(trainer, inputs, False)
+        call = SharedVideoFeatures.__call__
+
+        def without_deepstack(self, *args, **kwargs):
+            output = call(self, *args, **kwargs)
+            output.deepstack_features = [torch.zeros_like(feature) for feature in output.deepstack_features]
+            return output
+
+        monkeypatch.setattr(SharedVideoFeatures, "__call__", without_deepstack)
+        dropped = logps(trainer, inputs, True)
+        assert (dropped[kept] - off[kept]).abs().max() > 1e-2
+
+
+def scored_batch(trainer, rows):
+    """A generated and scored batch of `rows`, the model in training mode as in a step."""
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer._generate_and_score_completions(rows)
+
+
+def assert_sharing_exact(trainer, inputs, g, beta):
+    """Log-probs (those the trainer stored, and again) and gradients with sharing on equal those with it off."""
     assert inputs["prompt_mask"][:, 0].tolist().count(0) == g  # the short prompts are left-padded
     assert len({id(s) for s in inputs["video_inputs"]}) == 2  # G copies share one sample
     kept = inputs["completion_mask"].bool()

@@ -39,9 +39,10 @@ def direct_logps(model, collator, rows, completion_ids, completion_mask, pixel_t
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_logp_pass_sees_the_video(family, family_world, tmp_path, make_trainer):
     world = family_world(family)
-    # Qwen3-VL: its trainer switches the sharing off (not wired for it yet), and says so
+    # with the sharing of each family on (Qwen3.5: its vision sharing only)
     trainer, dataset = make_trainer(world, tmp_path, beta=0.1, num_iterations=2)
-    assert trainer.args.share_video_features == (family == "qwen2_5_vl")
+    assert trainer.args.share_video_features
+    assert trainer.args.share_prompt_prefix == FAMILIES[family].supports("share_prompt_prefix")
     rows = [dataset[i] for i in (0, 0, 1, 1)]  # two prompts, G = 2, of different lengths (left padding)
     trainer.model.train()
     output = trainer._generate_and_score_completions(rows)
