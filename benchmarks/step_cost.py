@@ -1,11 +1,13 @@
 """Where the time of a video GRPO step goes, with the video shared across the G completions and without.
 
-    python benchmarks/step_cost.py [--steps 4] [--generations 8] [--frames 32]
+    python benchmarks/step_cost.py [--steps 4] [--generations 8] [--frames 32] [--family qwen3_vl]
     python benchmarks/step_cost.py --model qwen2.5-vl-7b --device cuda --paper-video --frames 192 --steps 3 --rounds 1
 
 One run, the same seed and weights for every mode. By default a vision-heavy tiny world (32 frames of 112x112 px
 per video: 2,048 patches, 256 visual tokens per prompt), short completions (8 tokens), G = 8, beta > 0 (a
-reference pass) and two iterations per generation (an old-policy pass). The second form is the GPU run: a
+reference pass) and two iterations per generation (an old-policy pass); `--family` picks the tiny world's model
+family (`rewatch_trl/families.py`; frames of 4 pixel units a side: 112 px for Qwen2.5-VL, 128 for the Qwen3
+families, the same visual tokens). The second form is the GPU run: a
 random-weight model of Qwen2.5-VL-7B's shape built from its config (no download), the paper's frame size
 (192 frames: ~12k visual tokens a prompt), bf16, beta 0 and SGD, with tokens/s and peak memory; a mode that
 runs out of memory says so. Phases are timed by wrapping the trainer's own methods; "overhead" is everything
@@ -29,6 +31,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E40
 from rewatch_trl import video as video_module  # noqa: E402
 from rewatch_trl.collator import VideoCollator  # noqa: E402
 from rewatch_trl.configs import GRPOConfig  # noqa: E402
+from rewatch_trl.families import FAMILIES  # noqa: E402
 from rewatch_trl.grpo import add_prompts  # noqa: E402
 from rewatch_trl.prompts import VideoSettings  # noqa: E402
 from rewatch_trl.rewards import get_reward_funcs  # noqa: E402
@@ -62,14 +65,15 @@ def peak_memory(func, device: str = "cpu") -> tuple[object, float]:
     return output, max((sum(at_time) for at_time in sizes), default=0) / 2**20
 
 
-def video_settings(frames: int) -> VideoSettings:
-    """`frames` frames of 112x112 px a video: 64 patches a frame, 16 visual tokens per 2 frames."""
+def video_settings(frames: int, side: int = 112) -> VideoSettings:
+    """`frames` frames of `side` x `side` px a video (4 pixel units: 64 patches a frame, 16 visual tokens per 2
+    frames)."""
     return VideoSettings(
         video_fps=1.0,
         video_max_frames=frames,
-        video_min_pixels=112 * 112,
-        video_max_pixels=112 * 112,
-        video_total_pixels=frames * 112 * 112,
+        video_min_pixels=side * side,
+        video_max_pixels=side * side,
+        video_total_pixels=frames * side * side,
     )
 
 
@@ -218,18 +222,29 @@ def main() -> None:
         "--model", choices=list(MODELS), default="tiny", help="qwen2.5-vl-7b: random weights, real shape"
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="qwen2_5_vl", help="the tiny world's family")
     parser.add_argument(
         "--paper-video", action="store_true", help="the paper's frame size (128 visual tokens a frame pair)"
     )
     options = parser.parse_args()
+    if options.model != "tiny" and options.family != "qwen2_5_vl":
+        parser.error(f"--model {options.model} is a Qwen2.5-VL shape: --family {options.family} takes --model tiny")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    unit = FAMILIES[options.family].pixel_unit
     with tempfile.TemporaryDirectory() as tmp:
-        if options.paper_video:  # 448x224 px frames: the paper's 100,352 pixels a frame
-            world = build_tiny_world(f"{tmp}/world", num_videos=4, seconds=options.frames / 2, fps=2, size=(448, 224))
-            settings = VideoSettings(video_max_frames=options.frames)
+        if options.paper_video:  # 16 x 8 units a frame: the paper's 128 visual tokens a frame pair (448x224 px)
+            world_options = dict(seconds=options.frames / 2, size=(16 * unit, 8 * unit))
+            pixels = 128 * unit * unit
+            settings = VideoSettings(
+                video_max_frames=options.frames,
+                video_min_pixels=pixels,
+                video_max_pixels=pixels,
+                video_total_pixels=12288 * unit * unit,
+            )
         else:
-            world = build_tiny_world(f"{tmp}/world", num_videos=4, seconds=options.frames, fps=2, size=(224, 224))
-            settings = video_settings(options.frames)
+            world_options = dict(seconds=options.frames, size=(8 * unit, 8 * unit))
+            settings = video_settings(options.frames, 4 * unit)
+        world = build_tiny_world(f"{tmp}/world", num_videos=4, fps=2, family=options.family, **world_options)
         results = dict.fromkeys(MODES)
         # Each mode runs once a round, the order reversed every other round, and keeps its fastest run: a slow
         # phase of a shared machine (seconds long) then cannot decide a ratio.
@@ -253,7 +268,7 @@ def main() -> None:
         result["tokens/s"] = result["tokens"] / result["step"]
     names = list(results)
     print(
-        f"{options.model} on {options.device}, G = {options.generations}, {options.steps} steps after one to warm up, "
+        f"{options.model} ({options.family}) on {options.device}, G = {options.generations}, {options.steps} steps after one to warm up, "
         f"2 prompts a step, {options.frames} frames a video, fastest of {options.rounds} runs; seconds a step"
     )
     print(f"{'phase':<20}" + "".join(f"{n:>24}" for n in names))

@@ -130,10 +130,14 @@ def test_qwen3_on_colocated_vllm_renders_the_trainer_ids_and_samples_its_log_pro
     GRPO steps (lr 5e-2, the weights synced after the first) sample with the trainer's log-probs to 1e-5 in fp32.
     The controls: the per-run collapse gives vLLM other ids; text positions are not the video's."""
     from vllm import SamplingParams
+    from vllm.distributed.parallel_state import destroy_model_parallel
 
     from rewatch_trl.collator import PROCESSOR_VIDEO_KWARGS, token_types
     from rewatch_trl.vllm_video import collapse_placeholders
 
+    # an earlier engine of this test process (a dense model) set vLLM's parallel groups up without the experts' one,
+    # which an MoE engine would then miss (a user's run builds one engine a process)
+    destroy_model_parallel()
     trainer, dataset = make_trainer(
         family_world(family),
         tmp_path,
