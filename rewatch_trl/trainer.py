@@ -118,7 +118,17 @@ class VideoGRPOTrainer(GRPOTrainer):
         if getattr(args, "use_vllm", False):
             family.check("vllm")
             # the colocated engine samples in the trainer's dtype (TRL builds it in vLLM's "auto")
-            engine = engine_built_as(dtype=engine_dtype(model, args), **family.vllm_engine_kwargs)
+            dtype = engine_dtype(model, args)
+            if family.vllm_dtype and family.vllm_dtype != dtype:
+                logger.warning(
+                    "vLLM samples %s models in %s (the trainer computes in %s): TRL's importance sampling corrects "
+                    "for the difference (rewatch_trl/families.py)",
+                    family.name,
+                    family.vllm_dtype,
+                    dtype,
+                )
+                dtype = family.vllm_dtype
+            engine = engine_built_as(dtype=dtype, **family.vllm_engine_kwargs)
         if isinstance(args, RewatchSettings) and args.agentic:
             family.check("agentic")
         with engine:
