@@ -84,16 +84,19 @@ def test_the_tiny_command_builds_a_world_of_the_family(tmp_path, capsys):
     assert f"--model_name_or_path {tmp_path / 'w'} " in printed and "--video_max_pixels 4096 " in printed
 
 
-def test_sft_learns_on_qwen3(qwen3_world, tmp_path, launcher):
-    """The SFT cold start on the tiny Qwen3-VL world (frames of 64x64 px, its unit): the loss at least halves."""
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_vl_moe", "qwen3_5"])
+def test_sft_learns_on_each_qwen3_family(family, family_world, tmp_path, launcher):
+    """The SFT cold start on the tiny world of each Qwen3 family (frames of 64x64 px, their unit): the loss at least
+    halves."""
     from rewatch_trl.sft import main, parse_args
 
-    args = parse_args(launcher.recipe_args(qwen3_world, tmp_path / "sft", "sft", max_steps=20, logging_steps=5))
+    world = family_world(family)
+    args = parse_args(launcher.recipe_args(world, tmp_path / "sft", "sft", max_steps=20, logging_steps=5))
     assert args[3].video_max_pixels == 64 * 64  # the world's frames (`recipe_keys`), not the recipe's 56x56
     trainer = main(*args)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 4 and losses[-1] <= losses[0] / 2, losses
-    assert trainer.model.config.model_type == "qwen3_vl"
+    assert trainer.model.config.model_type == family
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5"])

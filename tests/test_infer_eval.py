@@ -5,6 +5,7 @@ from datasets import Dataset
 
 from rewatch_trl.cli import main as cli
 from rewatch_trl.eval import evaluate, predictions_path
+from rewatch_trl.families import FAMILIES
 from rewatch_trl.infer import Predictor, infer
 from rewatch_trl.prompts import REACT_PROMPT
 from rewatch_trl.tiny import TINY_VIDEO_SETTINGS, write_synthetic_video
@@ -29,13 +30,20 @@ def test_infer_builds_the_seeds_prompt_from_the_files_duration(tiny_world, tmp_p
     json.dumps(result)  # the --json output is plain JSON
 
 
-def test_infer_command_json(tiny_world, capsys):
-    video = str(tiny_world.video_dir / "synthetic_000.mp4")
-    tiny = ["--max-frames", "8", "--min-pixels", "3136", "--max-pixels", "3136", "--total-pixels", "25088"]
-    code = cli(
-        ["infer", "--model", str(tiny_world.root), *tiny, "--max-new-tokens", "4", video, "What color?", "--json"]
-    )
-    assert code == 0
+def video_flags(world) -> list[str]:
+    """The infer and eval flags of the world's frames (in its family's pixel unit)."""
+    settings = world.video_settings
+    flags = {"--max-frames": settings.video_max_frames, "--min-pixels": settings.video_min_pixels}
+    flags |= {"--max-pixels": settings.video_max_pixels, "--total-pixels": settings.video_total_pixels}
+    return [str(part) for flag in flags.items() for part in flag]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_infer_command_json(family, family_world, capsys):
+    world = family_world(family)
+    video = str(world.video_dir / "synthetic_000.mp4")
+    command = ["infer", "--model", str(world.root), *video_flags(world), "--max-new-tokens", "4"]
+    assert cli([*command, video, "What color?", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["duration_str"] == "00:00-00:08"
     assert result["answer"] is None or isinstance(result["answer"], str)
@@ -118,11 +126,13 @@ def test_eval_report_matches_a_count_by_hand_and_resumes(tiny_world, tmp_path):
     assert clean == result
 
 
-def test_eval_command_end_to_end(tiny_world, tmp_path, capsys):
-    tiny = ["--max-frames", "8", "--min-pixels", "3136", "--max-pixels", "3136", "--total-pixels", "25088"]
+@pytest.mark.parametrize("family", FAMILIES)
+def test_eval_command_end_to_end(family, family_world, tmp_path, capsys):
+    world = family_world(family)
     out = tmp_path / "report.json"
-    args = ["eval", "--model", str(tiny_world.root), *tiny, "--max-new-tokens", "4", "--data", str(tiny_world.qa_path)]
-    args += ["--video-root", str(tiny_world.video_dir), "--limit", "3", "--batch-size", "2", "--out", str(out)]
+    args = ["eval", "--model", str(world.root), *video_flags(world), "--max-new-tokens", "4"]
+    args += ["--data", str(world.qa_path), "--video-root", str(world.video_dir), "--limit", "3", "--batch-size", "2"]
+    args += ["--out", str(out)]
     assert cli(args) == 0
     report = json.loads(out.read_text())
     assert report["overall"]["n"] == 3
