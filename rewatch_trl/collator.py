@@ -203,10 +203,10 @@ class VideoCollator:
         tail = tokenizer("\n", add_special_tokens=False)["input_ids"]
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = IGNORE_INDEX
-        vision = [
-            tokenizer.convert_tokens_to_ids(token) for token in ("<|vision_start|>", "<|video_pad|>", "<|vision_end|>")
-        ]
-        labels[torch.isin(labels, torch.tensor(vision))] = IGNORE_INDEX  # a clip shown is read, not written
+        start, end = (tokenizer.convert_tokens_to_ids(token) for token in ("<|vision_start|>", "<|vision_end|>"))
+        labels[within_vision_blocks(batch["input_ids"], start, end)] = (
+            IGNORE_INDEX  # a clip shown is read, not written
+        )
         for i, video in enumerate(videos):
             if isinstance(video, UndecodableVideo):  # the answer is about frames no one could see
                 labels[i] = IGNORE_INDEX
@@ -220,6 +220,21 @@ class VideoCollator:
                 labels[i, last - len(tail) + 1 : last + 1] = IGNORE_INDEX
         batch["labels"] = labels
         return batch
+
+
+def within_vision_blocks(input_ids: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Where the tokens of `input_ids` lie within a vision block, its markers included: Qwen2.5-VL's
+    `<|vision_start|>` pads `<|vision_end|>`, or Qwen3's, which nests a marked block per frame pair inside the
+    outer pair, each after its time written as text (`<2.1 seconds>`).
+
+    Example:
+    ```python
+    >>> within_vision_blocks(torch.tensor([7, 1, 8, 1, 5, 2, 8, 1, 5, 2, 2, 7]), start=1, end=2).int().tolist()
+    [0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0]
+    ```
+    """
+    depth = ((input_ids == start).long() - (input_ids == end).long()).cumsum(-1)
+    return (depth > 0) | (input_ids == end)
 
 
 def split_video_inputs(batch) -> list[dict[str, torch.Tensor]]:

@@ -4,7 +4,7 @@ branches on `model_type`.
 | family | vision patch | pixel unit (a token) | `second_per_grid_ts` | positions | trained by rewatch-trl |
 | --- | ---: | ---: | --- | --- | --- |
 | `qwen2_5_vl` (the paper's) | 14 px | 28 px | returned, read by M-RoPE | `positions.rope_index` (its pretrained rule) | every path |
-| `qwen3_vl`, `qwen3_vl_moe`, `qwen3_5` | 16 px | 32 px | none: each frame pair's time is written as text (`<0.7 seconds>`) | transformers' own (vLLM's alike) | GRPO (shared, Qwen3.5 its vision only; colocated vLLM, Qwen3.5's in bf16), SFT; not yet agentic |
+| `qwen3_vl`, `qwen3_vl_moe`, `qwen3_5` | 16 px | 32 px | none: each frame pair's time is written as text (`<0.7 seconds>`) | transformers' own (vLLM's alike) | every path (Qwen3.5: vision sharing only; its vLLM engine in bf16) |
 
 Example:
 ```python
@@ -127,7 +127,6 @@ _QWEN3_TEXT = _TINY_TEXT | {
         "mrope_interleaved": True,
     },
 }
-_QWEN3_NOT_YET = {"agentic": "a clip's frames and timestamps in a completion are not placed for its rule yet"}
 
 FAMILIES = {
     family.name: family
@@ -148,11 +147,10 @@ FAMILIES = {
                 "tokens_per_second": 2,
             },
         ),
-        Family("qwen3_vl", **_QWEN3, not_yet=_QWEN3_NOT_YET, tiny_text=_QWEN3_TEXT),
+        Family("qwen3_vl", **_QWEN3, tiny_text=_QWEN3_TEXT),
         Family(
             "qwen3_vl_moe",
             **_QWEN3,
-            not_yet=_QWEN3_NOT_YET,
             # vLLM 0.31 reads `norm_topk_prob`, which transformers drops (its router always renormalises), and loads
             # the published experts' layout, where transformers saves its own: the engine starts with placeholder
             # weights, and TRL's first sync (before the first rollout) brings the policy's, swapped as vLLM reads them
@@ -166,8 +164,7 @@ FAMILIES = {
             "qwen3_5",
             **_QWEN3
             | {"tiny_vision": {k: v for k, v in _TINY_QWEN3_VISION.items() if k != "deepstack_visual_indexes"}},
-            not_yet=_QWEN3_NOT_YET
-            | {
+            not_yet={
                 "share_prompt_prefix": "its Gated DeltaNet layers' prompt state is a recurrent and convolution "
                 "state, not keys and values (the vision sharing is kept)",
             },

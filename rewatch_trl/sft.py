@@ -96,7 +96,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
             f"{', '.join(dataset.column_names)}"
         )
     model = load_model(model_args)
-    if training_args.agentic:  # its clips' timestamps would be labels
+    if training_args.agentic:  # a family not wired for re-watching is refused by name
         family_of(model).check("agentic")
     trainer = SFTTrainer(
         model=model,

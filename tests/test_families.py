@@ -60,16 +60,20 @@ def test_qwen3_keeps_transformers_positions_and_qwen2_5_gets_the_original_rule(q
         assert ("get_rope_index" in vars(model.model)) == replaced
 
 
-@pytest.mark.parametrize(
-    ("family", "config", "refused"),
-    [
-        ("qwen3_vl", {"rewatch_mode": "agentic"}, "rewatch_mode='agentic' does not run qwen3_vl models yet"),
-        ("qwen3_5", {"rewatch_mode": "agentic"}, "rewatch_mode='agentic' does not run qwen3_5 models yet"),
-    ],
-)
-def test_the_paths_not_wired_for_a_family_say_so(family, config, refused, family_world, tmp_path, make_trainer):
-    with pytest.raises(NotImplementedError, match=refused):
-        make_trainer(family_world(family), tmp_path, **config)
+def test_a_path_not_wired_for_a_family_says_why(family_world, tmp_path, make_trainer, caplog):
+    """Qwen3.5's prompt prefix is a recurrent state: its prefix sharing is switched off with the reason logged (its
+    vision sharing kept), and the path is refused by name with that reason where it is asked for."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="rewatch_trl.trainer"):
+        trainer, _ = make_trainer(family_world("qwen3_5"), tmp_path)
+    assert trainer.args.share_video_features and not trainer.args.share_prompt_prefix
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("share_prompt_prefix is off" in m and "Gated DeltaNet" in m for m in messages), messages
+    with pytest.raises(NotImplementedError, match="share_prompt_prefix does not run qwen3_5 models yet: its Gated"):
+        FAMILIES["qwen3_5"].check("share_prompt_prefix")
+    with pytest.raises(ValueError, match="unknown path"):
+        FAMILIES["qwen3_5"].supports("share_everything")
 
 
 def test_the_tiny_command_builds_a_world_of_the_family(tmp_path, capsys):

@@ -111,7 +111,7 @@ def test_rollout_ends_when_a_clip_fills_the_completion(rewatcher, tiny_world):
 def agentic_trainer(make_trainer, world, tmp_path, **config):
     """An agentic `VideoGRPOTrainer` on the tiny world: one prompt of G = 2 a batch, 48 completion tokens."""
     settings = dict(num_generations=2, per_device_train_batch_size=2, max_completion_length=48)
-    return make_trainer(world, tmp_path, **TINY_REWATCH, **(settings | config))
+    return make_trainer(world, tmp_path, **(TINY_REWATCH | settings | config))
 
 
 def scripted_rollout(trainer, rows, script=SCRIPT):
@@ -151,14 +151,15 @@ def direct_logps(model, config, ids, videos):
     ids = ids[None]
     mm = torch.zeros_like(ids)
     mm[ids == config.video_token_id] = 2
+    seconds = [v["second_per_grid_ts"] for v in videos if "second_per_grid_ts" in v]  # Qwen3 families: none
     with torch.no_grad():
         logits = model(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
             pixel_values_videos=torch.cat([v["pixel_values_videos"] for v in videos]),
             video_grid_thw=torch.cat([v["video_grid_thw"] for v in videos]),
-            second_per_grid_ts=torch.cat([v["second_per_grid_ts"] for v in videos]),
             mm_token_type_ids=mm,
+            **({"second_per_grid_ts": torch.cat(seconds)} if seconds else {}),
         ).logits[0, :-1]
     return logits.log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
 
@@ -229,6 +230,48 @@ def test_scripted_rewatch_is_shown_masked_and_scored_exactly(tiny_world, tmp_pat
     # shared: the prompt's video once and the clip (the same in both completions) once; else each row's two
     assert trainer.sharing_counter.take()["videos_encoded"] == (2 if sharing else 4)
     assert_scored_as_whole_sequences(trainer, output, ids, mask, logps, received, sharing)
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_vl_moe", "qwen3_5"])
+def test_a_qwen3_rewatch_is_shown_with_its_times_masked_and_scored_exactly(
+    family, family_world, tmp_path, make_trainer
+):
+    """Agentic re-watching on the Qwen3 families: the clip enters the completion as their processor renders it (each
+    frame pair's time in the video written before it), wholly out of the loss (markers, pads and times), and the
+    model's own tokens score as a direct forward of each whole sequence with both its videos (sharing on: Qwen3-VL's
+    deepstack features of the clip too)."""
+    import re
+
+    world = family_world(family)
+    pixels = world.video_settings.video_max_pixels  # the clip's frames in the family's unit
+    # the clip's timestamps are text: 4 frame pairs take ~80 tokens of the tiny tokenizer
+    trainer, dataset = agentic_trainer(
+        make_trainer, world, tmp_path, rewatch_max_pixels=pixels, max_completion_length=192
+    )
+    trainer.model.eval()
+    output, rounds, rewarded = scripted_rollout(trainer, [dataset[0], dataset[0]])
+    assert rounds[1] == [2, 2]  # the second round sees the prompt's video and the clip
+    tokenizer = trainer.processing_class.tokenizer
+    n_script = len(tokenizer(SCRIPT, add_special_tokens=False)["input_ids"])
+    for i in range(2):
+        ids, tool = output["completion_ids"][i].tolist(), output["tool_mask"][i].tolist()
+        assert tool[:n_script] == [1] * n_script
+        n_clip = tool[n_script:].index(1)  # the clip: the tokens after the action that the model did not write
+        clip = tokenizer.decode(ids[n_script : n_script + n_clip])
+        times = [float(t) for t in re.findall(r"<([0-9.]+) seconds>", clip)]
+        assert len(times) == 4 and all(2.0 <= t <= 4.0 for t in times), clip  # 8 frames of 00:02-00:04, in pairs
+        assert clip.startswith("<|vision_start|>") and clip.endswith("<|vision_end|>")
+        assert "seconds" not in rewarded[i][0]["content"]  # the rewards read what the model wrote
+    trainer.sharing_counter.take()
+    ids, mask, (logps, _, _) = agentic_pass(trainer, output)
+    assert trainer.sharing_counter.take()["videos_encoded"] == 2  # the prompt's video once, the clip once
+    for i in range(ids.size(0)):
+        sequence = ids[i][mask[i].bool()]
+        videos = [output["video_inputs"][i], *output["clip_inputs"][i]]
+        direct = direct_logps(trainer.model, trainer.model.config, sequence, videos)
+        written = (output["completion_mask"][i] * output["tool_mask"][i]).bool()
+        n = int(output["completion_mask"][i].sum())
+        assert (logps[i, :n][written[:n]] - direct[-n:][written[:n]]).abs().max() <= 1e-5, i
 
 
 def agentic_pass(trainer, output, **kwargs):
@@ -409,7 +452,29 @@ def parse_window(trace: str) -> list[tuple[float, float]]:
     return shown_clips(trace, 8.0, 1)[1]
 
 
-def test_agentic_sft_shows_each_clip_without_labels(flash_world):
+@pytest.fixture(scope="module")
+def flash_worlds(flash_world, tmp_path_factory):
+    """`flash_worlds(family)`: the flash world of a family (Qwen2.5-VL's is `flash_world`), built once."""
+    from rewatch_trl.tiny import build_tiny_world
+
+    worlds = {"qwen2_5_vl": flash_world}
+
+    def world(family):
+        if family not in worlds:
+            out = tmp_path_factory.mktemp(f"flash-{family}")
+            worlds[family] = build_tiny_world(out, num_videos=2, seed=1, flashes=True, family=family)
+        return worlds[family]
+
+    return world
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_agentic_sft_shows_each_clip_without_labels(family, flash_worlds):
+    """An agentic SFT trace shows each clip it names (the frames `sample_clip` gives), and its labels are the trace's
+    tokens alone, as without the clip: not the clip's video tokens, nor (Qwen3) the timestamps written between its
+    frame pairs."""
+    import dataclasses
+
     from transformers import AutoProcessor
 
     from rewatch_trl.collator import IGNORE_INDEX, VideoCollator
@@ -417,33 +482,34 @@ def test_agentic_sft_shows_each_clip_without_labels(flash_world):
     from rewatch_trl.tiny import TINY_REWATCH_SETTINGS
     from rewatch_trl.video import VideoCache
 
-    processor = AutoProcessor.from_pretrained(flash_world.root, padding_side="right")
-    collator = VideoCollator(processor, TINY_VIDEO_SETTINGS, flash_world.video_dir, VideoCache())
-    rows = [row for row in flash_world.rows if row["question_type"] == "flash"][:2]
-    agentic = SFTVideoCollator(collator, rewatch=TINY_REWATCH_SETTINGS)(rows)
+    world = flash_worlds(family)
+    settings = world.video_settings
+    rewatch = dataclasses.replace(TINY_REWATCH_SETTINGS, rewatch_max_pixels=settings.video_max_pixels)
+    processor = AutoProcessor.from_pretrained(world.root, padding_side="right")
+    collator = VideoCollator(processor, settings, world.video_dir, VideoCache())
+    rows = [row for row in world.rows if row["question_type"] == "flash"][:2]
+    agentic = SFTVideoCollator(collator, rewatch=rewatch)(rows)
     imagined = SFTVideoCollator(collator)(rows)
-    config = AutoProcessor.from_pretrained(flash_world.root).tokenizer
-    pad, start = config.convert_tokens_to_ids("<|video_pad|>"), config.convert_tokens_to_ids("<|vision_start|>")
+    tokenizer = processor.tokenizer
+    vision = [tokenizer.convert_tokens_to_ids(t) for t in ("<|video_pad|>", "<|vision_start|>", "<|vision_end|>")]
     # two videos a row (the prompt's, then the clip), the clip's frames exactly `sample_clip`'s of the window
     assert agentic["video_grid_thw"].shape[0] == 4 and imagined["video_grid_thw"].shape[0] == 2
     window = parse_window(rows[0]["response"])[0]
-    clip = sample_clip(
-        str(flash_world.video_dir / rows[0]["videos"]),
-        *window,
-        TINY_REWATCH_SETTINGS.clip_settings(TINY_VIDEO_SETTINGS),
-        VideoCache(),
-    )
-    expected = collator.encode([CLIP_TEXT], [clip])["pixel_values_videos"]
+    clip_settings = rewatch.clip_settings(collator.settings)  # in the model's pixel unit, as the collator's
+    clip = sample_clip(str(world.video_dir / rows[0]["videos"]), *window, clip_settings, VideoCache())
+    expected = collator.encode([CLIP_TEXT], [clip])
     sizes = agentic["video_grid_thw"].prod(-1).tolist()
-    assert torch.equal(torch.split(agentic["pixel_values_videos"], sizes)[1], expected)
+    assert torch.equal(torch.split(agentic["pixel_values_videos"], sizes)[1], expected["pixel_values_videos"])
+    clip_ids = expected["input_ids"][0].tolist()
     for i in range(2):
         ids, labels = agentic["input_ids"][i], agentic["labels"][i]
-        assert (ids == start).sum() == 2 and (ids == pad).sum() == 16 + 16
-        assert (labels[torch.isin(ids, torch.tensor([pad, start]))] == IGNORE_INDEX).all()
+        assert (labels[torch.isin(ids, torch.tensor(vision))] == IGNORE_INDEX).all()
         # the labels are the trace's tokens, as without the clip: the clip is read, not written
         agentic_targets = labels[labels != IGNORE_INDEX].tolist()
         imagined_targets = imagined["labels"][i][imagined["labels"][i] != IGNORE_INDEX].tolist()
         assert agentic_targets == imagined_targets
+    if family != "qwen2_5_vl":  # the control: Qwen3's clip writes its frames' times as text, between the markers
+        assert "seconds>" in tokenizer.decode([t for t in clip_ids if t not in vision])
 
 
 def test_infer_rewatch_lists_the_clips_it_showed(tiny_world, monkeypatch):
