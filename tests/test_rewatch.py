@@ -334,32 +334,38 @@ class VideoCacheless:
 
 
 @pytest.mark.vllm
-def test_agentic_rollout_through_vllm(tiny_world, tmp_path, vllm_positions, make_trainer):
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_agentic_rollout_through_vllm(family, family_world, tmp_path, vllm_positions, make_trainer):
     """The continued request (the sequence so far, both videos) renders in vLLM to the trainer's ids and positions,
     and vLLM samples after the clip what the trainer scores (the engine saw the clip as the loss pass does; TRL
-    builds the engine as it does)."""
-    seen = vllm_positions
-    trainer, dataset = agentic_trainer(
-        make_trainer, tiny_world, tmp_path, use_vllm=True, vllm_mode="colocate", vllm_max_model_length=1024
-    )
+    builds the engine as it does). Qwen3-VL: the clip's times written between its frame pairs, collapsed and
+    rendered again as the prompt's video."""
+    from rewatch_trl.collator import token_types
+
+    world = family_world(family)
+    settings = dict(use_vllm=True, vllm_mode="colocate", vllm_max_model_length=1024, max_completion_length=192)
+    settings["rewatch_max_pixels"] = world.video_settings.video_max_pixels  # the clip's frames in the family's unit
+    trainer, dataset = agentic_trainer(make_trainer, world, tmp_path, **settings)
     row = dataset[1]
     output, rounds, _ = scripted_rollout(trainer, [row, row])
     config = trainer.model.config
     script_ids = trainer.processing_class.tokenizer(SCRIPT, add_special_tokens=False)["input_ids"]
     (clip,) = output["clip_inputs"][0]
-    n = len(script_ids) + 2 + int(clip["video_grid_thw"].prod()) // 4
+    n = len(script_ids) + output["tool_mask"][0, len(script_ids) :].tolist().index(1)  # the action, then the clip
     prompt = output["prompt_ids"][0][output["prompt_mask"][0].bool()].tolist()
     continued = [prompt + output["completion_ids"][i, :n].tolist() for i in range(2)]
     assert continued[0] == continued[1] and continued[0][-1] == config.vision_end_token_id
     # vLLM rendered the continued request (its pads collapsed, then expanded again) to the trainer's ids
-    requests = [(tokens, positions) for tokens, positions in seen if len(tokens) == len(continued[0])]
+    requests = [(tokens, positions) for tokens, positions in vllm_positions if len(tokens) == len(continued[0])]
     assert requests and all(tokens == continued[0] for tokens, _ in requests)
     videos = [output["video_inputs"][0], clip]
-    expected, _ = rope_index(
-        config,
-        torch.tensor([continued[0]]),
+    ids = torch.tensor([continued[0]])
+    seconds = [v["second_per_grid_ts"] for v in videos if "second_per_grid_ts" in v]
+    expected, _ = trainer.model.model.get_rope_index(  # the trainer's rule (Qwen2.5-VL's: `positions.rope_index`)
+        ids,
+        token_types(ids, config),
         video_grid_thw=torch.cat([v["video_grid_thw"] for v in videos]),
-        second_per_grid_ts=torch.cat([v["second_per_grid_ts"] for v in videos]),
+        **({"second_per_grid_ts": torch.cat(seconds)} if seconds else {}),
     )
     for _, positions in requests:
         assert torch.equal(positions, expected[:, 0])
