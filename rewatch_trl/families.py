@@ -33,8 +33,9 @@ class Family:
         tiny_text / tiny_vision: the tiny world's model sizes (`tiny.build_tiny_world(family=...)`).
         vllm_engine_kwargs: what the colocated `vllm.LLM(...)` needs beside TRL's arguments for this family.
         vllm_dtype: the dtype its engine must sample in whatever the trainer's (None: the trainer's).
-        vllm_transposed_weights: name endings of the weights vLLM's loader reads with their last two dimensions
-            swapped (the published checkpoint's layout), where transformers holds (and saves) them unswapped.
+        published_transposed: name endings of the weights whose published layout (what vLLM loads, and what
+            transformers' loader expects under ZeRO-3) swaps the last two dimensions of the one transformers holds and
+            saves; `training.save_published` writes a saved model so.
     """
 
     name: str
@@ -51,7 +52,7 @@ class Family:
     tiny_vision: dict = field(default_factory=dict)
     vllm_engine_kwargs: dict = field(default_factory=dict)
     vllm_dtype: str | None = None
-    vllm_transposed_weights: tuple[str, ...] = ()
+    published_transposed: tuple[str, ...] = ()
 
     @property
     def pixel_unit(self) -> int:
@@ -152,10 +153,11 @@ FAMILIES = {
             "qwen3_vl_moe",
             **_QWEN3,
             # vLLM 0.31 reads `norm_topk_prob`, which transformers drops (its router always renormalises), and loads
-            # the published experts' layout, where transformers saves its own: the engine starts with placeholder
-            # weights, and TRL's first sync (before the first rollout) brings the policy's, swapped as vLLM reads them
+            # the published experts' layout, where transformers 5.17 saves its own: the engine starts with placeholder
+            # weights (a checkpoint saved elsewhere may hold either), and TRL's first sync (before the first rollout)
+            # brings the policy's, swapped as vLLM reads them
             vllm_engine_kwargs={"hf_overrides": {"text_config": {"norm_topk_prob": True}}, "load_format": "dummy"},
-            vllm_transposed_weights=(".mlp.experts.gate_up_proj", ".mlp.experts.down_proj"),
+            published_transposed=(".mlp.experts.gate_up_proj", ".mlp.experts.down_proj"),
             # 4 experts, 2 a token; an expert's width and the hidden size multiples of 32 (vLLM-CPU's alignment: it
             # pads others at load, and its in-place reload then fails)
             tiny_text=_QWEN3_TEXT | {"moe_intermediate_size": 128, "num_local_experts": 4, "num_experts_per_tok": 2},

@@ -405,7 +405,11 @@ def build_tiny_world(
     video_dir = root / "videos"
     video_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer()
-    build_tiny_model(tokenizer, seed=seed, family=family).save_pretrained(root)
+    from rewatch_trl.training import save_published
+
+    model = build_tiny_model(tokenizer, seed=seed, family=family)
+    model.save_pretrained(root)
+    save_published(root, model)  # an MoE's experts as published: as vLLM, and transformers under ZeRO-3, load them
     build_tiny_processor(tokenizer, family).save_pretrained(root)
     rng = random.Random(seed)
     rows, caption_rows = [], []

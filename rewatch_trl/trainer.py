@@ -155,7 +155,7 @@ class VideoGRPOTrainer(GRPOTrainer):
                 )
             self.vllm_generation.llm = VideoLLM(self.vllm_generation.llm, self._vision_config)
             self.vllm_generation.sync_weights = functools.partial(
-                reload_weights, self.vllm_generation, family.vllm_transposed_weights
+                reload_weights, self.vllm_generation, family.published_transposed
             )
             # vLLM reads `second_per_grid_ts` in its model's dtype: the positions here must read it alike
             seconds_dtype = self.vllm_generation.llm.llm_engine.model_config.dtype

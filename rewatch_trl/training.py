@@ -120,6 +120,39 @@ def copy_model_files(checkpoint, output_dir) -> None:
             shutil.copy2(path, Path(output_dir) / path.name)
 
 
+def save_published(directory, model) -> None:
+    """Rewrite the safetensors of `model` saved in `directory` with its family's `published_transposed` weights in
+    the published layout: transformers 5.17 saves them as it holds them, which vLLM cannot load, nor transformers
+    itself under ZeRO-3 (whose loader swaps them whatever their shape). Only a weight saved as the model holds it is
+    swapped: writing twice changes nothing. transformers loads either layout elsewhere."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from rewatch_trl.families import family_of
+
+    transposed = family_of(model).published_transposed
+    if not transposed:
+        return
+    # under ZeRO-3 a parameter holds an empty placeholder and its whole shape in `ds_shape`
+    held = {
+        name: tuple(getattr(p, "ds_shape", p.shape))
+        for name, p in model.named_parameters()
+        if name.endswith(transposed)
+    }
+    for path in Path(directory).glob("*.safetensors"):
+        with safe_open(path, "pt") as file:
+            names = list(file.keys())
+            if not any(held.get(name) == tuple(file.get_slice(name).get_shape()) for name in names):
+                continue
+            tensors = {name: file.get_tensor(name) for name in names}
+        for name, tensor in tensors.items():
+            if held.get(name) == tuple(tensor.shape):
+                tensors[name] = tensor.transpose(-1, -2).contiguous()
+        save_file(tensors, path, metadata={"format": "pt"})
+
+
 def train_and_save(trainer, processor, script_args: ScriptArguments) -> None:
     """Train (resuming where a killed run stopped), then save the model, its processor (left-padded, ready for
     generation) and the state; push to the Hub if asked."""
@@ -146,6 +179,7 @@ def train_and_save(trainer, processor, script_args: ScriptArguments) -> None:
         trainer.save_model(args.output_dir, _internal_call=True)
     trainer.save_state()
     if trainer.accelerator.is_main_process:
+        save_published(args.output_dir, trainer.accelerator.unwrap_model(trainer.model))
         processor.tokenizer.padding_side = "left"
         processor.save_pretrained(args.output_dir)
     if args.push_to_hub:

@@ -153,7 +153,7 @@ def engine_built_as(**engine_kwargs):
 
 def weights_as_vllm_reads(named_parameters, transposed: tuple[str, ...] = ()):
     """`(name, tensor)` pairs of the policy as vLLM's loader reads them: the weights whose names end with one of
-    `transposed` (a family's `vllm_transposed_weights`) with their last two dimensions swapped (a view)."""
+    `transposed` (a family's `published_transposed`) with their last two dimensions swapped (a view)."""
     for name, tensor in named_parameters:
         yield name, tensor.transpose(-1, -2) if name.endswith(transposed) else tensor
 

@@ -197,3 +197,30 @@ def test_qwen3_on_colocated_vllm_renders_the_trainer_ids_and_samples_its_log_pro
     print(f"{family} sampling_logp_difference/max per step (vLLM vs trainer): {differences}")
     bound = 1e-5 if engine_dtype == "float32" else 3e-2
     assert len(differences) == 2 and max(differences) <= bound, differences
+
+
+def test_an_moe_is_saved_in_the_published_layout(family_world, tmp_path):
+    """transformers 5.17 saves Qwen3-VL-MoE's fused experts as it holds them, which vLLM and transformers' own
+    ZeRO-3 loader read swapped: a run's saved model (and the tiny world) holds the published layout, which
+    transformers loads back to the same weights; publishing twice changes nothing."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    from rewatch_trl.training import save_published
+
+    world = family_world("qwen3_vl_moe")
+    model = AutoModelForImageTextToText.from_pretrained(world.root)
+    held = dict(model.named_parameters())
+    saved = load_file(world.root / "model.safetensors")
+    experts = [name for name in held if name.endswith((".mlp.experts.gate_up_proj", ".mlp.experts.down_proj"))]
+    assert len(experts) == 4  # 2 layers
+    for name in experts:
+        assert saved[name].shape != held[name].shape and torch.equal(saved[name].transpose(-1, -2), held[name])
+    model.save_pretrained(tmp_path)
+    assert torch.equal(
+        load_file(tmp_path / "model.safetensors")[experts[0]], held[experts[0]]
+    )  # as transformers saves
+    save_published(tmp_path, model)
+    save_published(tmp_path, model)
+    again = load_file(tmp_path / "model.safetensors")
+    assert again.keys() == saved.keys() and all(torch.equal(again[name], saved[name]) for name in saved)
