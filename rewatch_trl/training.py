@@ -1,5 +1,6 @@
 """What the GRPO and SFT entry points share: model, processor and data loading, resuming, and finishing a run."""
 
+import functools
 import json
 import logging
 import os
@@ -153,6 +154,36 @@ def save_published(directory, model) -> None:
         save_file(tensors, path, metadata={"format": "pt"})
 
 
+def load_checkpoint_weights(trainer, load_from_checkpoint, checkpoint: str, model=None) -> None:
+    """The Trainer's `_load_from_checkpoint` (`load_from_checkpoint`) for a checkpoint whose model was saved whole
+    by `save_pretrained`: transformers writes it under the checkpoint format's names (Qwen2.5-VL's legacy
+    `model.layers.*`, `visual.*`), which the Trainer's `load_state_dict(strict=False)` matched to none of the
+    model's: a resumed run went on from its base weights, silently. The names are mapped back through transformers'
+    own conversion of this model, and a weight the checkpoint lacks is an error. DeepSpeed, FSDP and adapter
+    checkpoints take the Trainer's own path."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from transformers.core_model_loading import revert_weight_conversion
+
+    model = model if model is not None else trainer.model
+    files = sorted(Path(checkpoint).glob("model*.safetensors"))
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled or hasattr(model, "peft_config") or not files:
+        return load_from_checkpoint(checkpoint, model)
+    live = model.state_dict()
+    names = {id(tensor): name for name, tensor in live.items()}
+    saved_as = {saved: names[id(tensor)] for saved, tensor in revert_weight_conversion(model, dict(live)).items()}
+    state = {}
+    for path in files:
+        state |= {saved_as.get(name, name): tensor for name, tensor in load_file(path).items()}
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys:
+        raise ValueError(
+            f"{checkpoint} holds no weights for {len(result.missing_keys)} of the model's, e.g. "
+            f"{', '.join(result.missing_keys[:3])}: it is not a checkpoint of this model"
+        )
+
+
 def train_and_save(trainer, processor, script_args: ScriptArguments) -> None:
     """Train (resuming where a killed run stopped), then save the model, its processor (left-padded, ready for
     generation) and the state; push to the Hub if asked."""
@@ -170,6 +201,10 @@ def train_and_save(trainer, processor, script_args: ScriptArguments) -> None:
         if trainer.accelerator.is_main_process:
             copy_model_files(checkpoint, args.output_dir)
     else:
+        if checkpoint:
+            trainer._load_from_checkpoint = functools.partial(
+                load_checkpoint_weights, trainer, trainer._load_from_checkpoint
+            )
         result = trainer.train(resume_from_checkpoint=checkpoint)
         if getattr(trainer, "judge_outage", None):  # its checkpoint is saved; the run is not done
             raise RunStopped(trainer.judge_outage)

@@ -1,6 +1,6 @@
+import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -230,7 +230,9 @@ class Launcher:
         self.kill_when(command, written.is_file, timeout)
 
     def kill_when(self, command, condition, timeout: float = 240, env: dict | None = None) -> None:
-        """Start `command` and kill -9 its whole process group as soon as `condition()` holds."""
+        """Start `command` and kill -9 it and every process below it as soon as `condition()` holds: `accelerate
+        launch` starts its training processes in sessions of their own, which a kill of its process group misses
+        (the run would go on beside its relaunch)."""
         process = subprocess.Popen(
             command,
             stdout=subprocess.DEVNULL,
@@ -246,8 +248,18 @@ class Launcher:
                 assert time.time() < deadline, "not killed within the time limit"
                 time.sleep(0.05)
         finally:
-            os.killpg(process.pid, signal.SIGKILL)
+            import psutil
+
+            try:  # the whole tree, taken before any of it dies (an orphan is no longer a child)
+                launched = psutil.Process(process.pid)
+                tree = [launched, *launched.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                tree = []
+            for member in tree:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    member.kill()
             process.wait()
+            psutil.wait_procs(tree, timeout=30)
 
     @staticmethod
     def state(output_dir):
