@@ -31,8 +31,10 @@ class Family:
         processor_class / image_processor_class / video_processor_class: its stock processors (transformers' names),
             built with `processor_kwargs` (the tiny world's).
         tiny_text / tiny_vision: the tiny world's model sizes (`tiny.build_tiny_world(family=...)`).
-        vllm_engine_kwargs: what the colocated `vllm.LLM(...)` needs beside TRL's arguments for this family.
-        vllm_dtype: the dtype its engine must sample in whatever the trainer's (None: the trainer's).
+        vllm_hf_overrides: the config values every `vllm.LLM(...)` of this family needs (`hf_overrides`).
+        vllm_placeholder_weights: the colocated engine starts from placeholder weights (`load_format="dummy"`), which
+            TRL's first sync replaces before the first rollout.
+        vllm_dtype: the dtype its engines must run in whatever the caller's (None: the caller's).
         published_transposed: name endings of the weights whose published layout (what vLLM loads, and what
             transformers' loader expects under ZeRO-3) swaps the last two dimensions of the one transformers holds and
             saves; `training.save_published` writes a saved model so.
@@ -50,7 +52,8 @@ class Family:
     processor_kwargs: dict = field(default_factory=dict)
     tiny_text: dict = field(default_factory=dict)
     tiny_vision: dict = field(default_factory=dict)
-    vllm_engine_kwargs: dict = field(default_factory=dict)
+    vllm_hf_overrides: dict = field(default_factory=dict)
+    vllm_placeholder_weights: bool = False
     vllm_dtype: str | None = None
     published_transposed: tuple[str, ...] = ()
 
@@ -58,6 +61,23 @@ class Family:
     def pixel_unit(self) -> int:
         """The side, in px, of the square one visual token covers: frames are resized to multiples of it."""
         return self.patch_size * self.merge_size
+
+    def vllm_kwargs(self, dtype: str, colocated: bool = False) -> dict:
+        """The `vllm.LLM(...)` arguments of this family's engine, in `dtype` unless the family needs its own;
+        `colocated`: the trainer's engine, whose weights TRL syncs.
+
+        Example:
+        ```python
+        >>> FAMILIES["qwen3_5"].vllm_kwargs("float32")
+        {'dtype': 'bfloat16'}
+        ```
+        """
+        kwargs = {"dtype": self.vllm_dtype or dtype}
+        if self.vllm_hf_overrides:
+            kwargs["hf_overrides"] = self.vllm_hf_overrides
+        if colocated and self.vllm_placeholder_weights:
+            kwargs["load_format"] = "dummy"
+        return kwargs
 
     def supports(self, path: str) -> bool:
         if path not in PATHS:
@@ -153,10 +173,12 @@ FAMILIES = {
             "qwen3_vl_moe",
             **_QWEN3,
             # vLLM 0.31 reads `norm_topk_prob`, which transformers drops (its router always renormalises), and loads
-            # the published experts' layout, where transformers 5.17 saves its own: the engine starts with placeholder
-            # weights (a checkpoint saved elsewhere may hold either), and TRL's first sync (before the first rollout)
-            # brings the policy's, swapped as vLLM reads them
-            vllm_engine_kwargs={"hf_overrides": {"text_config": {"norm_topk_prob": True}}, "load_format": "dummy"},
+            # the published experts' layout, where transformers 5.17 saves its own: the colocated engine starts with
+            # placeholder weights (a checkpoint saved elsewhere may hold either), and TRL's first sync (before the
+            # first rollout) brings the policy's, swapped as vLLM reads them; `infer` loads a run's saved model, which
+            # holds the published layout (`training.save_published`)
+            vllm_hf_overrides={"text_config": {"norm_topk_prob": True}},
+            vllm_placeholder_weights=True,
             published_transposed=(".mlp.experts.gate_up_proj", ".mlp.experts.down_proj"),
             # 4 experts, 2 a token; an expert's width and the hidden size multiples of 32 (vLLM-CPU's alignment: it
             # pads others at load, and its in-place reload then fails)

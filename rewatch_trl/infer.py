@@ -11,6 +11,7 @@ Example:
 """
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from rewatch_trl.react import parse_react
 from rewatch_trl.rewatch import Rewatcher, RewatchSettings
 from rewatch_trl.suppression import suppressed_token_ids
 from rewatch_trl.video import VideoCache, sample_video, video_duration
+
+
+logger = logging.getLogger(__name__)
 
 
 class Predictor:
@@ -71,13 +75,17 @@ class Predictor:
                 raise ImportError("backend='vllm' needs vLLM: pip install 'rewatch-trl[vllm]'") from error
             from transformers import AutoConfig
 
-            self.config = AutoConfig.from_pretrained(model)
+            from rewatch_trl.families import family_of
             from rewatch_trl.vllm_video import VideoLLM
 
+            self.config = AutoConfig.from_pretrained(model)
             videos = 1 + (rewatch.max_rewatches if rewatch is not None and rewatch.agentic else 0)
-            llm = LLM(
-                model=model, dtype=dtype, limit_mm_per_prompt={"video": videos, "image": 0}, **(vllm_kwargs or {})
-            )
+            engine_kwargs = family_of(self.config).vllm_kwargs(dtype) | (vllm_kwargs or {})
+            if dtype not in ("auto", engine_kwargs["dtype"]):
+                logger.warning(
+                    "vLLM runs %s models in %s, not %s", self.config.model_type, engine_kwargs["dtype"], dtype
+                )
+            llm = LLM(model=model, limit_mm_per_prompt={"video": videos, "image": 0}, **engine_kwargs)
             self.model = VideoLLM(llm, self.config)
         else:
             raise ValueError(f"unknown backend {backend!r}: transformers or vllm")

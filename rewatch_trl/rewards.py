@@ -14,6 +14,7 @@ Example:
 """
 
 import functools
+import importlib
 import re
 import string
 from collections import Counter
@@ -412,9 +413,25 @@ REWARDS: dict[str, tuple[Callable, bool]] = {
 }
 
 
+def _imported(name: str) -> Callable:
+    """The function at the import path `name`; an error naming it, and the registry, if there is none."""
+    module_name, _, attribute = name.rpartition(".")
+    why = "not a registry name or an import path"
+    if module_name:
+        try:
+            func = getattr(importlib.import_module(module_name), attribute, None)
+            why = f"no function {attribute!r} in module {module_name!r}" if not callable(func) else why
+        except ImportError as error:
+            func, why = None, str(error)
+        if callable(func):
+            return func
+    raise ValueError(f"unknown reward {name!r} ({why}); known rewards: {', '.join(sorted(REWARDS))}")
+
+
 def get_reward_funcs(names: Sequence[str], judge=None, **judge_options) -> list[Callable]:
-    """Reward functions by their recipe names (or function names). Judge rewards share one `JudgeClient`,
-    `judge` or one built from `judge_options` (`base_url`, `model`, `api_key`, ...) and the environment.
+    """Reward functions by their recipe names (or function names), or, as TRL's `grpo` script takes them, by import
+    path (`my_lib.rewards.custom_reward`). Judge rewards share one `JudgeClient`, `judge` or one built from
+    `judge_options` (`base_url`, `model`, `api_key`, ...) and the environment.
 
     Example:
     ```python
@@ -425,10 +442,7 @@ def get_reward_funcs(names: Sequence[str], judge=None, **judge_options) -> list[
     by_function = {f.__name__: (f, j) for f, j in REWARDS.values() if not j}
     funcs = []
     for name in names:
-        entry = REWARDS.get(name) or by_function.get(name)
-        if entry is None:
-            known = ", ".join(sorted(REWARDS))
-            raise ValueError(f"unknown reward {name!r}; known rewards: {known}")
+        entry = REWARDS.get(name) or by_function.get(name) or (_imported(name), False)
         func, needs_judge = entry
         if needs_judge:
             if judge is None:

@@ -119,16 +119,16 @@ class VideoGRPOTrainer(GRPOTrainer):
             family.check("vllm")
             # the colocated engine samples in the trainer's dtype (TRL builds it in vLLM's "auto")
             dtype = engine_dtype(model, args)
-            if family.vllm_dtype and family.vllm_dtype != dtype:
+            engine_kwargs = family.vllm_kwargs(dtype, colocated=True)
+            if engine_kwargs["dtype"] != dtype:
                 logger.warning(
                     "vLLM samples %s models in %s (the trainer computes in %s): TRL's importance sampling corrects "
                     "for the difference (rewatch_trl/families.py)",
                     family.name,
-                    family.vllm_dtype,
+                    engine_kwargs["dtype"],
                     dtype,
                 )
-                dtype = family.vllm_dtype
-            engine = engine_built_as(dtype=dtype, **family.vllm_engine_kwargs)
+            engine = engine_built_as(**engine_kwargs)
         if isinstance(args, RewatchSettings) and args.agentic:
             family.check("agentic")
         with engine:

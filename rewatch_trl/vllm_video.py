@@ -133,7 +133,7 @@ def engine_dtype(model, args) -> str:
 @contextlib.contextmanager
 def engine_built_as(**engine_kwargs):
     """Within the block, TRL's colocated `LLM(...)` is built with `engine_kwargs` too (the trainer's dtype, a family's
-    `vllm_engine_kwargs`). TRL passes no dtype, and vLLM's "auto" makes an fp32 checkpoint bf16: its log-probs then
+    `vllm_kwargs`). TRL passes no dtype, and vLLM's "auto" makes an fp32 checkpoint bf16: its log-probs then
     differ from an fp32 trainer's by bf16 rounding (2e-3 on the tiny recipe), which TRL's correction would take for a
     policy mismatch."""
     import trl.generation.vllm_generation as generation

@@ -224,3 +224,36 @@ def test_an_moe_is_saved_in_the_published_layout(family_world, tmp_path):
     save_published(tmp_path, model)
     again = load_file(tmp_path / "model.safetensors")
     assert again.keys() == saved.keys() and all(torch.equal(again[name], saved[name]) for name in saved)
+
+
+@pytest.mark.vllm
+def test_infer_on_vllm_answers_an_moe_as_transformers_does(family_world):
+    """`infer --backend vllm` on a saved Qwen3-VL-MoE (the published experts' layout): vLLM reads the family's
+    `norm_topk_prob`, which transformers' config drops, and its greedy tokens are transformers'. The control: the
+    engine without the family's overrides routes the experts otherwise and answers other tokens."""
+    from vllm.distributed.parallel_state import destroy_model_parallel
+
+    from rewatch_trl.infer import Predictor
+
+    world = family_world("qwen3_vl_moe")
+    settings = world.video_settings
+    rows = world.rows[:2]
+    local = Predictor(str(world.root), settings, world.video_dir, max_new_tokens=24, dtype="float32")
+    expected = [local.processor.tokenizer(text)["input_ids"] for text in local.generate(rows)]
+    answers = {}
+    for overrides in (True, False):
+        destroy_model_parallel()
+        served = Predictor(
+            str(world.root),
+            settings,
+            world.video_dir,
+            max_new_tokens=24,
+            backend="vllm",
+            dtype="float32",
+            vllm_kwargs={"enforce_eager": True, "max_model_len": 1024}
+            | ({} if overrides else {"hf_overrides": {"text_config": {"norm_topk_prob": False}}}),
+        )
+        answers[overrides] = [served.processor.tokenizer(text)["input_ids"] for text in served.generate(rows)]
+        del served
+    assert answers[True] == expected
+    assert answers[False] != expected

@@ -202,6 +202,18 @@ def test_registry():
     assert judged[0].keywords["judge"] is judged[1].keywords["judge"]
 
 
+def test_a_reward_named_by_its_import_path_is_that_function():
+    """As TRL's `grpo` script: a name outside the registry is `module.function`; a bad one is an error naming it."""
+    import string
+
+    (func,) = R.get_reward_funcs(["string.capwords"])
+    assert func is string.capwords
+    with pytest.raises(ValueError, match=r"unknown reward 'string\.nope'.*no function 'nope' in module 'string'"):
+        R.get_reward_funcs(["string.nope"])
+    with pytest.raises(ValueError, match=r"unknown reward 'no_such_module\.f'.*No module named 'no_such_module'"):
+        R.get_reward_funcs(["no_such_module.f"])
+
+
 def test_judge_reward_without_configuration_says_what_to_set(monkeypatch):
     for name in ["REWATCH_JUDGE_BASE_URL", "OPENAI_BASE_URL", "REWATCH_JUDGE_MODEL"]:
         monkeypatch.delenv(name, raising=False)

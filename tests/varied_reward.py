@@ -1,0 +1,10 @@
+"""A reward that differs between any two texts, for launched GRPO runs of an untrained tiny model: its ReAct rewards
+are all 0, and GRPO's advantages (and gradients) with them. A run takes it by import path, with tests/ on its
+`PYTHONPATH`: `--reward_funcs varied_reward.characters --reward_weights 1.0`."""
+
+from rewatch_trl.react import completion_text
+
+
+def characters(completions, **kwargs) -> list[float]:
+    """The completion's length in characters, over 100."""
+    return [len(completion_text(completion)) / 100 for completion in completions]
