@@ -20,6 +20,7 @@ import string
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+from rewatch_trl.answer_kinds import KINDS, answer_in_tags, kind_score
 from rewatch_trl.react import ReactTrace, Step, completion_text, overlapping, parse_captions, parse_react
 
 
@@ -182,11 +183,52 @@ def open_ended_accuracy_reward(completions, answer, multiple_choice=None, **kwar
     ]
 
 
-def accuracy_reward(completions, answer, multiple_choice=None, problem=None, **kwargs) -> list[float]:
-    """Offline accuracy of every row: `mcq_accuracy_reward` on MCQ rows, `open_ended_accuracy_reward` on the rest."""
+def _ruled_kind(problem_type) -> str | None:
+    """The Video-R1 kind a row's answer is scored by rule (`answer_kinds`), or None: multiple choice (by the letter)
+    and open-ended answers are scored here."""
+    return problem_type if problem_type in KINDS and problem_type != "multiple choice" else None
+
+
+def accuracy_reward(
+    completions, answer, multiple_choice=None, problem=None, problem_type=None, **kwargs
+) -> list[float]:
+    """Offline accuracy of every row by its kind: `mcq_accuracy_reward` on MCQ rows, Video-R1's rule on a row whose
+    `problem_type` is numerical, OCR, free-form or regression (`answer_kinds.kind_score`, the `<answer>` against
+    `answer`), `open_ended_accuracy_reward` on the rest.
+
+    Example:
+    ```python
+    >>> accuracy_reward(["<answer>1,024</answer>", "<answer>B</answer>"], answer=["1024", "B"],
+    ...                 multiple_choice=[False, True], problem_type=["numerical", "multiple choice"])
+    [0.0, 1.0]
+    ```
+    """
     mcq = mcq_accuracy_reward(completions, answer, multiple_choice, problem)
     open_ended = open_ended_accuracy_reward(completions, answer, multiple_choice)
-    return [m if m is not None else o for m, o in zip(mcq, open_ended, strict=True)]
+    kinds = _column({"k": problem_type}, "k", len(completions))
+    rewards = []
+    for trace, truth, kind, m, o in zip(_traces(completions), answer, kinds, mcq, open_ended, strict=True):
+        if m is None and _ruled_kind(kind):
+            o = kind_score(kind, trace.answer or "", str(truth)) if trace.answer is not None else 0.0
+        rewards.append(m if m is not None else o)
+    return rewards
+
+
+def video_r1_accuracy_reward(completions, problem_type, solution, **kwargs) -> list[float]:
+    """Video-R1's accuracy reward, each row by its own `problem_type` (`answer_kinds.KINDS`): the text of the
+    completion's `<answer>` against the one of `solution` (`"<answer>A</answer>"`); no `<answer>` is "".
+
+    Example:
+    ```python
+    >>> video_r1_accuracy_reward(["<think>...</think><answer>A</answer>", "<answer>the cat</answer>"],
+    ...                          problem_type=["multiple choice", "OCR"], solution=["<answer>A</answer>"] * 2)
+    [1.0, 0.0]
+    ```
+    """
+    return [
+        kind_score(kind, answer_in_tags(completion_text(completion)), answer_in_tags(reference))
+        for completion, kind, reference in zip(completions, problem_type, solution, strict=True)
+    ]
 
 
 def temporal_grounding_reward(completions, duration=None, **kwargs) -> list[float]:
@@ -316,17 +358,22 @@ def observation_reward(completions, captions=None, judge=None, **kwargs) -> list
     return rewards
 
 
-def _answers_match(predictions, problem, answer, multiple_choice, judge) -> list[float | None]:
-    """1.0/0.0 per row: MCQ rows by the chosen letter, open-ended rows by the judge; None where the judge failed."""
+def _answers_match(predictions, problem, answer, multiple_choice, judge, problem_type=None) -> list[float | None]:
+    """Per row: MCQ rows by the chosen letter (1.0/0.0), rows of a Video-R1 kind by its rule (`accuracy_reward`),
+    open-ended rows by the judge (1.0/0.0); None where the judge failed."""
     n = len(predictions)
     problems, flags = _column({"p": problem}, "p", n), _column({"m": multiple_choice}, "m", n)
+    kinds = _column({"k": problem_type}, "k", n)
     results: list[float | None] = []
     asks: list[tuple[int, str]] = []
-    for i, (prediction, text, truth, flag) in enumerate(zip(predictions, problems, answer, flags, strict=True)):
+    rows = zip(predictions, problems, answer, flags, kinds, strict=True)
+    for i, (prediction, text, truth, flag, kind) in enumerate(rows):
         if prediction is None:
             results.append(0.0)
         elif _is_mcq(flag, truth):
             results.append(_choice_score(prediction, truth, text))
+        elif _ruled_kind(kind):
+            results.append(kind_score(kind, prediction, str(truth)))
         else:
             results.append(None)
             asks.append((i, ACCURACY_PROMPT.format(question=text, truth=truth, prediction=prediction)))
@@ -337,15 +384,17 @@ def _answers_match(predictions, problem, answer, multiple_choice, judge) -> list
 
 
 def judge_accuracy_reward(
-    completions, problem, answer, multiple_choice=None, judge=None, **kwargs
+    completions, problem, answer, multiple_choice=None, judge=None, problem_type=None, **kwargs
 ) -> list[float | None]:
     """The paper's accuracy reward: MCQ answers by their letter, open-ended answers by an LLM judge that says
     whether they match `answer`. None where the judge failed."""
     predictions = [trace.answer for trace in _traces(completions)]
-    return _answers_match(predictions, problem, answer, multiple_choice, judge)
+    return _answers_match(predictions, problem, answer, multiple_choice, judge, problem_type)
 
 
-def reasoning_reward(completions, problem, answer, multiple_choice=None, judge=None, **kwargs) -> list[float | None]:
+def reasoning_reward(
+    completions, problem, answer, multiple_choice=None, judge=None, problem_type=None, **kwargs
+) -> list[float | None]:
     """The paper's reasoning reward: the judge answers the question from the question and the completion's
     action/observation pairs alone; 1.0 when that answer matches the ground truth, 0.0 when not or when
     there is nothing to reason from, None where the judge failed."""
@@ -360,13 +409,13 @@ def reasoning_reward(completions, problem, answer, multiple_choice=None, judge=N
     predictions: list[str | None] = [None] * len(completions)
     for (i, _), reply in zip(asks, judge.ask([p for _, p in asks]), strict=True):
         predictions[i] = reply
-    matched = _answers_match(predictions, problem, answer, multiple_choice, judge)
+    matched = _answers_match(predictions, problem, answer, multiple_choice, judge, problem_type)
     failed = {i for (i, _) in asks if predictions[i] is None}
     return [None if i in failed else m for i, m in enumerate(matched)]
 
 
 def rewatch_reward(
-    completions, answer, problem=None, multiple_choice=None, captions=None, judge=None, **kwargs
+    completions, answer, problem=None, multiple_choice=None, captions=None, judge=None, problem_type=None, **kwargs
 ) -> list[float | None]:
     """The paper's Observation & Reasoning reward in one function: `acc · (1 + obs + rea) + fmt`.
 
@@ -384,11 +433,11 @@ def rewatch_reward(
     """
     n = len(completions)
     if judge is None:
-        acc = accuracy_reward(completions, answer, multiple_choice, problem)
+        acc = accuracy_reward(completions, answer, multiple_choice, problem, problem_type)
         rea = [0.0] * n
     else:
-        acc = judge_accuracy_reward(completions, problem, answer, multiple_choice, judge)
-        rea = reasoning_reward(completions, problem, answer, multiple_choice, judge)
+        acc = judge_accuracy_reward(completions, problem, answer, multiple_choice, judge, problem_type)
+        rea = reasoning_reward(completions, problem, answer, multiple_choice, judge, problem_type)
     obs = observation_reward(completions, captions, judge)
     fmt = react_format_reward(completions)
     return [
@@ -410,6 +459,7 @@ REWARDS: dict[str, tuple[Callable, bool]] = {
     "reasoning": (reasoning_reward, True),
     "rewatch": (rewatch_reward, False),
     "rewatch_judge": (rewatch_reward, True),
+    "video_r1_accuracy": (video_r1_accuracy_reward, False),
 }
 
 
