@@ -86,11 +86,13 @@ def _data(args) -> None:
         raise ValueError("--drop-undecodable needs --check-decode")
     if not (args.save_to_disk or args.push_to_hub or args.check_decode):
         raise ValueError("say where the dataset goes: --save-to-disk DIR and/or --push-to-hub ID (or --check-decode)")
-    dataset, report = load_qa(args.qa, args.captions, args.video_root, skip_invalid=args.skip_invalid)
+    dataset, report = load_qa(
+        args.qa, args.captions, args.video_root, skip_invalid=args.skip_invalid, format=args.format
+    )
     print(report)
     failures = []
     if args.check_decode:
-        paths = sorted({str(Path(args.video_root) / name) for name in dataset["videos"]})
+        paths = sorted({str(Path(args.video_root) / name) for name in dataset["videos"] if name is not None})
         failures = check_decode(paths, _video_settings(args), args.num_proc)
         print(f"{len(failures)} of {len(paths)} videos do not decode")
         for failure in failures:
@@ -248,10 +250,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tiny.set_defaults(func=_tiny)
 
-    data = commands.add_parser("data", help="validate the seed's QA JSONL (+ captions) and save or push a dataset")
-    data.add_argument("--qa", required=True, help="QA JSONL in the seed's format")
+    data = commands.add_parser("data", help="validate a QA file (+ captions) and save or push a dataset")
+    data.add_argument("--qa", required=True, help="QA file: the seed's JSONL, Video-R1's JSON, LongVideo-Reason's")
+    data.add_argument(
+        "--format",
+        choices=["auto", "rewatch", "video-r1", "longvideo-reason"],
+        default="auto",
+        help="the QA file's format (auto: told by its fields)",
+    )
     data.add_argument("--captions", help="captions JSONL: {videos, captions} a line")
-    data.add_argument("--video-root", required=True, help="directory the rows' `videos` are relative to")
+    data.add_argument(
+        "--media-root",
+        "--video-root",
+        dest="video_root",
+        required=True,
+        help="directory the rows' videos and images are relative to (Video-R1's data root)",
+    )
     data.add_argument("--save-to-disk", help="write the dataset here (datasets' save_to_disk)")
     data.add_argument("--push-to-hub", help="push the dataset to this Hub id")
     data.add_argument("--embed-videos", action="store_true", help="copy/upload the videos alongside")

@@ -15,15 +15,27 @@ from rewatch_trl.rewatch import RewatchSettings
 class ScriptArguments(trl.ScriptArguments):
     """Where the data is, which rewards score it, and the judge they may ask.
 
-    `dataset_name` is a `save_to_disk` directory, a QA JSONL in the seed's format, or a Hub dataset id.
+    `dataset_name` is a `save_to_disk` directory, a QA file (`dataset_format`), or a Hub dataset id.
     """
+
+    dataset_format: str = field(
+        default="auto",
+        metadata={
+            "help": "Format of a QA file: rewatch (the seed's JSONL), video-r1, longvideo-reason, or auto (told by "
+            "its fields).",
+            "choices": ["auto", "rewatch", "video-r1", "longvideo-reason"],
+        },
+    )
 
     captions: str | None = field(
         default=None, metadata={"help": "Captions JSONL ({videos, captions} a line), when dataset_name is a QA JSONL."}
     )
     video_root: str | None = field(
         default=None,
-        metadata={"help": "Directory the rows' `videos` are relative to (default: `videos/` beside the dataset)."},
+        metadata={
+            "help": "Directory the rows' videos (and images) are relative to: Video-R1's data root (default: `videos/`"
+            " beside the dataset)."
+        },
     )
     skip_invalid: bool = field(
         default=False, metadata={"help": "Leave invalid rows of a QA JSONL out (listed) instead of stopping."}

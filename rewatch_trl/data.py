@@ -19,6 +19,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rewatch_trl.formats import FORMAT_FIELDS, FORMATS, converted, detect_format, kind_problems
 from rewatch_trl.prompts import duration_string, seconds_to_timestamp
 from rewatch_trl.react import parse_captions, parse_clips
 from rewatch_trl.rewards import parse_options
@@ -59,23 +60,59 @@ class LoadReport:
 
 
 def read_jsonl(path) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; a line that is not a JSON object raises naming it."""
+    """(line number, object) for each record of a JSONL file, or of a JSON list (the line its element starts on:
+    Video-R1's files); a record that is not a JSON object raises naming its line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: invalid JSON: {error.msg} (column {error.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            rows.append((number, row))
-    return rows
+    text = path.read_text(encoding="utf-8")
+    start = len(text) - len(text.lstrip())
+    if text[start : start + 1] == "[":
+        records = _json_list(path, text, start + 1)
+    else:
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append((number, json.loads(line)))
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path}:{number}: invalid JSON: {error.msg} (column {error.colno})") from None
+    for number, row in records:
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+    return records
+
+
+def _json_list(path: Path, text: str, index: int) -> list[tuple[int, object]]:
+    """The elements of the JSON list whose `[` ends before `index`, each with the line it starts on."""
+    decoder, records, line, counted = json.JSONDecoder(), [], 1, 0
+
+    def line_at(position: int) -> int:
+        nonlocal line, counted
+        line, counted = line + text.count("\n", counted, position), position
+        return line
+
+    while True:
+        index = _after_space(text, index)
+        if text[index : index + 1] == "]" and not records:
+            return records
+        try:
+            value, end = decoder.raw_decode(text, index)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{line_at(error.pos)}: invalid JSON: {error.msg}") from None
+        records.append((line_at(index), value))
+        index = _after_space(text, end)
+        if text[index : index + 1] == "]":
+            return records
+        if text[index : index + 1] != ",":
+            raise DataError(f"{path}:{line_at(index)}: invalid JSON: expected ',' or ']' after a list element")
+        index += 1
+
+
+def _after_space(text: str, index: int) -> int:
+    while index < len(text) and text[index] in " \t\r\n":
+        index += 1
+    return index
 
 
 def load_captions(path) -> dict[str, str]:
@@ -98,12 +135,13 @@ def load_captions(path) -> dict[str, str]:
 
 
 def row_problems(row: dict, video_root=None, captions: str | None = None, durations: dict | None = None) -> list[str]:
-    """What is wrong with one seed-format row, each as `field 'NAME': message`; empty when it is valid.
+    """What is wrong with one project-format row (the seed's fields; an image row has `images` for `videos` and no
+    `duration`), each as `field 'NAME': message`; empty when it is valid. `video_root` is where its media are;
     `durations` memoises the videos' durations (path → seconds or error) across the rows of a file."""
-    from rewatch_trl.video import VideoError, video_duration
-
     problems = []
-    for name, kind in FIELDS.items():
+    image = row.get("data_type") == "image"
+    fields = {name: kind for name, kind in FIELDS.items() if not image or name not in ("videos", "duration")}
+    for name, kind in (fields | ({"images": str} if image else {})).items():
         value = row.get(name)
         if value is None:
             problems.append(f"field '{name}': missing")
@@ -114,17 +152,9 @@ def row_problems(row: dict, video_root=None, captions: str | None = None, durati
             problems.append(f"field '{name}': expected {kind.__name__}, got {row[name]!r}")
     if problems:
         return problems
-    if row["data_type"] != "video":
-        problems.append(f"field 'data_type': expected 'video', got {row['data_type']!r}")
-    duration = row["duration"]
-    if duration <= 0:
-        problems.append(f"field 'duration': must be positive, got {duration!r}")
+    if row["data_type"] not in ("video", "image"):
+        problems.append(f"field 'data_type': expected 'video' or 'image', got {row['data_type']!r}")
         return problems
-    if row.get("duration_str") is not None and row["duration_str"] != duration_string(duration):
-        problems.append(
-            f"field 'duration_str': {row['duration_str']!r} disagrees with duration {duration} "
-            f"({duration_string(duration)!r})"
-        )
     if row["multiple_choice"]:
         options = parse_options(row["problem"])
         if not options:
@@ -134,6 +164,19 @@ def row_problems(row: dict, video_root=None, captions: str | None = None, durati
             problems.append(f"field 'answer': {row['answer']!r} is not one of the options {letters} of 'problem'")
     elif not row["answer"].strip():
         problems.append("field 'answer': empty")
+    if image:
+        if video_root is not None:
+            problems += [f"field 'images': {why}" for why in [_image_problem(Path(video_root) / row["images"])] if why]
+        return problems
+    duration = row["duration"]
+    if duration <= 0:
+        problems.append(f"field 'duration': must be positive, got {duration!r}")
+        return problems
+    if row.get("duration_str") is not None and row["duration_str"] != duration_string(duration):
+        problems.append(
+            f"field 'duration_str': {row['duration_str']!r} disagrees with duration {duration} "
+            f"({duration_string(duration)!r})"
+        )
     for clip in parse_clips(row["problem"]) or []:
         if clip.end > duration:
             problems.append(
@@ -150,19 +193,57 @@ def row_problems(row: dict, video_root=None, captions: str | None = None, durati
             break
     if video_root is not None:
         path = Path(video_root) / row["videos"]
-        durations = {} if durations is None else durations
-        if path not in durations:
-            try:
-                durations[path] = video_duration(path)
-            except VideoError as error:
-                durations[path] = error
-        real = durations[path]
-        if isinstance(real, VideoError):
+        real = _file_duration(path, durations)
+        if isinstance(real, Exception):
             problems.append(f"field 'videos': {real}")
-        else:
-            if duration > real + DURATION_TOLERANCE:
-                problems.append(f"field 'duration': {duration} s, but video {path} lasts {real:.1f} s")
+        elif duration > real + DURATION_TOLERANCE:
+            problems.append(f"field 'duration': {duration} s, but video {path} lasts {real:.1f} s")
     return problems
+
+
+def _file_duration(path: Path, durations: dict | None):
+    """The video's duration in seconds, or the `VideoError` that says why it has none; memoised in `durations`."""
+    from rewatch_trl.video import VideoError, video_duration
+
+    durations = {} if durations is None else durations
+    if path not in durations:
+        try:
+            durations[path] = video_duration(path)
+        except VideoError as error:
+            durations[path] = error
+    return durations[path]
+
+
+def _image_problem(path: Path) -> str | None:
+    """Why the image at `path` cannot be read (its header), or None."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        return f"image not found: {path}"
+    try:
+        Image.open(path).close()  # reads the header: what a file that is no image lacks
+    except (UnidentifiedImageError, OSError) as error:
+        return f"cannot read image {path}: {error}"
+    return None
+
+
+def converted_row(row: dict, format: str, media_root=None, durations: dict | None = None) -> tuple[dict, list[str]]:
+    """A row of `format` (`formats.FORMATS`) as the project's row, and what is wrong with its kind of answer; a
+    video row of a format without durations gets its video's (which needs `media_root`)."""
+    if format == "rewatch":
+        return row, []
+    row = converted(row, format)
+    problems = kind_problems(row)
+    if row["data_type"] == "video" and isinstance(row.get("videos"), str) and row.get("duration") is None:
+        if media_root is None:
+            problems.append(f"field 'duration': {format} rows give none: it is read from the video (--media-root DIR)")
+        else:
+            real = _file_duration(Path(media_root) / row["videos"], durations)
+            if isinstance(real, Exception):
+                problems.append(f"field 'videos': {real}")
+            else:
+                row["duration"] = round(real, 3)
+    return row, problems
 
 
 def load_qa(
@@ -171,22 +252,31 @@ def load_qa(
     video_root=None,
     skip_invalid: bool = False,
     progress: bool = True,
+    format: str = "rewatch",
 ):
-    """The seed's QA JSONL as a validated `Dataset` (+ a `captions` column when a captions file is given).
+    """A QA file as a validated `Dataset` of project rows (+ a `captions` column when a captions file is given).
 
-    `video_root`: where the `videos` files are; each must exist and be readable (None skips that check).
-    Returns `(dataset, report)`.
+    `format`: one of `formats.FORMATS`, or `"auto"` (told by the first row's fields). `video_root`: where the rows'
+    videos (and images) are; each must exist and be readable (None skips that check; Video-R1 and LongVideo-Reason
+    video rows need it, for their duration). Returns `(dataset, report)`.
     """
     from datasets import Dataset
     from tqdm.auto import tqdm
 
     captions = load_captions(captions_path) if captions_path else None
     lines = read_jsonl(qa_path)
+    format = _format_of(qa_path, lines, format)
     report = LoadReport()
     rows, seen, durations = [], {}, {}
     for number, row in tqdm(lines, desc=f"validating {Path(qa_path).name}", unit="row", disable=not progress):
+        row, problems = converted_row(row, format, video_root, durations)
         row_captions = captions.get(row.get("videos")) if captions is not None else None
-        problems = row_problems(row, video_root, row_captions, durations)
+        # a duration the conversion could not read is said once, by the conversion
+        problems += [
+            problem
+            for problem in row_problems(row, video_root, row_captions, durations)
+            if not (problems and problem.startswith("field 'duration'"))
+        ]
         if captions is not None and row_captions is None and isinstance(row.get("videos"), str):
             problems.append(f"field 'videos': no captions for {row['videos']!r} in {captions_path}")
         problem_id = row.get("problem_id")
@@ -203,7 +293,8 @@ def load_qa(
         row = {name: row.get(name) for name in [*FIELDS, *OPTIONAL_FIELDS]} | {
             key: value for key, value in row.items() if key not in FIELDS and key not in OPTIONAL_FIELDS
         }
-        row["duration_str"] = row["duration_str"] or duration_string(row["duration"])
+        if row["duration"] is not None:
+            row["duration_str"] = row["duration_str"] or duration_string(row["duration"])
         row["answer_str"] = row["answer_str"] or row["answer"]
         if captions is not None:
             row["captions"] = row_captions
@@ -213,11 +304,37 @@ def load_qa(
     report.kept = len(rows)
     if report.skipped:
         logger.warning("%s", report)
-    return Dataset.from_list(rows), report
+    # every column of any row (`from_list` would keep the first row's alone: a video row has no `images`)
+    columns = list(dict.fromkeys(name for row in rows for name in row))
+    return Dataset.from_list([{name: row.get(name) for name in columns} for row in rows]), report
 
 
-def load_prepared(name_or_path, split: str = "train", captions_path=None, video_root=None, skip_invalid: bool = False):
-    """A prepared dataset: a `save_to_disk` directory, a Hub dataset id, or a QA JSONL file (validated by
+def _format_of(path, records: list[tuple[int, dict]], format: str) -> str:
+    """`format`, or with `"auto"` the one the first record's fields tell; an unknown or untellable one is an error."""
+    if format != "auto":
+        if format not in FORMATS:
+            raise DataError(f"unknown format {format!r}; known: {', '.join(FORMATS)}, auto")
+        return format
+    number, first = records[0] if records else (0, {})
+    found = detect_format(first)
+    if found is None:
+        marks = "; ".join(f"{name}: {', '.join(sorted(fields))}" for name, fields in FORMAT_FIELDS.items())
+        raise DataError(
+            f"{path}:{number}: cannot tell the format from the fields {', '.join(sorted(first)) or '(none)'}: "
+            f"each format's rows have ({marks}); say which with --format"
+        )
+    return found
+
+
+def load_prepared(
+    name_or_path,
+    split: str = "train",
+    captions_path=None,
+    video_root=None,
+    skip_invalid: bool = False,
+    format: str = "auto",
+):
+    """A prepared dataset: a `save_to_disk` directory, a Hub dataset id, or a QA file of `format` (validated by
     `load_qa` with `captions_path`, `video_root` and `skip_invalid`)."""
     from datasets import DatasetDict, load_dataset, load_from_disk
 
@@ -230,7 +347,7 @@ def load_prepared(name_or_path, split: str = "train", captions_path=None, video_
             dataset = dataset[split]
         return dataset
     if path.suffix in {".jsonl", ".json"}:
-        return load_qa(path, captions_path, video_root, skip_invalid)[0]
+        return load_qa(path, captions_path, video_root, skip_invalid, format=format)[0]
     return load_dataset(str(name_or_path), split=split)
 
 
@@ -258,9 +375,24 @@ def video_root_of(name_or_path, video_root=None, dataset=None):
     return None
 
 
+def refuse_images(dataset, source) -> None:
+    """A `DataError` naming how many image rows `dataset` holds, when it holds any: they are read and validated
+    (Video-R1's files) but the trainers, `infer` and `eval` take video rows only, for now."""
+    if "data_type" not in dataset.column_names:
+        return
+    images = sum(kind == "image" for kind in dataset["data_type"])
+    if images:
+        raise DataError(
+            f"{source}: {images} of its {len(dataset)} rows are images, which rewatch-trl does not train or evaluate "
+            "yet (video rows only): filter them out first, e.g. `dataset.filter(lambda row: row['data_type'] == "
+            "'video')`"
+        )
+
+
 def check_videos(dataset, video_root, source) -> None:
     """Every row's video exists (relative names under `video_root`): else a `DataError` that names the dataset, the
     first rows whose video is missing and the flag that says where the videos are."""
+    refuse_images(dataset, source)
     names = [name[0] if isinstance(name, (list, tuple)) and len(name) == 1 else name for name in dataset["videos"]]
     paths = {
         name: Path(name) if Path(name).is_absolute() or video_root is None else Path(video_root) / name
@@ -327,13 +459,16 @@ def check_decode(paths: list[str], settings, num_proc: int = 1, progress: bool =
 
 def drop_rows_of(dataset, paths: set[str], video_root):
     """`dataset` without the rows whose video is one of `paths` (as `video_root / videos`)."""
-    return dataset.filter(lambda row: str(Path(video_root) / row["videos"]) not in paths, desc="dropping rows")
+    return dataset.filter(
+        lambda row: row["videos"] is None or str(Path(video_root) / row["videos"]) not in paths, desc="dropping rows"
+    )
 
 
 def save_prepared(dataset, video_root=None, save_to_disk=None, push_to_hub=None, embed_videos: bool = False) -> None:
-    """Write a prepared dataset to a directory and/or the Hub; with `embed_videos`, its videos go alongside
-    (copied into `OUT/videos/`, or uploaded to `videos/` of the Hub dataset repo)."""
-    names = sorted(set(dataset["videos"]))
+    """Write a prepared dataset to a directory and/or the Hub; with `embed_videos`, its videos (and images) go
+    alongside (copied into `OUT/videos/`, or uploaded to `videos/` of the Hub dataset repo)."""
+    media = [column for column in ("videos", "images") if column in dataset.column_names]
+    names = sorted({name for column in media for name in dataset[column] if name is not None})
     if embed_videos and video_root is None:
         raise DataError("--embed-videos needs --video-root")
     # the dataset remembers where its videos are (`video_root_of`), or that they are not with it

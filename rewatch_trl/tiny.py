@@ -89,6 +89,8 @@ class TinyWorld:
     captions_path: Path
     rows: list[dict]
     family: str = "qwen2_5_vl"
+    video_r1_path: Path | None = None  # Video-R1's format (a JSON list): image and video rows of every problem type
+    longvideo_reason_path: Path | None = None  # LongVideo-Reason's format (JSONL); both relative to `root`
 
     @property
     def video_settings(self) -> VideoSettings:
@@ -433,4 +435,80 @@ def build_tiny_world(
     qa_path, captions_path = root / "qa.jsonl", root / "captions.jsonl"
     qa_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     captions_path.write_text("".join(json.dumps(row) + "\n" for row in caption_rows))
-    return TinyWorld(root, video_dir, qa_path, captions_path, rows, family)
+    video_r1_rows, longvideo_rows = other_format_rows(root, video_dir, caption_rows, rng)
+    video_r1_path, longvideo_reason_path = root / "video_r1.json", root / "longvideo_reason.jsonl"
+    video_r1_path.write_text(json.dumps(video_r1_rows, indent=2))
+    longvideo_reason_path.write_text("".join(json.dumps(row) + "\n" for row in longvideo_rows))
+    return TinyWorld(root, video_dir, qa_path, captions_path, rows, family, video_r1_path, longvideo_reason_path)
+
+
+def write_synthetic_image(path, color: str, text: str, size: tuple[int, int] = (64, 64)) -> None:
+    """A PNG of a square of `color` on grey, with `text` written above it."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", size, (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    width, height = size
+    draw.rectangle([width // 4, height // 2, 3 * width // 4, height - 4], fill=COLORS[color])
+    draw.text((4, 4), text, fill=(255, 255, 255))
+    image.save(path)
+
+
+def other_format_rows(root: Path, video_dir: Path, caption_rows: list[dict], rng: random.Random):
+    """Rows about the world's videos (and images it writes under `root/images`) in Video-R1's format, one of each
+    problem type over images and videos, each with a `process` (its COT file's), and in LongVideo-Reason's."""
+    from rewatch_trl.react import parse_captions
+
+    colors = list(COLORS)
+    options = [f"{letter}. {color}" for letter, color in zip("ABCD", colors, strict=True)]
+    (root / "images").mkdir(exist_ok=True)
+    video_r1, longvideo = [], []
+    for i, caption_row in enumerate(caption_rows):
+        first = parse_captions(caption_row["captions"])[0]
+        color, motion = first.text.split()[1], first.text.split()[-1]
+        letter = "ABCD"[colors.index(color)]
+        video = f"./{video_dir.relative_to(root).as_posix()}/{caption_row['videos']}"
+        image_color, word = rng.choice(colors), rng.choice(["STOP", "EXIT", "OPEN"])
+        image = f"./images/sign_{i:03d}.png"
+        write_synthetic_image(root / image, image_color, word)
+        cases = [
+            ("video", video, "multiple choice", "What color is the square at the start?", options, letter),
+            ("video", video, "free-form", "Where does the square go at the start?", [], f"it moves {motion}"),
+            ("video", video, "numerical", "How many squares are there?", [], "1"),
+            ("video", video, "regression", "How many seconds does the first colour last?", [], "2.0"),
+            (
+                "image",
+                image,
+                "multiple choice",
+                "What color is the square?",
+                options,
+                "ABCD"[colors.index(image_color)],
+            ),
+            ("image", image, "OCR", "What word is written on the image?", [], word),
+        ]
+        for j, (data_type, path, kind, problem, choices, answer) in enumerate(cases):
+            video_r1.append(
+                {
+                    "problem_id": 100 * i + j,
+                    "problem": problem,
+                    "data_type": data_type,
+                    "problem_type": kind,
+                    "options": choices,
+                    "process": f"<think>I look at the {data_type}: {answer}.</think>",
+                    "solution": f"<answer>{answer}</answer>",
+                    "path": path,
+                    "data_source": "tiny",
+                }
+            )
+        longvideo.append(
+            {
+                "problem_id": f"lvr_{i:03d}",
+                "problem": "What color is the square at the start?\n" + "\n".join(options),
+                "data_type": "video",
+                "problem_type": "multiple choice",
+                "reasoning": f"At the start the square is {color}.",
+                "videos": video.removeprefix("./"),
+                "answer": f"<answer>{letter}</answer>",
+            }
+        )
+    return video_r1, longvideo

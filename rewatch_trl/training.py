@@ -65,7 +65,12 @@ def load_train_dataset(script_args: ScriptArguments):
     if name is None:
         raise ValueError("the recipe needs `dataset_name`: a prepared dataset directory, a QA JSONL or a Hub id")
     dataset = load_prepared(
-        name, script_args.dataset_train_split, script_args.captions, script_args.video_root, script_args.skip_invalid
+        name,
+        script_args.dataset_train_split,
+        script_args.captions,
+        script_args.video_root,
+        script_args.skip_invalid,
+        script_args.dataset_format,
     )
     video_root = video_root_of(name, script_args.video_root, dataset)
     check_videos(dataset, video_root, name)
