@@ -4,7 +4,7 @@ branches on `model_type`.
 | family | vision patch | pixel unit (a token) | `second_per_grid_ts` | positions | trained by rewatch-trl |
 | --- | ---: | ---: | --- | --- | --- |
 | `qwen2_5_vl` (the paper's) | 14 px | 28 px | returned, read by M-RoPE | `positions.rope_index` (its pretrained rule) | every path |
-| `qwen3_vl`, `qwen3_vl_moe`, `qwen3_5` | 16 px | 32 px | none: each frame pair's time is written as text (`<0.7 seconds>`) | transformers' own (vLLM's alike) | GRPO (transformers, colocated vLLM), sharing, agentic, SFT, infer, eval; ZeRO-3 (SFT on the MoE); not yet lmms-eval. Qwen3.5: vision sharing only, its vLLM engine in bf16 |
+| `qwen3_vl`, `qwen3_vl_moe`, `qwen3_5` | 16 px | 32 px | none: each frame pair's time is written as text (`<0.7 seconds>`) | transformers' own (vLLM's alike) | GRPO (transformers, colocated vLLM), sharing, agentic, SFT, infer, eval; ZeRO-3 (SFT and GRPO on the MoE), lmms-eval (Qwen3-VL). Qwen3.5: vision sharing only, its vLLM engine in bf16 |
 
 Example:
 ```python
