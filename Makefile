@@ -22,7 +22,7 @@ EXTENSIONS = TORCH_EXTENSIONS_DIR=$(abspath $(1))/torch_extensions
 
 TINY_REWATCH_DIR ?= runs/tiny-world-rewatch
 
-.PHONY: install install-vllm demo demo-rewatch test test-core test-vllm style quality clean
+.PHONY: install install-vllm demo demo-rewatch demo-mix test test-core test-vllm style quality clean
 
 install: $(STAMP)
 
@@ -68,6 +68,16 @@ demo: install
 	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml -m rewatch_trl.grpo --config recipes/tiny/grpo.yaml
 	$(BIN)/rewatch-trl summary runs/tiny-grpo
 	@echo "trained checkpoint: runs/tiny-grpo"
+
+# The paper's RL mix in small: GRPO from the demo's SFT on the tiny world's rows in three formats (the seed's,
+# Video-R1's and LongVideo-Reason's), mixed by recipes/tiny/grpo_mix.yaml's `dataset_mixture`.
+demo-mix: install
+	rm -rf runs/tiny-sft runs/tiny-grpo-mix
+	$(BIN)/rewatch-trl tiny --out $(TINY_DIR)
+	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml -m rewatch_trl.sft --config recipes/tiny/sft.yaml
+	$(BIN)/accelerate launch --config_file accelerate_configs/cpu.yaml -m rewatch_trl.grpo --config recipes/tiny/grpo_mix.yaml
+	$(BIN)/rewatch-trl summary runs/tiny-grpo-mix
+	@echo "trained checkpoint: runs/tiny-grpo-mix"
 
 # Real re-watching (agentic mode) on the tiny world with flashes (questions only a re-watched clip answers): agentic
 # SFT, then agentic GRPO; the summary shows the rewards and the real re-watches per completion, step by step.

@@ -15,9 +15,18 @@ from rewatch_trl.rewatch import RewatchSettings
 class ScriptArguments(trl.ScriptArguments):
     """Where the data is, which rewards score it, and the judge they may ask.
 
-    `dataset_name` is a `save_to_disk` directory, a QA file (`dataset_format`), or a Hub dataset id.
+    `dataset_name` is a `save_to_disk` directory, a QA file (`dataset_format`), or a Hub dataset id; or
+    `dataset_mixture` names several.
     """
 
+    dataset_mixture: dict | None = field(
+        default=None,
+        metadata={
+            "help": "Several datasets mixed into the training set (open-r1's shape: `datasets`, each with `id`, "
+            "`format`, `media_root`, `captions`, `rows` or `weight`, ...; `seed`), instead of `dataset_name` "
+            "(rewatch_trl/mixture.py)."
+        },
+    )
     dataset_format: str = field(
         default="auto",
         metadata={

@@ -214,9 +214,10 @@ def accuracy_reward(
     return rewards
 
 
-def video_r1_accuracy_reward(completions, problem_type, solution, **kwargs) -> list[float]:
+def video_r1_accuracy_reward(completions, problem_type, solution, **kwargs) -> list[float | None]:
     """Video-R1's accuracy reward, each row by its own `problem_type` (`answer_kinds.KINDS`): the text of the
-    completion's `<answer>` against the one of `solution` (`"<answer>A</answer>"`); no `<answer>` is "".
+    completion's `<answer>` against the one of `solution` (`"<answer>A</answer>"`); no `<answer>` is "". None on a
+    row without a `problem_type` or `solution` (a ReWatch row of a mixture).
 
     Example:
     ```python
@@ -226,7 +227,9 @@ def video_r1_accuracy_reward(completions, problem_type, solution, **kwargs) -> l
     ```
     """
     return [
-        kind_score(kind, answer_in_tags(completion_text(completion)), answer_in_tags(reference))
+        None
+        if kind is None or reference is None
+        else kind_score(kind, answer_in_tags(completion_text(completion)), answer_in_tags(reference))
         for completion, kind, reference in zip(completions, problem_type, solution, strict=True)
     ]
 

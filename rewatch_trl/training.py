@@ -62,8 +62,18 @@ def load_train_dataset(script_args: ScriptArguments):
     from rewatch_trl.data import check_videos, load_prepared, video_root_of
 
     name = script_args.dataset_name
+    if script_args.dataset_mixture is not None:
+        from rewatch_trl.mixture import DatasetMixture, load_mixture
+
+        if name is not None:
+            raise ValueError("the recipe gives both `dataset_name` and `dataset_mixture`: keep one")
+        dataset = load_mixture(DatasetMixture.from_dict(script_args.dataset_mixture), script_args.skip_invalid)
+        check_videos(dataset, None, "dataset_mixture")  # its media paths are absolute
+        return dataset, None
     if name is None:
-        raise ValueError("the recipe needs `dataset_name`: a prepared dataset directory, a QA JSONL or a Hub id")
+        raise ValueError(
+            "the recipe needs `dataset_name` (a prepared dataset directory, a QA file or a Hub id) or `dataset_mixture`"
+        )
     dataset = load_prepared(
         name,
         script_args.dataset_train_split,

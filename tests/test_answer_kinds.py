@@ -90,6 +90,8 @@ def test_video_r1_accuracy_reads_each_rows_kind():
     assert R.video_r1_accuracy_reward(completions, problem_type=kinds, solution=solutions) == pytest.approx(
         [1.0, 1.0, 0.0, 0.0, 0.95]
     )
+    # a row without a kind (a ReWatch row of a mixture) is not this reward's
+    assert R.video_r1_accuracy_reward(["<answer>A</answer>"], problem_type=[None], solution=[None]) == [None]
     (registered,) = R.get_reward_funcs(["video_r1_accuracy"])
     assert registered is R.video_r1_accuracy_reward
 
