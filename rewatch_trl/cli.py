@@ -121,6 +121,8 @@ def _video_settings(args):
         video_max_pixels=args.max_pixels,
         video_total_pixels=args.total_pixels,
         video_backend=args.video_backend,
+        image_min_pixels=args.image_min_pixels,
+        image_max_pixels=args.image_max_pixels,
     )
 
 
@@ -198,6 +200,8 @@ def _add_video_options(parser) -> None:
     parser.add_argument("--max-pixels", type=int, default=defaults.video_max_pixels, help="per frame")
     parser.add_argument("--total-pixels", type=int, default=defaults.video_total_pixels, help="over all frames")
     parser.add_argument("--video-backend", default=defaults.video_backend)
+    parser.add_argument("--image-min-pixels", type=int, default=defaults.image_min_pixels, help="an image row's")
+    parser.add_argument("--image-max-pixels", type=int, default=defaults.image_max_pixels, help="an image row's")
 
 
 def _add_generation_options(parser) -> None:
@@ -280,9 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_video_options(data)
     data.set_defaults(func=_data)
 
-    infer = commands.add_parser("infer", help="answer a question about a video, as the seed's inference does")
+    infer = commands.add_parser(
+        "infer", help="answer a question about a video (or an image), as the seed's inference does"
+    )
     _add_generation_options(infer)
-    infer.add_argument("video", help="a video file")
+    infer.add_argument("video", help="a video file, or an image file (.png, .jpg, ...)")
     infer.add_argument("question")
     infer.add_argument("--json", action="store_true", help="print the prompt, frames, trace, answer and timings")
     infer.set_defaults(func=_infer)

@@ -1,5 +1,6 @@
-"""Rows of the seed's format (+ their sampled frames) → processor inputs. The one place that calls the processor
-on videos: generation, the log-prob passes, SFT and inference all build their inputs here.
+"""Rows of the seed's format (+ their sampled frames, or an image row's image) → processor inputs. The one place that
+calls the processor on videos and images: generation, the log-prob passes, SFT and inference all build their inputs
+here.
 
 Example:
 ```python
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from rewatch_trl.image import LoadedImage, load_image
 from rewatch_trl.prompts import VideoSettings, build_messages
 from rewatch_trl.sharing import SharedRows, concat_rows
 from rewatch_trl.video import (
@@ -86,6 +88,11 @@ class VideoCollator:
         path = Path(video)
         return str((path if path.is_absolute() or self.video_root is None else self.video_root / path).absolute())
 
+    @staticmethod
+    def is_image(row: dict) -> bool:
+        """An image row (Video-R1's `data_type: "image"`): its `images` is the file."""
+        return row.get("data_type") == "image"
+
     def video_path(self, row: dict) -> str:
         video = row["videos"]
         if isinstance(video, (list, tuple)):
@@ -95,12 +102,27 @@ class VideoCollator:
         return self._resolve(video)
 
     def messages(self, row: dict) -> list[dict]:
-        """The seed's chat messages of a row: system, then the video and the ReAct instruction."""
+        """The seed's chat messages of a row: system, then the video (or image) and the ReAct instruction."""
+        if self.is_image(row):
+            return build_messages(row["problem"], settings=self.settings, image=self._resolve(row["images"]))
         return build_messages(row["problem"], self.video_path(row), row["duration"], self.settings)
 
     def videos(self, rows: list[dict]) -> list[SampledVideo]:
-        """The sampled frames of each row's video (each distinct video decoded once, through the cache)."""
+        """The sampled frames of each row's video (each distinct video decoded once, through the cache); an image
+        row is an error naming it (`visuals` takes both)."""
+        images = [row.get("problem_id") for row in rows if self.is_image(row)]
+        if images:
+            raise ValueError(f"rows {images} are image rows: this path takes video rows only")
         return [self.sample(self.video_path(row)) for row in rows]
+
+    def visuals(self, rows: list[dict]) -> list[SampledVideo | LoadedImage]:
+        """Each row's video frames (`videos`) or resized image (`image.load_image`), in order."""
+        return [
+            load_image(self._resolve(row["images"]), self.settings)
+            if self.is_image(row)
+            else self.sample(self.video_path(row))
+            for row in rows
+        ]
 
     def sample(self, path: str) -> SampledVideo:
         """The sampled frames of the video at `path` (resolved); with `tolerate_undecodable`, its blank stand-in if it
@@ -162,16 +184,17 @@ class VideoCollator:
             messages, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
         )
 
-    def encode(self, texts: list[str], videos: list[SampledVideo], **kwargs):
-        """Tokenize texts that hold one video placeholder each, with those videos' frames: the processor call."""
+    def encode(self, texts: list[str], visuals: list[SampledVideo | LoadedImage], **kwargs):
+        """Tokenize texts with their videos' frames and images (`visuals`, in the order of their placeholders
+        through the texts): the processor call."""
+        videos = [visual for visual in visuals if not isinstance(visual, LoadedImage)]
+        images = [visual.image for visual in visuals if isinstance(visual, LoadedImage)]
+        media = {"images": images} if images else {}
+        if videos or not images:
+            media |= {"videos": [video.frames for video in videos]}
+            media |= {"video_metadata": [video.metadata() for video in videos]}
         return self.processor(
-            text=texts,
-            videos=[video.frames for video in videos],
-            video_metadata=[video.metadata() for video in videos],
-            padding=True,
-            return_tensors="pt",
-            **PROCESSOR_VIDEO_KWARGS,
-            **kwargs,
+            text=texts, **media, padding=True, return_tensors="pt", **PROCESSOR_VIDEO_KWARGS, **kwargs
         )
 
     def encode_messages(self, conversations: list[list[dict]], **kwargs):
@@ -187,7 +210,7 @@ class VideoCollator:
         answer may show `clips` (agentic SFT: `clips[i]` fill, in order, the video blocks of answer i), whose
         tokens are not labels."""
         prompts = [self.prompt_text(self.messages(row)) for row in rows]
-        videos = self.videos(rows)
+        videos = self.visuals(rows)
         if answers is None:
             return self.encode(prompts, videos)
         end = "<|im_end|>\n"

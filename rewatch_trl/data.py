@@ -376,24 +376,28 @@ def video_root_of(name_or_path, video_root=None, dataset=None):
 
 
 def refuse_images(dataset, source) -> None:
-    """A `DataError` naming how many image rows `dataset` holds, when it holds any: they are read and validated
-    (Video-R1's files) but the trainers, `infer` and `eval` take video rows only, for now."""
+    """A `DataError` naming how many image rows `dataset` holds, when it holds any: SFT, `infer` and `eval` take
+    them, GRPO takes video rows only, for now."""
     if "data_type" not in dataset.column_names:
         return
     images = sum(kind == "image" for kind in dataset["data_type"])
     if images:
         raise DataError(
-            f"{source}: {images} of its {len(dataset)} rows are images, which rewatch-trl does not train or evaluate "
-            "yet (video rows only): filter them out first, e.g. `dataset.filter(lambda row: row['data_type'] == "
-            "'video')`"
+            f"{source}: {images} of its {len(dataset)} rows are images, which GRPO does not train yet (SFT, infer "
+            "and eval do): keep its video rows, e.g. `data_types: [video]` in a `dataset_mixture`, or "
+            "`dataset.filter(lambda row: row['data_type'] == 'video')`"
         )
 
 
 def check_videos(dataset, video_root, source) -> None:
-    """Every row's video exists (relative names under `video_root`): else a `DataError` that names the dataset, the
-    first rows whose video is missing and the flag that says where the videos are."""
-    refuse_images(dataset, source)
-    names = [name[0] if isinstance(name, (list, tuple)) and len(name) == 1 else name for name in dataset["videos"]]
+    """Every row's video (an image row's image) exists (relative names under `video_root`): else a `DataError` that
+    names the dataset, the first rows whose file is missing and the flag that says where the media are."""
+    videos = dataset["videos"]
+    images = dataset["images"] if "images" in dataset.column_names else [None] * len(videos)
+    names = [
+        name[0] if isinstance(name, (list, tuple)) and len(name) == 1 else name
+        for name in (video if video is not None else image for video, image in zip(videos, images, strict=True))
+    ]
     paths = {
         name: Path(name) if Path(name).is_absolute() or video_root is None else Path(video_root) / name
         for name in set(names)

@@ -15,12 +15,15 @@ from rewatch_trl.react import parse_react
 from rewatch_trl.rewards import accuracy_reward, react_format_reward
 
 
-NEEDED = ("problem_id", "problem", "videos", "duration", "answer", "multiple_choice")
+NEEDED = ("problem_id", "problem", "answer", "multiple_choice")
 
 
 def check_rows(dataset) -> None:
     """A dataset without the fields evaluation needs raises one error that names them."""
-    missing = [name for name in NEEDED if name not in dataset.column_names]
+    columns = set(dataset.column_names)
+    missing = [name for name in NEEDED if name not in columns]
+    if "images" not in columns:  # video rows: their video and its duration (an image row has its image)
+        missing += [name for name in ("videos", "duration") if name not in columns]
     if missing:
         raise ValueError(f"the dataset lacks {', '.join(missing)} (seed fields: {', '.join(FIELDS)})")
 
@@ -31,10 +34,11 @@ def predictions_path(out) -> Path:
 
 
 def score(row: dict, completion: str, rewatched: list[dict] | None = None) -> dict:
-    """One prediction with its scores: accuracy (MCQ letter / open-ended token F1), format, re-watch steps, and
-    the clips really re-watched (agentic mode)."""
+    """One prediction with its scores: accuracy (MCQ letter, a Video-R1 kind's rule, or open-ended token F1), format
+    (an image row's without re-watch steps), re-watch steps, and the clips really re-watched (agentic mode)."""
     trace = parse_react(completion)
     columns = {"answer": [row["answer"]], "multiple_choice": [row["multiple_choice"]], "problem": [row["problem"]]}
+    columns |= {"problem_type": [row.get("problem_type")]}  # a Video-R1 row's kind (numerical, OCR, ...)
     return {
         "problem_id": row["problem_id"],
         "question_type": row.get("question_type"),
@@ -43,7 +47,7 @@ def score(row: dict, completion: str, rewatched: list[dict] | None = None) -> di
         "prediction": trace.answer,
         "answer": row["answer"],
         "accuracy": accuracy_reward([completion], **columns)[0],
-        "format": react_format_reward([completion])[0],
+        "format": react_format_reward([completion], data_type=[row.get("data_type")])[0],
         "steps": len(trace.steps),
         "rewatched": rewatched or [],
     }

@@ -39,7 +39,7 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
     set_seed(training_args.seed)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     processor = load_processor(model_args, padding_side="left")
-    dataset, video_root = load_train_dataset(script_args)
+    dataset, video_root = load_train_dataset(script_args, images=False)
     dataset = add_prompts(dataset, VideoCollator(processor, video_args, video_root))
     trainer = VideoGRPOTrainer(
         model=load_model(model_args),

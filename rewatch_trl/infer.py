@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from rewatch_trl.collator import VideoCollator, split_video_inputs, video_forward_kwargs
+from rewatch_trl.image import load_image
 from rewatch_trl.prompts import VideoSettings, duration_string
 from rewatch_trl.react import parse_react
 from rewatch_trl.rewatch import Rewatcher, RewatchSettings
@@ -169,6 +170,9 @@ class Predictor:
         return self.processor.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+
+
 def infer(
     model: str,
     video: str,
@@ -180,10 +184,12 @@ def infer(
     vllm_kwargs: dict | None = None,
     rewatch: RewatchSettings | None = None,
 ) -> dict:
-    """Answer one question about one video file: the prompt, the frames used, the parsed trace, the clips
-    re-watched for real (agentic `rewatch`) and timings."""
+    """Answer one question about one video file (or image file, by its suffix: `IMAGE_SUFFIXES`): the prompt, its
+    tokens and visual tokens, the frames used (an image's size), the parsed trace, the clips re-watched for real
+    (agentic `rewatch`) and timings."""
     start = time.perf_counter()
-    duration = round(video_duration(video))
+    image = Path(video).suffix.lower() in IMAGE_SUFFIXES
+    duration = None if image else round(video_duration(video))
     predictor = Predictor(
         model,
         settings,
@@ -194,23 +200,36 @@ def infer(
         rewatch=rewatch,
     )
     loaded = time.perf_counter()
-    row = {"problem": question, "videos": str(Path(video).absolute()), "duration": duration}
-    frames = sample_video(row["videos"], predictor.settings, predictor.collator.cache)
+    path = str(Path(video).absolute())
+    if image:
+        row = {"problem": question, "images": path, "data_type": "image"}
+        seen = {"image": str(video), "size": list(load_image(path, predictor.settings).size)}
+    else:
+        row = {"problem": question, "videos": path, "duration": duration}
+        frames = sample_video(row["videos"], predictor.settings, predictor.collator.cache)
+        seen = {
+            "video": str(video),
+            "duration": duration,
+            "duration_str": duration_string(duration),
+            "frames": {
+                "count": len(frames.frame_indices),
+                "fps": frames.fps,
+                "indices": frames.frame_indices,
+                "size": list(frames.frames.shape[-2:]),
+            },
+        }
+    ids = predictor.collator([row])["input_ids"][0]
+    config = predictor.config
+    visual_tokens = int(((ids == config.image_token_id) | (ids == config.video_token_id)).sum())
     decoded = time.perf_counter()
     ((completion, rewatched),) = predictor.rollouts([row])
     done = time.perf_counter()
     trace = parse_react(completion)
     return {
         "prompt": predictor.collator.prompt_text(predictor.collator.messages(row)),
-        "video": str(video),
-        "duration": duration,
-        "duration_str": duration_string(duration),
-        "frames": {
-            "count": len(frames.frame_indices),
-            "fps": frames.fps,
-            "indices": frames.frame_indices,
-            "size": list(frames.frames.shape[-2:]),
-        },
+        "prompt_tokens": len(ids),
+        "visual_tokens": visual_tokens,
+        **seen,
         "completion": completion,
         "actions": [step.action for step in trace.steps],
         "clips": [[list(clip) for clip in clips] for clips in trace.clips],
@@ -224,7 +243,10 @@ def infer(
 
 def format_result(result: dict) -> str:
     """The human-readable form `rewatch-trl infer` prints."""
-    lines = [f"video: {result['video']} ({result['duration_str']}, {result['frames']['count']} frames)", ""]
+    if "image" in result:
+        lines = [f"image: {result['image']} ({result['size'][0]}x{result['size'][1]} px)", ""]
+    else:
+        lines = [f"video: {result['video']} ({result['duration_str']}, {result['frames']['count']} frames)", ""]
     lines.append(result["completion"])
     lines += ["", f"answer: {result['answer']}", f"re-watch steps: {len(result['actions'])}"]
     if result["rewatched"]:

@@ -13,6 +13,13 @@ REACT_PROMPT = """You are a video understanding expert. You are given a video an
 - **Video Duration**: {video_duration}
 - **Question**: {question}"""
 
+# An image row's prompt: the seed's, said of an image (no duration). Its re-watch steps are optional: an image has no
+# clip to re-watch, and `react_format_reward` does not demand one there.
+IMAGE_REACT_PROMPT = """You are an image understanding expert. You are given an image and a question. You need to answer the question based on the image content. Please answer the question step by step. When you need more image details, you may look again at the relevant regions and use <action> and </action> to mark the actions, and use <observation> and </observation> to mark the visual details you observe. When you have enough information to determine the final answer, you will wrap the final answer in <answer> and </answer>.
+
+**Image Question:**
+- **Question**: {question}"""
+
 SYSTEM_PROMPT = "You are a helpful assistant."
 
 _TIMESTAMP = re.compile(r"^\s*(\d{1,3}):(\d{2})(?::(\d{2}))?(?:\.\d+)?\s*$")
@@ -47,6 +54,22 @@ class VideoSettings:
             "for Qwen3-VL); default: the model's processor's (14 where there is none)."
         },
     )
+
+    image_min_pixels: int = field(
+        default=4 * 28 * 28, metadata={"help": "Fewest pixels of an image (Video-R1's bound: 3136)."}
+    )
+    image_max_pixels: int = field(
+        default=512 * 28 * 28, metadata={"help": "Most pixels of an image (Video-R1's run scripts' bound: 401408)."}
+    )
+
+    def image_block(self, image: str) -> dict:
+        """The `{"type": "image", ...}` content block of an image row, which qwen-vl-utils reads."""
+        return {
+            "type": "image",
+            "image": image,
+            "min_pixels": self.image_min_pixels,
+            "max_pixels": self.image_max_pixels,
+        }
 
     def video_block(self, video: str) -> dict:
         """The `{"type": "video", ...}` content block of the seed, which qwen-vl-utils reads."""
@@ -139,22 +162,33 @@ def react_instruction(question: str, duration: float) -> str:
 
 
 def build_messages(
-    question: str, video: str, duration: float, settings: VideoSettings | None = None, system: str = SYSTEM_PROMPT
+    question: str,
+    video: str | None = None,
+    duration: float | None = None,
+    settings: VideoSettings | None = None,
+    system: str = SYSTEM_PROMPT,
+    image: str | None = None,
 ) -> list[dict]:
-    """The chat messages of one row: a system turn, then the video block and the ReAct instruction.
+    """The chat messages of one row: a system turn, then the video block and the ReAct instruction; for an image row
+    (`image` instead of `video` and `duration`), the image block and the instruction said of an image.
 
     Example:
     ```python
     >>> messages = build_messages("What happened?", "clip.mp4", 600)
     >>> [block["type"] for block in messages[1]["content"]]
     ['video', 'text']
+    >>> build_messages("What is written?", image="sign.png")[1]["content"][0]["type"]
+    'image'
     ```
     """
     settings = settings or VideoSettings()
+    if (image is None) == (video is None):
+        raise ValueError("a row's messages hold one video or one image")
+    if image is not None:
+        visual, instruction = settings.image_block(image), IMAGE_REACT_PROMPT.format(question=question)
+    else:
+        visual, instruction = settings.video_block(video), react_instruction(question, duration)
     return [
         {"role": "system", "content": [{"type": "text", "text": system}]},
-        {
-            "role": "user",
-            "content": [settings.video_block(video), {"type": "text", "text": react_instruction(question, duration)}],
-        },
+        {"role": "user", "content": [visual, {"type": "text", "text": instruction}]},
     ]

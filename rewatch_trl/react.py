@@ -34,6 +34,11 @@ _WELL_FORMED = re.compile(
     rf"{_FREE}(?:<action>{_FREE}</action>{_FREE}<observation>{_FREE}</observation>{_FREE})++"
     rf"<answer>({_FREE})</answer>\s*+"
 )
+# An image row's format: the same with no pair needed (an image has no clip to re-watch).
+_WELL_FORMED_WITHOUT_STEPS = re.compile(
+    rf"{_FREE}(?:<action>{_FREE}</action>{_FREE}<observation>{_FREE}</observation>{_FREE})*+"
+    rf"<answer>({_FREE})</answer>\s*+"
+)
 # A clip: a timestamp (M:SS / MM:SS / H:MM:SS / HH:MM:SS), optionally joined to a second one by "-", "to", "~",
 # "until", ... (with brackets and spaces around). Bounded repeats only: no catastrophic backtracking.
 _TS = r"\b(?<!:)(\d{1,2}:\d{2}(?::\d{2})?)(?![\d:])"
@@ -172,6 +177,19 @@ def parse_react(completion) -> ReactTrace:
         return ReactTrace(text, answer[1].strip(), well_formed=True)
     answer = _ANSWER.search(text)
     return ReactTrace(text, answer[1].strip() if answer else None)
+
+
+def well_formed_without_steps(completion) -> bool:
+    """The format rewarded on an image row: any action/observation pairs (none needed), then exactly one answer that
+    closes the completion.
+
+    Example:
+    ```python
+    >>> well_formed_without_steps("The sign reads STOP. <answer>STOP</answer>"), parse_react("<answer>x</answer>").well_formed
+    (True, False)
+    ```
+    """
+    return _WELL_FORMED_WITHOUT_STEPS.fullmatch(completion_text(completion)) is not None
 
 
 def parse_captions(captions) -> list[Segment]:

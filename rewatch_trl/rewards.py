@@ -21,7 +21,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from rewatch_trl.answer_kinds import KINDS, answer_in_tags, kind_score
-from rewatch_trl.react import ReactTrace, Step, completion_text, overlapping, parse_captions, parse_react
+from rewatch_trl.react import (
+    ReactTrace,
+    Step,
+    completion_text,
+    overlapping,
+    parse_captions,
+    parse_react,
+    well_formed_without_steps,
+)
 
 
 _OPTION = re.compile(r"^\s{0,8}\(?([A-Z])[\):.]\s{0,8}(\S.*?)\s*$")
@@ -131,17 +139,24 @@ def _is_mcq(flag, answer) -> bool:
     return bool(flag)
 
 
-def react_format_reward(completions, **kwargs) -> list[float]:
+def react_format_reward(completions, data_type=None, **kwargs) -> list[float]:
     """1.0 when the completion is a ReAct trace: one or more `<action>` each followed by its `<observation>`,
-    then exactly one `<answer>` that closes the completion; else 0.0.
+    then exactly one `<answer>` that closes the completion; else 0.0. On an image row (`data_type` "image"), which
+    has no clip to re-watch, the pairs are optional.
 
     Example:
     ```python
     >>> react_format_reward(["<action>[00:01-00:03]</action><observation>red</observation><answer>A</answer>", "A"])
     [1.0, 0.0]
+    >>> react_format_reward(["<answer>STOP</answer>"] * 2, data_type=["image", "video"])
+    [1.0, 0.0]
     ```
     """
-    return [float(trace.well_formed) for trace in _traces(completions)]
+    kinds = _column({"d": data_type}, "d", len(completions))
+    return [
+        float(trace.well_formed or (kind == "image" and well_formed_without_steps(trace.text)))
+        for trace, kind in zip(_traces(completions), kinds, strict=True)
+    ]
 
 
 def mcq_accuracy_reward(completions, answer, multiple_choice=None, problem=None, **kwargs) -> list[float | None]:
@@ -234,9 +249,9 @@ def video_r1_accuracy_reward(completions, problem_type, solution, **kwargs) -> l
     ]
 
 
-def temporal_grounding_reward(completions, duration=None, **kwargs) -> list[float]:
+def temporal_grounding_reward(completions, duration=None, data_type=None, **kwargs) -> list[float | None]:
     """Fraction of the `<action>`s whose clips parse, run forwards (start < end) and lie inside the video's
-    `duration` (seconds); 0.0 for a completion without actions.
+    `duration` (seconds); 0.0 for a completion without actions; None on an image row (`data_type` "image").
 
     Example:
     ```python
@@ -245,8 +260,12 @@ def temporal_grounding_reward(completions, duration=None, **kwargs) -> list[floa
     ```
     """
     durations = _column({"d": duration}, "d", len(completions))
+    kinds = _column({"k": data_type}, "k", len(completions))
     rewards = []
-    for trace, limit in zip(_traces(completions), durations, strict=True):
+    for trace, limit, kind in zip(_traces(completions), durations, kinds, strict=True):
+        if kind == "image":
+            rewards.append(None)
+            continue
         clips_per_step = trace.clips
         if not clips_per_step:
             rewards.append(0.0)
@@ -418,7 +437,15 @@ def reasoning_reward(
 
 
 def rewatch_reward(
-    completions, answer, problem=None, multiple_choice=None, captions=None, judge=None, problem_type=None, **kwargs
+    completions,
+    answer,
+    problem=None,
+    multiple_choice=None,
+    captions=None,
+    judge=None,
+    problem_type=None,
+    data_type=None,
+    **kwargs,
 ) -> list[float | None]:
     """The paper's Observation & Reasoning reward in one function: `acc · (1 + obs + rea) + fmt`.
 
@@ -442,7 +469,7 @@ def rewatch_reward(
         acc = judge_accuracy_reward(completions, problem, answer, multiple_choice, judge, problem_type)
         rea = reasoning_reward(completions, problem, answer, multiple_choice, judge, problem_type)
     obs = observation_reward(completions, captions, judge)
-    fmt = react_format_reward(completions)
+    fmt = react_format_reward(completions, data_type)
     return [
         None if a is None else a * (1.0 + (o or 0.0) + (r or 0.0)) + f
         for a, o, r, f in zip(acc, obs, rea, fmt, strict=True)

@@ -15,6 +15,7 @@ from trl import ModelConfig, SFTTrainer, TrlParser, get_peft_config
 from rewatch_trl.collator import VideoCollator
 from rewatch_trl.configs import ScriptArguments, SFTConfig
 from rewatch_trl.families import family_of
+from rewatch_trl.image import LoadedImage
 from rewatch_trl.prompts import VideoSettings
 from rewatch_trl.rewatch import RewatchSettings, shown_clips
 from rewatch_trl.video import DecodeError, UndecodableVideo, sample_clip, write_undecodable
@@ -58,7 +59,11 @@ class SFTVideoCollator:
     def _with_clips(self, rows: list[dict], answers: list[str]):
         settings = self.rewatch.clip_settings(self.collator.settings)
         shown, clips = [], []
-        for answer, video in zip(answers, self.collator.videos(rows), strict=True):
+        for answer, video in zip(answers, self.collator.visuals(rows), strict=True):
+            if isinstance(video, LoadedImage):  # an image has no clip to re-watch
+                shown.append(answer)
+                clips.append([])
+                continue
             text, spans = shown_clips(answer, video.duration, self.rewatch.max_rewatches)
             try:
                 if isinstance(video, UndecodableVideo):

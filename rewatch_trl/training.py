@@ -56,10 +56,11 @@ def load_processor(model_args: ModelConfig, padding_side: str):
     )
 
 
-def load_train_dataset(script_args: ScriptArguments):
-    """The training rows, validated (a QA JSONL (+ captions), a prepared directory, or a Hub dataset id), and where
-    their videos are; every row's video is checked to be there before any model is loaded."""
-    from rewatch_trl.data import check_videos, load_prepared, video_root_of
+def load_train_dataset(script_args: ScriptArguments, images: bool = True):
+    """The training rows, validated (a QA file (+ captions), a prepared directory, a Hub dataset id, or a mixture),
+    and where their media are; every row's video (or image) is checked to be there before any model is loaded.
+    Without `images` (GRPO), image rows are an error that says how to leave them out."""
+    from rewatch_trl.data import check_videos, load_prepared, refuse_images, video_root_of
 
     name = script_args.dataset_name
     if script_args.dataset_mixture is not None:
@@ -68,6 +69,8 @@ def load_train_dataset(script_args: ScriptArguments):
         if name is not None:
             raise ValueError("the recipe gives both `dataset_name` and `dataset_mixture`: keep one")
         dataset = load_mixture(DatasetMixture.from_dict(script_args.dataset_mixture), script_args.skip_invalid)
+        if not images:
+            refuse_images(dataset, "dataset_mixture")
         check_videos(dataset, None, "dataset_mixture")  # its media paths are absolute
         return dataset, None
     if name is None:
@@ -83,6 +86,8 @@ def load_train_dataset(script_args: ScriptArguments):
         script_args.dataset_format,
     )
     video_root = video_root_of(name, script_args.video_root, dataset)
+    if not images:
+        refuse_images(dataset, name)
     check_videos(dataset, video_root, name)
     return dataset, video_root
 

@@ -96,12 +96,13 @@ def test_zero3_killed_after_a_checkpoint_resumes_to_the_same_weights(
     assert max_difference(weights(whole), weights(whole / "checkpoint-2")) > 1e-5
 
 
-@pytest.mark.parametrize("stage", ["sft", "grpo"])
-def test_zero3_on_the_moe_equals_ddp(stage, family_world, tmp_path, launcher):
-    """SFT, and GRPO with a reference model (beta 0.04), under ZeRO-3 (every parameter partitioned: Qwen3-VL-MoE's
-    fused experts and deepstack mergers too; generation gathers them) end with DDP's weights, loss and gradient norm.
-    On the MoE, the hardest family to partition; Qwen2.5-VL under ZeRO-2 and ZeRO-3: the GRPO runs above."""
-    world = family_world("qwen3_vl_moe")
+@pytest.mark.parametrize(("stage", "family"), [("sft", "qwen3_5"), ("grpo", "qwen3_vl_moe")])
+def test_zero3_on_the_qwen3_families_equals_ddp(stage, family, family_world, tmp_path, launcher):
+    """SFT on Qwen3.5 (its Gated DeltaNet layers partitioned), and GRPO with a reference model (beta 0.04) on
+    Qwen3-VL-MoE (its fused experts and deepstack mergers, loaded from the published layout; generation gathers
+    them), under ZeRO-3 (every parameter partitioned) end with DDP's weights, loss and gradient norm. Qwen2.5-VL
+    under ZeRO-2 and ZeRO-3: the GRPO runs above."""
+    world = family_world(family)
     settings, env = {"save_strategy": "no", "logging_steps": 1}, None
     if stage == "grpo":  # the untrained model's ReAct rewards are all 0: a reward that varies (tests/varied_reward.py)
         settings |= {"beta": 0.04, "max_completion_length": 64, "reward_funcs": "varied_reward.characters"}

@@ -9,7 +9,7 @@ import pytest
 from rewatch_trl import rewards as R
 from rewatch_trl.answer_kinds import KINDS
 from rewatch_trl.cli import main as cli
-from rewatch_trl.data import DataError, check_videos, load_qa
+from rewatch_trl.data import DataError, check_videos, load_qa, refuse_images
 
 
 def load(path, root, **options):
@@ -112,7 +112,7 @@ def test_a_bad_longvideo_reason_row_and_bad_files_say_where(tiny_world, tmp_path
         load(tiny_world.video_r1_path, None, format="video-r1")
 
 
-def test_the_data_command_prepares_video_r1_and_training_refuses_its_images_by_name(tiny_world, tmp_path, capsys):
+def test_the_data_command_prepares_video_r1_and_grpo_refuses_its_images_by_name(tiny_world, tmp_path, capsys):
     from datasets import load_from_disk
 
     out = tmp_path / "prepared"
@@ -124,10 +124,11 @@ def test_the_data_command_prepares_video_r1_and_training_refuses_its_images_by_n
     assert f"kept {rows} rows, skipped 0" in capsys.readouterr().out
     dataset = load_from_disk(str(out))
     assert set(dataset["problem_type"]) == set(KINDS)
-    with pytest.raises(DataError, match=rf"{rows // 3} of its {rows} rows are images, which rewatch-trl does not"):
-        check_videos(dataset, tiny_world.root, str(out))
-    videos = dataset.filter(lambda row: row["data_type"] == "video")
-    check_videos(videos, tiny_world.root, str(out))  # the video rows' files are there
+    with pytest.raises(DataError, match=rf"{rows // 3} of its {rows} rows are images, which GRPO does not train"):
+        refuse_images(dataset, str(out))
+    check_videos(dataset, tiny_world.root, str(out))  # every row's video or image is there
+    with pytest.raises(DataError, match=r"1 row\(s\) name a video that is not there: row 0: .*nowhere.png"):
+        check_videos(dataset.select([5]).map(lambda row: {"images": "nowhere.png"}), tiny_world.root, str(out))
 
 
 def test_auto_tells_a_row_that_lacks_a_field_and_validation_names_it(tiny_world, tmp_path):

@@ -1,0 +1,142 @@
+"""Image rows beside video rows (Video-R1's): the prompt said of an image, the collator's mixed batches, the model
+seeing each row's image, SFT on Video-R1's COT rows, `infer` on an image file, `eval` by kind. GRPO refuses image
+rows by name, for now."""
+
+import json
+
+import pytest
+import torch
+
+from rewatch_trl.collator import VideoCollator
+from rewatch_trl.data import DataError, load_qa
+from rewatch_trl.tiny import write_synthetic_image
+
+
+@pytest.fixture(scope="module")
+def video_r1_rows(tiny_world):
+    dataset, _ = load_qa(tiny_world.video_r1_path, video_root=tiny_world.root, format="video-r1", progress=False)
+    rows = dataset.to_list()
+    return [row for row in rows if row["data_type"] == "image"], [row for row in rows if row["data_type"] == "video"]
+
+
+def collator_of(world):
+    from transformers import AutoProcessor
+
+    return VideoCollator(AutoProcessor.from_pretrained(world.root), world.video_settings, world.root)
+
+
+def test_an_image_rows_prompt_says_image_and_has_no_duration(tiny_world, video_r1_rows):
+    images, videos = video_r1_rows
+    collator = collator_of(tiny_world)
+    text = collator.prompt_text(collator.messages(images[0]))
+    assert "You are given an image and a question" in text and "Video Duration" not in text
+    assert text.count("<|image_pad|>") == 1 and "<|video_pad|>" not in text  # one placeholder before expansion
+    assert "Video Duration" in collator.prompt_text(collator.messages(videos[0]))
+
+
+def test_a_mixed_batch_holds_each_rows_image_or_video_in_its_place(tiny_world, video_r1_rows):
+    images, videos = video_r1_rows
+    collator = collator_of(tiny_world)
+    config = collator.processor.tokenizer
+    batch = collator([images[0], videos[0], images[1]])
+    image_pad, video_pad = (config.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>"))
+    per_row = [(int((ids == image_pad).sum()), int((ids == video_pad).sum())) for ids in batch["input_ids"]]
+    # a 64x64 image resized to 56x56 (the 28-px unit): 4 tokens; the video: its 8 frames' 4 tokens a frame pair
+    assert per_row == [(4, 0), (0, 16), (4, 0)]
+    assert batch["image_grid_thw"].tolist() == [[1, 4, 4], [1, 4, 4]] and batch["video_grid_thw"].tolist() == [
+        [4, 4, 4]
+    ]
+    alone = collator([images[1]])
+    assert torch.equal(batch["pixel_values"][16:], alone["pixel_values"])  # the second image's patches, in order
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_the_model_reads_each_rows_image_in_a_mixed_batch(family, family_world, tmp_path):
+    """A mixed batch scores each row as that row alone (the positions and the images in order), and the image is
+    read: another image moves the image row's logits and leaves the video row's as they were."""
+    from transformers import AutoModelForImageTextToText
+
+    from rewatch_trl.positions import use_original_rope
+
+    world = family_world(family)
+    dataset, _ = load_qa(world.video_r1_path, video_root=world.root, format="video-r1", progress=False)
+    rows = dataset.to_list()
+    image = next(row for row in rows if row["data_type"] == "image")
+    video = next(row for row in rows if row["data_type"] == "video")
+    collator = collator_of(world)
+    collator.processor.tokenizer.padding_side = "left"
+    model = AutoModelForImageTextToText.from_pretrained(world.root).eval()
+    if family == "qwen2_5_vl":
+        use_original_rope(model)
+    with torch.no_grad():
+        mixed = model(**collator([image, video])).logits[:, -1]
+        alone = torch.cat([model(**collator([row])).logits[:, -1] for row in (image, video)])
+        write_synthetic_image(tmp_path / "other.png", "blue", "EXIT")
+        other = model(**collator([image | {"images": str(tmp_path / "other.png")}, video])).logits[:, -1]
+    assert (mixed - alone).abs().max() <= 1e-5
+    assert (other[0] - mixed[0]).abs().max() > 1e-3 and (other[1] - mixed[1]).abs().max() <= 1e-5
+
+
+def test_sft_learns_on_video_r1s_cot_rows_of_images_and_videos(tiny_world, tmp_path, launcher):
+    out = tmp_path / "sft"
+    command = launcher.command(
+        tiny_world,
+        out,
+        stage="sft",
+        dataset_name=tiny_world.video_r1_path,
+        dataset_format="video-r1",
+        video_root=tiny_world.root,
+        captions="",
+        max_steps=20,
+        logging_steps=5,
+        save_strategy="no",
+    )
+    launcher.run(command)
+    losses = [entry["loss"] for entry in launcher.state(out)["log_history"] if "loss" in entry]
+    assert len(losses) == 4 and losses[-1] < 0.7 * losses[0], losses
+
+
+def test_infer_answers_about_an_image_file_and_counts_its_tokens(tiny_world, capsys):
+    from test_infer_eval import video_flags
+
+    from rewatch_trl.cli import main as cli
+
+    image = tiny_world.root / "images" / "sign_000.png"
+    arguments = ["infer", "--model", str(tiny_world.root), "--max-new-tokens", "8", "--json", *video_flags(tiny_world)]
+    assert cli(arguments + [str(image), "What word is written?"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["image"] == str(image) and result["size"] == [56, 56] and "duration" not in result
+    assert result["visual_tokens"] == 4 and "an image and a question" in result["prompt"]
+    assert result["prompt_tokens"] > result["visual_tokens"]
+    video = tiny_world.video_dir / tiny_world.rows[0]["videos"]
+    assert cli(arguments + [str(video), "What color?"]) == 0
+    assert json.loads(capsys.readouterr().out)["visual_tokens"] == 16  # 8 frames of 56x56: 4 pairs of 4 tokens
+
+
+def test_eval_scores_video_r1_rows_by_their_kind(tiny_world, tmp_path):
+    from rewatch_trl.eval import evaluate, score
+    from rewatch_trl.infer import Predictor
+
+    dataset, _ = load_qa(tiny_world.video_r1_path, video_root=tiny_world.root, format="video-r1", progress=False)
+    ocr = next(row for row in dataset if row["problem_type"] == "OCR")
+    assert score(ocr, f"<answer>{ocr['answer']}</answer>")["accuracy"] == 1.0
+    assert score(ocr, "<answer>something else</answer>")["accuracy"] == 0.0
+    assert score(ocr, f"<answer>{ocr['answer']}</answer>")["format"] == 1.0  # no re-watch needed on an image
+    subset = dataset.select(range(6))  # one row of each case: images and videos
+    predictor = Predictor(str(tiny_world.root), tiny_world.video_settings, tiny_world.root, max_new_tokens=4)
+    report = evaluate(predictor, subset, tmp_path / "report.json", progress=False)
+    assert report["overall"]["n"] == 6
+    assert set(report["by_question_type"]) == {row["problem_type"] for row in subset}
+
+
+def test_grpo_refuses_image_rows_before_loading_a_model(tiny_world):
+    from rewatch_trl.configs import ScriptArguments
+    from rewatch_trl.training import load_train_dataset
+
+    args = ScriptArguments(
+        dataset_name=str(tiny_world.video_r1_path), dataset_format="video-r1", video_root=str(tiny_world.root)
+    )
+    with pytest.raises(DataError, match=r"rows are images, which GRPO does not train yet"):
+        load_train_dataset(args, images=False)
+    dataset, _ = load_train_dataset(args)  # SFT's: images and videos
+    assert set(dataset["data_type"]) == {"image", "video"}
