@@ -19,7 +19,7 @@ import torch
 
 from rewatch_trl.image import LoadedImage, load_image
 from rewatch_trl.prompts import VideoSettings, build_messages
-from rewatch_trl.sharing import SharedRows, concat_rows
+from rewatch_trl.sharing import MODALITIES, SharedRows, concat_rows, first_rows
 from rewatch_trl.video import (
     SampledVideo,
     UndecodableVideo,
@@ -41,16 +41,17 @@ PROCESSOR_VIDEO_KWARGS = {
 
 
 def video_block(messages: list[dict]) -> dict:
-    """The one `{"type": "video", ...}` block of a chat prompt; an error if there is none or more than one."""
+    """The one `{"type": "video", ...}` (or `{"type": "image", ...}`) block of a chat prompt; an error if there is
+    none or more than one."""
     blocks = [
         block
         for message in messages
         if isinstance(message.get("content"), list)
         for block in message["content"]
-        if isinstance(block, dict) and block.get("type") == "video"
+        if isinstance(block, dict) and block.get("type") in ("video", "image")
     ]
     if len(blocks) != 1:
-        raise ValueError(f"a prompt must hold exactly one video block, found {len(blocks)}")
+        raise ValueError(f"a prompt must hold exactly one video (or image) block, found {len(blocks)}")
     return blocks[0]
 
 
@@ -90,7 +91,7 @@ class VideoCollator:
 
     @staticmethod
     def is_image(row: dict) -> bool:
-        """An image row (Video-R1's `data_type: "image"`): its `images` is the file."""
+        """An image row (Video-R1's `data_type: "image"`): its `image_path` is the file."""
         return row.get("data_type") == "image"
 
     def video_path(self, row: dict) -> str:
@@ -104,7 +105,7 @@ class VideoCollator:
     def messages(self, row: dict) -> list[dict]:
         """The seed's chat messages of a row: system, then the video (or image) and the ReAct instruction."""
         if self.is_image(row):
-            return build_messages(row["problem"], settings=self.settings, image=self._resolve(row["images"]))
+            return build_messages(row["problem"], settings=self.settings, image=self._resolve(row["image_path"]))
         return build_messages(row["problem"], self.video_path(row), row["duration"], self.settings)
 
     def videos(self, rows: list[dict]) -> list[SampledVideo]:
@@ -118,7 +119,7 @@ class VideoCollator:
     def visuals(self, rows: list[dict]) -> list[SampledVideo | LoadedImage]:
         """Each row's video frames (`videos`) or resized image (`image.load_image`), in order."""
         return [
-            load_image(self._resolve(row["images"]), self.settings)
+            load_image(self._resolve(row["image_path"]), self.settings)
             if self.is_image(row)
             else self.sample(self.video_path(row))
             for row in rows
@@ -164,10 +165,13 @@ class VideoCollator:
         ```
         """
         rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
-        videos = self.videos(rows)
-        new = {video.path for video in videos} - self._sent
+        # an image row's image is read where it is needed (a small file, no decoding ahead)
+        videos = [None if self.is_image(row) else self.sample(self.video_path(row)) for row in rows]
+        new = {video.path for video in videos if video is not None} - self._sent
         self._sent |= new
-        return batch | {"sampled_video": [video if video.path in new else None for video in videos]}
+        return batch | {
+            "sampled_video": [video if video is not None and video.path in new else None for video in videos]
+        }
 
     def keep(self, videos: list[SampledVideo | None]) -> None:
         """Put videos sampled with these settings elsewhere (by `decode_ahead`) in this process's cache."""
@@ -200,7 +204,13 @@ class VideoCollator:
     def encode_messages(self, conversations: list[list[dict]], **kwargs):
         """Chat prompts that each hold one video block → (processor inputs, the sampled videos in order); `kwargs`
         go to the processor (`device=` normalises and patchifies the frames there)."""
-        videos = [self.sample(self._resolve(video_block(messages)["video"])) for messages in conversations]
+        blocks = [video_block(messages) for messages in conversations]
+        videos = [
+            load_image(self._resolve(block["image"]), self.settings)
+            if block["type"] == "image"
+            else self.sample(self._resolve(block["video"]))
+            for block in blocks
+        ]
         return self.encode([self.prompt_text(messages) for messages in conversations], videos, **kwargs), videos
 
     def __call__(
@@ -261,33 +271,44 @@ def within_vision_blocks(input_ids: torch.Tensor, start: int, end: int) -> torch
 
 
 def split_video_inputs(batch) -> list[dict[str, torch.Tensor]]:
-    """Processor video inputs of a batch (one video per sample) → one dict per sample, so that TRL's shuffle and
-    split of a generation batch (which index lists and tensors by sample) keep each video with its sample."""
-    grids = batch["video_grid_thw"]
-    rows = torch.split(batch["pixel_values_videos"], grids.prod(-1).tolist())
-    samples = [
-        {"pixel_values_videos": pixels, "video_grid_thw": grid[None]} for pixels, grid in zip(rows, grids, strict=True)
-    ]
-    if "second_per_grid_ts" in batch:  # a family that times its grids so (`families.Family.seconds_per_grid`)
-        seconds = torch.as_tensor(batch["second_per_grid_ts"]).reshape(-1)
-        for sample, second in zip(samples, seconds, strict=True):
-            sample["second_per_grid_ts"] = second[None]
-    return samples
+    """Processor visual inputs of a batch (one video or one image a sample) → one dict per sample, so that TRL's
+    shuffle and split of a generation batch (which index lists and tensors by sample) keep each video (image) with
+    its sample. A video's dict holds `pixel_values_videos` and `video_grid_thw` (and `second_per_grid_ts`), an
+    image's `pixel_values` and `image_grid_thw` (`sharing.MODALITIES`)."""
+    kinds = ["image" if (types == 1).any() else "video" for types in batch["mm_token_type_ids"]]
+    per_kind = {}
+    for kind, (pixels_key, grid_key) in MODALITIES.items():
+        if grid_key not in batch:
+            continue
+        grids = batch[grid_key]
+        pixels = torch.split(batch[pixels_key], grids.prod(-1).tolist())
+        items = [{pixels_key: pixel, grid_key: grid[None]} for pixel, grid in zip(pixels, grids, strict=True)]
+        if kind == "video" and "second_per_grid_ts" in batch:  # a family that times its grids so
+            seconds = torch.as_tensor(batch["second_per_grid_ts"]).reshape(-1)
+            for item, second in zip(items, seconds, strict=True):
+                item["second_per_grid_ts"] = second[None]
+        per_kind[kind] = iter(items)
+    return [next(per_kind[kind]) for kind in kinds]
 
 
 def video_fields(
     samples: list[dict[str, torch.Tensor]], distinct_pixels: bool = False, clips: list[list[dict]] | None = None
 ) -> dict[str, torch.Tensor]:
-    """The processor's video tensors for rows whose samples are `samples` (and, in agentic mode, whose completions
-    show `clips`), in the model's order: each row's prompt video, then its clips. With `distinct_pixels`,
-    `pixel_values_videos` holds the frames of each distinct video (rows that share a sample dict) once, in order of
-    first appearance: the layout `SharedVideoFeatures` reads, G times fewer bytes copied for G rows a prompt."""
+    """The processor's video and image tensors for rows whose samples are `samples` (and, in agentic mode, whose
+    completions show `clips`), in the model's order: each row's prompt video (or image), then its clips; each
+    modality's tensors in its own keys (`sharing.MODALITIES`). With `distinct_pixels`, the pixels hold each distinct
+    item (rows that share a sample dict) once, in order of first appearance: the layout `SharedVideoFeatures`
+    reads, G times fewer bytes copied for G rows a prompt."""
     rows = SharedRows(samples, clips=clips)
-    videos = rows.videos
-    keys = [key for key in ("video_grid_thw", "second_per_grid_ts") if key in videos[0]]
-    fields = {key: torch.cat([video[key] for video in videos]) for key in keys}
-    pixel_videos = [videos[i] for i in rows.distinct_videos] if distinct_pixels else videos
-    fields["pixel_values_videos"] = concat_rows([video["pixel_values_videos"] for video in pixel_videos])
+    fields = {}
+    for kind, (pixels_key, grid_key) in MODALITIES.items():
+        items = rows.of(kind)
+        if not items:
+            continue
+        keys = [key for key in (grid_key, "second_per_grid_ts") if key in items[0]]
+        fields |= {key: torch.cat([item[key] for item in items]) for key in keys}
+        pixel_items = [items[i] for i in first_rows(items).values()] if distinct_pixels else items
+        fields[pixels_key] = concat_rows([item[pixels_key] for item in pixel_items])
     return fields
 
 

@@ -135,13 +135,13 @@ def load_captions(path) -> dict[str, str]:
 
 
 def row_problems(row: dict, video_root=None, captions: str | None = None, durations: dict | None = None) -> list[str]:
-    """What is wrong with one project-format row (the seed's fields; an image row has `images` for `videos` and no
+    """What is wrong with one project-format row (the seed's fields; an image row has `image_path` for `videos` and no
     `duration`), each as `field 'NAME': message`; empty when it is valid. `video_root` is where its media are;
     `durations` memoises the videos' durations (path → seconds or error) across the rows of a file."""
     problems = []
     image = row.get("data_type") == "image"
     fields = {name: kind for name, kind in FIELDS.items() if not image or name not in ("videos", "duration")}
-    for name, kind in (fields | ({"images": str} if image else {})).items():
+    for name, kind in (fields | ({"image_path": str} if image else {})).items():
         value = row.get(name)
         if value is None:
             problems.append(f"field '{name}': missing")
@@ -166,7 +166,9 @@ def row_problems(row: dict, video_root=None, captions: str | None = None, durati
         problems.append("field 'answer': empty")
     if image:
         if video_root is not None:
-            problems += [f"field 'images': {why}" for why in [_image_problem(Path(video_root) / row["images"])] if why]
+            problems += [
+                f"field 'image_path': {why}" for why in [_image_problem(Path(video_root) / row["image_path"])] if why
+            ]
         return problems
     duration = row["duration"]
     if duration <= 0:
@@ -304,7 +306,7 @@ def load_qa(
     report.kept = len(rows)
     if report.skipped:
         logger.warning("%s", report)
-    # every column of any row (`from_list` would keep the first row's alone: a video row has no `images`)
+    # every column of any row (`from_list` would keep the first row's alone: a video row has no `image_path`)
     columns = list(dict.fromkeys(name for row in rows for name in row))
     return Dataset.from_list([{name: row.get(name) for name in columns} for row in rows]), report
 
@@ -375,17 +377,16 @@ def video_root_of(name_or_path, video_root=None, dataset=None):
     return None
 
 
-def refuse_images(dataset, source) -> None:
-    """A `DataError` naming how many image rows `dataset` holds, when it holds any: SFT, `infer` and `eval` take
-    them, GRPO takes video rows only, for now."""
+def refuse_images(dataset, source, why: str = "GRPO does not train them yet (SFT, infer and eval do)") -> None:
+    """A `DataError` naming how many image rows `dataset` holds and `why` they cannot be taken, when it holds any."""
     if "data_type" not in dataset.column_names:
         return
     images = sum(kind == "image" for kind in dataset["data_type"])
     if images:
         raise DataError(
-            f"{source}: {images} of its {len(dataset)} rows are images, which GRPO does not train yet (SFT, infer "
-            "and eval do): keep its video rows, e.g. `data_types: [video]` in a `dataset_mixture`, or "
-            "`dataset.filter(lambda row: row['data_type'] == 'video')`"
+            f"{source}: {images} of its {len(dataset)} rows are images, and {why}: keep its video rows, e.g. "
+            "`data_types: [video]` in a `dataset_mixture`, or `dataset.filter(lambda row: row['data_type'] == "
+            "'video')`"
         )
 
 
@@ -393,7 +394,7 @@ def check_videos(dataset, video_root, source) -> None:
     """Every row's video (an image row's image) exists (relative names under `video_root`): else a `DataError` that
     names the dataset, the first rows whose file is missing and the flag that says where the media are."""
     videos = dataset["videos"]
-    images = dataset["images"] if "images" in dataset.column_names else [None] * len(videos)
+    images = dataset["image_path"] if "image_path" in dataset.column_names else [None] * len(videos)
     names = [
         name[0] if isinstance(name, (list, tuple)) and len(name) == 1 else name
         for name in (video if video is not None else image for video, image in zip(videos, images, strict=True))
@@ -471,7 +472,7 @@ def drop_rows_of(dataset, paths: set[str], video_root):
 def save_prepared(dataset, video_root=None, save_to_disk=None, push_to_hub=None, embed_videos: bool = False) -> None:
     """Write a prepared dataset to a directory and/or the Hub; with `embed_videos`, its videos (and images) go
     alongside (copied into `OUT/videos/`, or uploaded to `videos/` of the Hub dataset repo)."""
-    media = [column for column in ("videos", "images") if column in dataset.column_names]
+    media = [column for column in ("videos", "image_path") if column in dataset.column_names]
     names = sorted({name for column in media for name in dataset[column] if name is not None})
     if embed_videos and video_root is None:
         raise DataError("--embed-videos needs --video-root")

@@ -22,7 +22,7 @@ def check_rows(dataset) -> None:
     """A dataset without the fields evaluation needs raises one error that names them."""
     columns = set(dataset.column_names)
     missing = [name for name in NEEDED if name not in columns]
-    if "images" not in columns:  # video rows: their video and its duration (an image row has its image)
+    if "image_path" not in columns:  # video rows: their video and its duration (an image row has its image)
         missing += [name for name in ("videos", "duration") if name not in columns]
     if missing:
         raise ValueError(f"the dataset lacks {', '.join(missing)} (seed fields: {', '.join(FIELDS)})")

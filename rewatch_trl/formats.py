@@ -8,7 +8,7 @@ and LongVideo-Reason's (JSONL). `data.load_qa` validates the converted rows.
 | `answer` | `answer` | the text of `solution`'s `<answer>` | the text of `answer`'s `<answer>` |
 | `multiple_choice` | `multiple_choice` | `problem_type == "multiple choice"` | the same |
 | `question_type` | `question_type` | `problem_type` | `problem_type` |
-| `videos` / `images` | `videos` | `path` (`./` dropped), by `data_type` | `videos` |
+| `videos` / `image_path` | `videos` | `path` (`./` dropped), by `data_type` | `videos` |
 | `duration` | `duration` | read from the video | read from the video |
 
 A converted row also holds `solution` (LongVideo-Reason's `answer`, tags and all), which `video_r1_accuracy_reward`
@@ -67,7 +67,7 @@ def converted(row: dict, format: str) -> dict:
         solution = row.get("solution")
         path = row.get("path")
         media = path.removeprefix("./") if isinstance(path, str) else path
-        ours |= {"videos": media} if ours["data_type"] == "video" else {"images": media}
+        ours |= {"videos": media} if ours["data_type"] == "video" else {"image_path": media}
         if isinstance(row.get("process"), str) and isinstance(solution, str):
             ours["response"] = row["process"] + "\n" + solution
     else:

@@ -30,6 +30,20 @@ def judge_options(script_args: ScriptArguments) -> dict:
     return {key: value for key, value in options.items() if value is not None}
 
 
+def images_not_wired(training_args: GRPOConfig) -> str | None:
+    """Why a GRPO run of these settings cannot take image rows yet, or None: they train with transformers'
+    generation, without ZeRO-3 (whose vision tower must run as often on every process) and re-watching."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    reasons = [
+        ("use_vllm", training_args.use_vllm),
+        ("rewatch_mode: agentic", training_args.agentic),
+        ("ZeRO-3", is_deepspeed_zero3_enabled()),
+    ]
+    refused = [name for name, on in reasons if on]
+    return f"GRPO does not train them with {' or '.join(refused)} yet" if refused else None
+
+
 def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: ModelConfig, video_args: VideoSettings):
     from rewatch_trl.collator import VideoCollator
     from rewatch_trl.rewards import get_reward_funcs
@@ -39,7 +53,7 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
     set_seed(training_args.seed)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     processor = load_processor(model_args, padding_side="left")
-    dataset, video_root = load_train_dataset(script_args, images=False)
+    dataset, video_root = load_train_dataset(script_args, images_not_wired(training_args))
     dataset = add_prompts(dataset, VideoCollator(processor, video_args, video_root))
     trainer = VideoGRPOTrainer(
         model=load_model(model_args),

@@ -202,7 +202,7 @@ def infer(
     loaded = time.perf_counter()
     path = str(Path(video).absolute())
     if image:
-        row = {"problem": question, "images": path, "data_type": "image"}
+        row = {"problem": question, "image_path": path, "data_type": "image"}
         seen = {"image": str(video), "size": list(load_image(path, predictor.settings).size)}
     else:
         row = {"problem": question, "videos": path, "duration": duration}

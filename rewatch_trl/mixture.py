@@ -121,7 +121,7 @@ def load_mixture(mixture: DatasetMixture, skip_invalid: bool = False):
         dataset = dataset.shuffle(seed=mixture.seed).select(range(wanted))
         rows = dataset.to_list()
         for row in rows:
-            for key in ("videos", "images"):
+            for key in ("videos", "image_path"):
                 if isinstance(row.get(key), str) and root is not None:
                     row[key] = str((Path(root) / row[key]).absolute())
         logger.info("dataset mixture: %d rows of %s", len(rows), entry.id)

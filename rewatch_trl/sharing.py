@@ -19,6 +19,15 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 
+# The processor's tensors of one visual item by its modality: its pixels' key and its grid's key.
+MODALITIES = {"video": ("pixel_values_videos", "video_grid_thw"), "image": ("pixel_values", "image_grid_thw")}
+
+
+def modality(sample: dict) -> str:
+    """The modality of a visual item's sample dict: "image" (an image row's) or "video" (a video or a clip)."""
+    return "image" if "image_grid_thw" in sample else "video"
+
+
 def first_rows(samples: list[dict]) -> dict[int, int]:
     """Each distinct sample of a call (rows that share a sample dict hold the same prompt and video) → its first
     row, in order of first appearance."""
@@ -85,6 +94,11 @@ class SharedRows:
         """The index in `videos` of each distinct video, in order of first appearance."""
         return list(self.first_videos.values())
 
+    def of(self, kind: str) -> list[dict]:
+        """The call's visual items of modality `kind` ("video": videos and clips; "image"), in the model's order: the
+        order of the processor's tensors of that modality."""
+        return [video for video in self.videos if modality(video) == kind]
+
 
 def concat_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
     """`torch.cat(tensors)` (along rows), without the copy when the tensors are adjacent row blocks of one tensor,
@@ -135,34 +149,50 @@ def split_deepstack(output) -> list[list[torch.Tensor]]:
 
 
 class SharedVideoFeatures:
-    """Stands in for a Qwen-VL model's `get_video_features`: runs the vision tower once per distinct video of a call
-    and hands every row the features of its video (and their deepstack features), so the G completions of a prompt
-    share one encoding.
+    """Stands in for a Qwen-VL model's `get_video_features` (and, as `images`, its `get_image_features`): runs the
+    vision tower once per distinct video (image) of a call and hands every row the features of its item (and their
+    deepstack features), so the G completions of a prompt share one encoding.
 
-    `rows` (set by the trainer around each call, `rows.videos` one sample per video of the call) says which videos
-    are the same; with `frozen`, the features are also kept on the sample (`sample["video_features"]` and
+    `rows` (set by the trainer around each call, `rows.videos` one sample per visual item of the call) says which
+    items are the same; with `frozen`, the features are also kept on the sample (`sample["video_features"]` and
     `sample["deepstack_features"]`, no grad) and reused by every later pass over it. `videos_encoded` counts the
-    videos that went through the tower.
+    items (videos and images) that went through the tower.
     """
 
     def __init__(self, base_model, frozen: bool = False):
         self.get_video_features = base_model.get_video_features
+        self.get_image_features = base_model.get_image_features
         self.frozen = frozen
         self.rows: SharedRows | None = None
         self.videos_encoded = 0
+        self._encoding_videos = False
 
     def __call__(self, pixel_values_videos, video_grid_thw=None, **kwargs):
-        if self.rows is None or len(self.rows.videos) != len(video_grid_thw):
-            self.videos_encoded += len(video_grid_thw)
-            return self.get_video_features(pixel_values_videos, video_grid_thw, **kwargs)
-        samples, distinct = self.rows.videos, self.rows.distinct_videos
-        chunks = pixel_chunks(pixel_values_videos, video_grid_thw, distinct)
+        # Qwen3-VL's `get_video_features` encodes through its `get_image_features`: that call is the video's own
+        self._encoding_videos = True
+        try:
+            return self._shared("video", self.get_video_features, pixel_values_videos, video_grid_thw, **kwargs)
+        finally:
+            self._encoding_videos = False
+
+    def images(self, pixel_values, image_grid_thw=None, **kwargs):
+        """`get_image_features`, shared alike."""
+        if self._encoding_videos:
+            return self.get_image_features(pixel_values, image_grid_thw, **kwargs)
+        return self._shared("image", self.get_image_features, pixel_values, image_grid_thw, **kwargs)
+
+    def _shared(self, kind: str, encode, pixels, grid, **kwargs):
+        samples = self.rows.of(kind) if self.rows is not None else None
+        if samples is None or len(samples) != len(grid):
+            self.videos_encoded += len(grid)
+            return encode(pixels, grid, **kwargs)
+        distinct = list(first_rows(samples).values())
+        chunks = pixel_chunks(pixels, grid, distinct)
         todo = [row for row in distinct if "video_features" not in samples[row]]
         features, deepstack = {}, {}
         output = None
         if todo:
-            pixels = concat_rows([chunks[row] for row in todo])
-            output = self.get_video_features(pixels, video_grid_thw[todo], **kwargs)
+            output = encode(concat_rows([chunks[row] for row in todo]), grid[todo], **kwargs)
             self.videos_encoded += len(todo)
             for row, feature, deep in zip(todo, output.pooler_output, split_deepstack(output), strict=True):
                 features[id(samples[row])], deepstack[id(samples[row])] = feature, deep
@@ -429,10 +459,10 @@ def backbone(model):
 
 
 def install_shared_video_features(model, frozen: bool = False) -> SharedVideoFeatures:
-    """Put a `SharedVideoFeatures` in place of the `get_video_features` of a Qwen-VL."""
-    inner = backbone(model)  # its forward calls self.get_video_features
+    """Put a `SharedVideoFeatures` in place of the `get_video_features` and `get_image_features` of a Qwen-VL."""
+    inner = backbone(model)  # its forward calls self.get_video_features and self.get_image_features
     shared = SharedVideoFeatures(inner, frozen=frozen)
-    inner.get_video_features = shared
+    inner.get_video_features, inner.get_image_features = shared, shared.images
     return shared
 
 

@@ -57,6 +57,7 @@ from rewatch_trl.sharing import (
     base_model,
     install_shared_prefix,
     install_shared_video_features,
+    modality,
 )
 from rewatch_trl.suppression import suppress_vision_tokens, suppressed_token_ids
 from rewatch_trl.video import (
@@ -336,6 +337,10 @@ class VideoGRPOTrainer(GRPOTrainer):
                 # distribution, as its policy pass is
                 output["old_per_token_logps"] = output["old_per_token_logps"] + self._old_kept_mass
             output["video_inputs"] = self._video_inputs
+            # what the batch held: its rows whose prompt shows an image (Video-R1's image rows), on all processes
+            images = sum(modality(sample) == "image" for sample in self._video_inputs)
+            images = self.accelerator.gather(torch.tensor(float(images), device=self.accelerator.device)).sum()
+            self._metrics["train" if self.model.training else "eval"]["data/image_rows"].append(images.item())
             if self._clip_inputs is not None:
                 output["clip_inputs"] = self._clip_inputs
         finally:

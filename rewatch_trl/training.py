@@ -56,10 +56,10 @@ def load_processor(model_args: ModelConfig, padding_side: str):
     )
 
 
-def load_train_dataset(script_args: ScriptArguments, images: bool = True):
+def load_train_dataset(script_args: ScriptArguments, refuse_images_because: str | None = None):
     """The training rows, validated (a QA file (+ captions), a prepared directory, a Hub dataset id, or a mixture),
     and where their media are; every row's video (or image) is checked to be there before any model is loaded.
-    Without `images` (GRPO), image rows are an error that says how to leave them out."""
+    With `refuse_images_because`, image rows are an error that says so and how to leave them out."""
     from rewatch_trl.data import check_videos, load_prepared, refuse_images, video_root_of
 
     name = script_args.dataset_name
@@ -69,8 +69,8 @@ def load_train_dataset(script_args: ScriptArguments, images: bool = True):
         if name is not None:
             raise ValueError("the recipe gives both `dataset_name` and `dataset_mixture`: keep one")
         dataset = load_mixture(DatasetMixture.from_dict(script_args.dataset_mixture), script_args.skip_invalid)
-        if not images:
-            refuse_images(dataset, "dataset_mixture")
+        if refuse_images_because:
+            refuse_images(dataset, "dataset_mixture", refuse_images_because)
         check_videos(dataset, None, "dataset_mixture")  # its media paths are absolute
         return dataset, None
     if name is None:
@@ -86,8 +86,8 @@ def load_train_dataset(script_args: ScriptArguments, images: bool = True):
         script_args.dataset_format,
     )
     video_root = video_root_of(name, script_args.video_root, dataset)
-    if not images:
-        refuse_images(dataset, name)
+    if refuse_images_because:
+        refuse_images(dataset, name, refuse_images_because)
     check_videos(dataset, video_root, name)
     return dataset, video_root
 

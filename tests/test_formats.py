@@ -30,11 +30,11 @@ def test_video_r1_rows_become_project_rows_of_every_kind(tiny_world, format):
         assert row["solution"] == original["solution"] and row["options"] == original["options"]
         assert row["response"] == original["process"] + "\n" + original["solution"]  # Video-R1's SFT target
         if row["data_type"] == "video":
-            assert row["videos"] == original["path"].removeprefix("./") and row["images"] is None
+            assert row["videos"] == original["path"].removeprefix("./") and row["image_path"] is None
             assert row["duration"] == pytest.approx(8.0, abs=0.3)  # read from the file
         else:
-            assert row["images"] == original["path"].removeprefix("./") and row["videos"] is None
-            assert (tiny_world.root / row["images"]).is_file() and row["duration"] is None
+            assert row["image_path"] == original["path"].removeprefix("./") and row["videos"] is None
+            assert (tiny_world.root / row["image_path"]).is_file() and row["duration"] is None
     mcq = next(row for row in rows if row["multiple_choice"])
     assert mcq["problem"].endswith("?Options:\nA. red\nB. green\nC. blue\nD. yellow\n")  # as Video-R1 asks
     assert mcq["answer"] in "ABCD" and len(mcq["answer"]) == 1
@@ -78,7 +78,10 @@ def line_of(path, problem_id):
         ({"problem_type": "counting"}, r"field 'problem_type': expected one of multiple choice, numerical"),
         ({"solution": "3"}, r"field 'solution': no '<answer>…</answer>' text in '3'"),
         ({"path": "./videos/nowhere.mp4"}, r"field 'videos': video not found: .*nowhere.mp4"),
-        ({"path": "./images/nowhere.png", "data_type": "image"}, r"field 'images': image not found: .*nowhere.png"),
+        (
+            {"path": "./images/nowhere.png", "data_type": "image"},
+            r"field 'image_path': image not found: .*nowhere.png",
+        ),
         ({"solution": "<answer>E</answer>"}, r"field 'answer': 'E' is not one of the options A, B, C, D"),
     ],
 )
@@ -128,7 +131,7 @@ def test_the_data_command_prepares_video_r1_and_grpo_refuses_its_images_by_name(
         refuse_images(dataset, str(out))
     check_videos(dataset, tiny_world.root, str(out))  # every row's video or image is there
     with pytest.raises(DataError, match=r"1 row\(s\) name a video that is not there: row 0: .*nowhere.png"):
-        check_videos(dataset.select([5]).map(lambda row: {"images": "nowhere.png"}), tiny_world.root, str(out))
+        check_videos(dataset.select([5]).map(lambda row: {"image_path": "nowhere.png"}), tiny_world.root, str(out))
 
 
 def test_auto_tells_a_row_that_lacks_a_field_and_validation_names_it(tiny_world, tmp_path):

@@ -72,7 +72,7 @@ def test_the_model_reads_each_rows_image_in_a_mixed_batch(family, family_world, 
         mixed = model(**collator([image, video])).logits[:, -1]
         alone = torch.cat([model(**collator([row])).logits[:, -1] for row in (image, video)])
         write_synthetic_image(tmp_path / "other.png", "blue", "EXIT")
-        other = model(**collator([image | {"images": str(tmp_path / "other.png")}, video])).logits[:, -1]
+        other = model(**collator([image | {"image_path": str(tmp_path / "other.png")}, video])).logits[:, -1]
     assert (mixed - alone).abs().max() <= 1e-5
     assert (other[0] - mixed[0]).abs().max() > 1e-3 and (other[1] - mixed[1]).abs().max() <= 1e-5
 
@@ -129,14 +129,67 @@ def test_eval_scores_video_r1_rows_by_their_kind(tiny_world, tmp_path):
     assert set(report["by_question_type"]) == {row["problem_type"] for row in subset}
 
 
-def test_grpo_refuses_image_rows_before_loading_a_model(tiny_world):
-    from rewatch_trl.configs import ScriptArguments
+def test_grpo_refuses_image_rows_where_they_are_not_wired_before_loading_a_model(tiny_world, tmp_path):
+    from rewatch_trl.configs import GRPOConfig, ScriptArguments
+    from rewatch_trl.grpo import images_not_wired
     from rewatch_trl.training import load_train_dataset
 
     args = ScriptArguments(
         dataset_name=str(tiny_world.video_r1_path), dataset_format="video-r1", video_root=str(tiny_world.root)
     )
-    with pytest.raises(DataError, match=r"rows are images, which GRPO does not train yet"):
-        load_train_dataset(args, images=False)
-    dataset, _ = load_train_dataset(args)  # SFT's: images and videos
+    plain = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
+    assert images_not_wired(plain) is None
+    served = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", use_vllm=True)
+    why = images_not_wired(served)
+    assert why == "GRPO does not train them with use_vllm yet"
+    with pytest.raises(DataError, match=r"rows are images, and GRPO does not train them with use_vllm yet: keep"):
+        load_train_dataset(args, why)
+    dataset, _ = load_train_dataset(args)  # images and videos
     assert set(dataset["data_type"]) == {"image", "video"}
+
+
+def absolute_rows(world, kinds):
+    """One Video-R1 row of each (data type, problem type) in `kinds`, its media path absolute."""
+    dataset, _ = load_qa(world.video_r1_path, video_root=world.root, format="video-r1", progress=False)
+    rows = []
+    for data_type, problem_type in kinds:
+        row = next(r for r in dataset if r["data_type"] == data_type and r["problem_type"] == problem_type)
+        key = "image_path" if data_type == "image" else "videos"
+        rows.append(row | {key: str(world.root / row[key])})
+    return rows
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_grpo_passes_read_each_rows_image_and_share_it_exactly(family, family_world, tmp_path, make_trainer):
+    """A GRPO batch of an image prompt and a video prompt (G = 2 each): the image's sample is shared by its G rows
+    and encoded once a pass; sharing on equals sharing off (log-probs and gradients, the image rows' too); and every
+    pass reads the image: another image of the same size moves the image rows' log-probs, not the video rows'."""
+    from test_sharing import assert_sharing_exact, logps, rows_of, scored_batch
+
+    from rewatch_trl.sharing import modality
+
+    world = family_world(family)
+    rows = absolute_rows(world, [("image", "OCR"), ("video", "numerical")])
+    g = 2
+    trainer, dataset = make_trainer(
+        world, tmp_path, rows=rows, num_generations=g, per_device_train_batch_size=2 * g, beta=0.1, num_iterations=2
+    )
+    encoded = trainer._shared_features[0].videos_encoded
+    inputs = scored_batch(trainer, rows_of(dataset, [0, 1], g))
+    kinds = [modality(sample) for sample in inputs["video_inputs"]]
+    assert sorted(kinds) == ["image"] * g + ["video"] * g
+    # generation, the old-policy and the reference passes: the image and the video once each
+    assert trainer._shared_features[0].videos_encoded - encoded == 2 * 2
+    assert_sharing_exact(trainer, inputs, g, 0.1)
+    kept = inputs["completion_mask"].bool()
+    before = logps(trainer, inputs, True)
+    write_synthetic_image(tmp_path / "other.png", "green", "OPEN")
+    collator = trainer.video_collator
+    other = collator([rows[0] | {"image_path": str(tmp_path / "other.png")}])["pixel_values"]
+    image_sample = next(sample for sample in inputs["video_inputs"] if modality(sample) == "image")
+    assert other.shape == image_sample["pixel_values"].shape
+    image_sample["pixel_values"] = other
+    after = logps(trainer, inputs, True)
+    image_rows = torch.tensor([kind == "image" for kind in kinds])
+    moved = (after - before).abs().masked_fill(~kept, 0).amax(dim=1)
+    assert moved[image_rows].min() > 1e-3 and moved[~image_rows].max() <= 1e-6

@@ -74,23 +74,27 @@ def test_a_dataset_asked_for_more_rows_than_it_has_or_an_absent_column_says_whic
 
 def test_the_tiny_mix_recipe_trains_on_its_three_formats(tiny_world, sft_model, tmp_path, launcher):
     """`recipes/tiny/grpo_mix.yaml` as written (`make demo-mix`), its `runs/tiny-world` read as this test's world:
-    2 GRPO steps from the demo's SFT on the seed's, Video-R1's and LongVideo-Reason's rows, every reward scored."""
+    GRPO from the demo's SFT on the seed's, Video-R1's (images and videos) and LongVideo-Reason's rows, every
+    reward scored; 4 prompts a step (G = 2) over 3 steps, so that images and videos are trained."""
     from safetensors.torch import load_file
 
     recipe = (launcher.root / "recipes/tiny/grpo_mix.yaml").read_text()
-    assert recipe.count("runs/tiny-world") == 8
+    assert recipe.count("runs/tiny-world") == 7  # its 3 files, 3 media roots and the captions
     config = tmp_path / "grpo_mix.yaml"
     config.write_text(recipe.replace("runs/tiny-world", str(tiny_world.root)))
     out = tmp_path / "run"
     command = [launcher.accelerate, "launch", "--config_file", str(launcher.root / "accelerate_configs/cpu.yaml")]
     command += ["-m", "rewatch_trl.grpo", "--config", str(config), "--model_name_or_path", str(sft_model)]
-    command += ["--output_dir", str(out), "--max_steps", "2", "--save_strategy", "no"]
+    command += ["--output_dir", str(out), "--max_steps", "3", "--save_strategy", "no"]
+    command += ["--num_generations", "2", "--per_device_train_batch_size", "8", "--log_completions", "true"]
     launcher.run(command)
     steps = [entry for entry in launcher.state(out)["log_history"] if "reward" in entry]
-    assert len(steps) == 2
+    assert len(steps) == 3
     for entry in steps:
         for name in ("react_format_reward", "accuracy_reward", "temporal_grounding_reward", "observation_reward"):
             assert entry[f"rewards/{name}/mean"] == entry[f"rewards/{name}/mean"], name  # scored, not NaN
-    assert launcher.state(out)["global_step"] == 2
+    assert launcher.state(out)["global_step"] == 3
+    images = [entry["data/image_rows"] for entry in steps]
+    assert 0 < sum(images) < 3 * 8, images  # image rows and video rows were trained
     trained, start = (load_file(str(path / "model.safetensors")) for path in (out, sft_model))
     assert max((trained[name] - start[name]).abs().max().item() for name in start) > 1e-5  # it learnt
