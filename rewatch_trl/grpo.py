@@ -32,11 +32,11 @@ def judge_options(script_args: ScriptArguments) -> dict:
 
 def images_not_wired(training_args: GRPOConfig) -> str | None:
     """Why a GRPO run of these settings cannot take image rows yet, or None: they train with transformers'
-    generation, without ZeRO-3 (whose vision tower must run as often on every process) and re-watching."""
+    generation or colocated vLLM, without ZeRO-3 (whose vision tower must run as often on every process) and
+    re-watching."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     reasons = [
-        ("use_vllm", training_args.use_vllm),
         ("rewatch_mode: agentic", training_args.agentic),
         ("ZeRO-3", is_deepspeed_zero3_enabled()),
     ]

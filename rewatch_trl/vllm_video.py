@@ -19,18 +19,25 @@ import copy
 import functools
 
 from rewatch_trl.collator import PROCESSOR_VIDEO_KWARGS
+from rewatch_trl.image import LoadedImage
 from rewatch_trl.suppression import suppression_logit_bias
 from rewatch_trl.video import SampledVideo
 
 
 def collapse_placeholders(
-    token_ids: list[int], video_token_id: int, vision_start_id: int | None = None, vision_end_id: int | None = None
+    token_ids: list[int],
+    video_token_id: int,
+    vision_start_id: int | None = None,
+    vision_end_id: int | None = None,
+    image_token_id: int | None = None,
 ) -> list[int]:
-    """The prompt as vLLM expects it before it expands each video's placeholder itself: the template's ids. Each run
-    of `video_token_id` becomes one token (Qwen2.5-VL: `<|vision_start|><|video_pad|>×N<|vision_end|>`); with the
-    vision start and end ids, a video whose frame pairs each carry a timestamp and a block of their own inside the
-    template's pair (the Qwen3 families: `<|vision_start|><0.6 seconds><|vision_start|><|video_pad|>×N
-    <|vision_end|>…<|vision_end|>`) becomes that pair around one placeholder."""
+    """The prompt as vLLM expects it before it expands each video's (image's) placeholder itself: the template's ids.
+    Each run of `video_token_id` (or `image_token_id`) becomes one token (Qwen2.5-VL:
+    `<|vision_start|><|video_pad|>×N<|vision_end|>`); with the vision start and end ids, a video whose frame pairs
+    each carry a timestamp and a block of their own inside the template's pair (the Qwen3 families:
+    `<|vision_start|><0.6 seconds><|vision_start|><|video_pad|>×N<|vision_end|>…<|vision_end|>`) becomes that pair
+    around one placeholder."""
+    pads = {video_token_id} | ({image_token_id} if image_token_id is not None else set())
     ids, collapsed, i = list(token_ids), [], 0
     while i < len(ids):
         end = None
@@ -40,7 +47,7 @@ def collapse_placeholders(
             collapsed += [vision_start_id, video_token_id, vision_end_id]
             i = end
             continue
-        if ids[i] != video_token_id or not collapsed or collapsed[-1] != video_token_id:
+        if ids[i] not in pads or not collapsed or collapsed[-1] != ids[i]:
             collapsed.append(ids[i])
         i += 1
     return collapsed
@@ -69,15 +76,16 @@ def _timestamped_video_end(ids: list[int], start: int, pad: int, vision_start: i
 
 def vllm_video_requests(
     requests: list[dict],
-    videos: list[SampledVideo | list[SampledVideo]],
+    videos: list[SampledVideo | LoadedImage | list[SampledVideo]],
     video_token_id: int,
     vision_start_id: int | None = None,
     vision_end_id: int | None = None,
+    image_token_id: int | None = None,
 ) -> list[dict]:
     """TRL's vLLM requests (`{"prompt_token_ids": ...}`, the processor's ids, one per prompt) with the frames of
-    each prompt's video (or videos, in order: the prompt's, then the clips an agentic completion was shown): the
-    same frames, fps and processor settings as the loss pass, so that vLLM's prompt ids and M-RoPE temporal
-    positions (`second_per_grid_ts`) are the trainer's.
+    each prompt's video (or videos, in order: the prompt's, then the clips an agentic completion was shown), or its
+    image (an image row's, resized as the loss pass has it): the same frames, fps and processor settings as the loss
+    pass, so that vLLM's prompt ids and M-RoPE temporal positions (`second_per_grid_ts`) are the trainer's.
 
     Example:
     ```python
@@ -91,9 +99,11 @@ def vllm_video_requests(
         {
             **request,
             "prompt_token_ids": collapse_placeholders(
-                request["prompt_token_ids"], video_token_id, vision_start_id, vision_end_id
+                request["prompt_token_ids"], video_token_id, vision_start_id, vision_end_id, image_token_id
             ),
-            "multi_modal_data": {"video": _video_data(video)},
+            "multi_modal_data": {"image": video.image}
+            if isinstance(video, LoadedImage)
+            else {"video": _video_data(video)},
             "mm_processor_kwargs": dict(PROCESSOR_VIDEO_KWARGS),
         }
         for request, video in zip(requests, videos, strict=True)
@@ -112,9 +122,10 @@ def same_prompt_rows(requests: list[dict]) -> list[list[int]]:
     (and encode its video) once, and sample its G completions from that one prefill."""
     groups: dict[tuple, list[int]] = {}
     for row, request in enumerate(requests):
-        video = request.get("multi_modal_data", {}).get("video")
+        media = request.get("multi_modal_data", {})
+        video = media.get("video")
         frames = [video] if isinstance(video, tuple) else video or []
-        key = (tuple(request["prompt_token_ids"]), tuple(id(item[0]) for item in frames))
+        key = (tuple(request["prompt_token_ids"]), tuple(id(item[0]) for item in frames), id(media.get("image")))
         groups.setdefault(key, []).append(row)
     return list(groups.values())
 
@@ -217,7 +228,12 @@ class VideoLLM:
 
     def __init__(self, llm, config):
         self.llm = llm
-        self.video_ids = (config.video_token_id, config.vision_start_token_id, config.vision_end_token_id)
+        self.video_ids = (
+            config.video_token_id,
+            config.vision_start_token_id,
+            config.vision_end_token_id,
+            config.image_token_id,
+        )
         self.logit_bias = suppression_logit_bias(config)
         self.videos: list[SampledVideo | list[SampledVideo]] | None = None
         self.sampling: dict = {}

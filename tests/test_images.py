@@ -139,10 +139,10 @@ def test_grpo_refuses_image_rows_where_they_are_not_wired_before_loading_a_model
     )
     plain = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
     assert images_not_wired(plain) is None
-    served = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", use_vllm=True)
-    why = images_not_wired(served)
-    assert why == "GRPO does not train them with use_vllm yet"
-    with pytest.raises(DataError, match=r"rows are images, and GRPO does not train them with use_vllm yet: keep"):
+    agentic = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", rewatch_mode="agentic")
+    why = images_not_wired(agentic)
+    assert why == "GRPO does not train them with rewatch_mode: agentic yet"
+    with pytest.raises(DataError, match=r"rows are images, and GRPO does not train them with rewatch_mode: agentic"):
         load_train_dataset(args, why)
     dataset, _ = load_train_dataset(args)  # images and videos
     assert set(dataset["data_type"]) == {"image", "video"}
@@ -193,3 +193,72 @@ def test_grpo_passes_read_each_rows_image_and_share_it_exactly(family, family_wo
     image_rows = torch.tensor([kind == "image" for kind in kinds])
     moved = (after - before).abs().masked_fill(~kept, 0).amax(dim=1)
     assert moved[image_rows].min() > 1e-3 and moved[~image_rows].max() <= 1e-6
+
+
+def trainer_positions(trainer, tokens: list[int], sample: dict) -> torch.Tensor:
+    """The M-RoPE positions the trainer gives a prompt (its family's rule) with its image or video."""
+    from rewatch_trl.collator import token_types
+    from rewatch_trl.positions import rope_index
+
+    prompt, config = torch.tensor([tokens]), trainer.model.config
+    grids = {key: sample[key] for key in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if key in sample}
+    if config.model_type == "qwen2_5_vl":
+        return rope_index(config, prompt, **grids)[0][:, 0]
+    grids.pop("second_per_grid_ts", None)
+    return trainer.model.model.get_rope_index(prompt, token_types(prompt, config), **grids)[0][:, 0]
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_colocated_vllm_renders_an_image_prompt_as_the_trainer_and_samples_its_log_probs(
+    family, family_world, tmp_path, make_trainer, vllm_positions
+):
+    """TRL's engine on a batch of an image prompt and a video prompt: vLLM expands the collapsed prompt to exactly
+    the trainer's ids with the trainer's M-RoPE positions, and two GRPO steps (lr 5e-2, weights synced) sample with
+    the trainer's log-probs to 1e-5 in fp32. The control: the image's pads left expanded give vLLM other ids."""
+    from vllm import SamplingParams
+    from vllm.distributed.parallel_state import destroy_model_parallel
+
+    from rewatch_trl.sharing import modality
+    from rewatch_trl.vllm_video import collapse_placeholders
+
+    destroy_model_parallel()
+    world = family_world(family)
+    rows = absolute_rows(world, [("image", "OCR"), ("video", "numerical")])
+    trainer, dataset = make_trainer(
+        world, tmp_path, rows=rows, use_vllm=True, vllm_mode="colocate", vllm_max_model_length=1024, learning_rate=5e-2
+    )
+    llm = trainer.vllm_generation.llm
+    batch = [dataset[0], dataset[0], dataset[1], dataset[1]]
+    ids, _, _ = trainer._tokenize_prompts([row["prompt"] for row in batch])
+    samples, media = trainer._video_inputs, trainer._pending_videos
+    assert [modality(sample) for sample in samples] == ["image", "image", "video", "video"]
+    vllm_positions.clear()
+    with llm.serving(media):
+        outputs = llm.generate([{"prompt_token_ids": row} for row in ids], SamplingParams(max_tokens=1))
+    assert [output.prompt_token_ids for output in outputs] == ids
+    assert {tuple(tokens) for tokens, _ in vllm_positions} == {tuple(row) for row in ids}
+    for tokens, positions in vllm_positions:
+        row = ids.index(tokens)
+        assert torch.equal(positions, trainer_positions(trainer, tokens, samples[row])), row
+    # the control: the image's pads not collapsed (as for a video alone) are not the ids vLLM renders the trainer's
+    config = trainer.model.config
+    uncollapsed = collapse_placeholders(ids[0], config.video_token_id, config.vision_start_token_id)
+    assert uncollapsed.count(config.image_token_id) > 1
+    try:
+        control = llm.llm.generate(
+            [{"prompt_token_ids": uncollapsed, "multi_modal_data": {"image": media[0].image}}],
+            SamplingParams(max_tokens=1),
+        )[0].prompt_token_ids
+    except ValueError as error:  # vLLM may refuse placeholders that do not match its image
+        control = str(error)
+    assert control != ids[0]
+    trainer.train()
+    differences = [
+        entry["sampling/sampling_logp_difference/max"]
+        for entry in trainer.state.log_history
+        if "sampling/sampling_logp_difference/max" in entry
+    ]
+    images = [entry["data/image_rows"] for entry in trainer.state.log_history if "data/image_rows" in entry]
+    assert len(differences) == 2 and max(differences) <= 1e-5, differences
+    assert sum(images) > 0
