@@ -31,14 +31,17 @@ def judge_options(script_args: ScriptArguments) -> dict:
 
 
 def images_not_wired(training_args: GRPOConfig) -> str | None:
-    """Why a GRPO run of these settings cannot take image rows yet, or None: they train with transformers'
-    generation or colocated vLLM, without ZeRO-3 (whose vision tower must run as often on every process) and
-    re-watching."""
+    """Why a GRPO run of these settings cannot take image rows yet, or None. Agentic re-watching has no image path;
+    under ZeRO-3, the vision tower must run as often on every process whatever its rows hold, which the shared
+    features see to (`sharing.encode_items`)."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     reasons = [
         ("rewatch_mode: agentic", training_args.agentic),
-        ("ZeRO-3", is_deepspeed_zero3_enabled()),
+        (
+            "ZeRO-3 without share_video_features",
+            is_deepspeed_zero3_enabled() and not training_args.share_video_features,
+        ),
     ]
     refused = [name for name, on in reasons if on]
     return f"GRPO does not train them with {' or '.join(refused)} yet" if refused else None

@@ -129,16 +129,6 @@ def concat_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
     return first.as_strided((rows, *first.shape[1:]), first.stride(), first.storage_offset())
 
 
-def pixel_chunks(pixels: torch.Tensor, grid: torch.Tensor, distinct: list[int]) -> dict[int, torch.Tensor]:
-    """The frame patches of each video in `distinct` (the first of each distinct video, in order), from
-    `pixel_values_videos` laid out one per video or one per distinct video (`collator.video_fields`)."""
-    sizes = grid.prod(-1).tolist()
-    if pixels.size(0) == sum(sizes):
-        chunks = torch.split(pixels, sizes)
-        return {row: chunks[row] for row in distinct}
-    return dict(zip(distinct, torch.split(pixels, [sizes[row] for row in distinct]), strict=True))
-
-
 def split_deepstack(output) -> list[list[torch.Tensor]]:
     """Per video of a vision-tower call, its deepstack features (one tensor a deepstack layer), which the tower
     returns concatenated over the videos; `[[], ...]` for a tower without them (Qwen2.5-VL, Qwen3.5)."""
@@ -148,10 +138,22 @@ def split_deepstack(output) -> list[list[torch.Tensor]]:
     return [[layer[video] for layer in per_layer] for video in range(len(sizes))]
 
 
+def encode_items(get_image_features, items: list[dict], **kwargs) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+    """The features (and deepstack features) of each visual item of `items` (sample dicts, videos and images alike:
+    every family's `get_video_features` is its `get_image_features`), in one vision-tower call: under ZeRO-3 each
+    module's forward gathers its parameters collectively, so every process must call the tower as often as the
+    others, whatever its rows hold."""
+    pixels = concat_rows([item[MODALITIES[modality(item)][0]] for item in items])
+    grid = torch.cat([item[MODALITIES[modality(item)][1]] for item in items])
+    output = get_image_features(pixels, grid, **kwargs)
+    return list(zip(output.pooler_output, split_deepstack(output), strict=True))
+
+
 class SharedVideoFeatures:
     """Stands in for a Qwen-VL model's `get_video_features` (and, as `images`, its `get_image_features`): runs the
-    vision tower once per distinct video (image) of a call and hands every row the features of its item (and their
-    deepstack features), so the G completions of a prompt share one encoding.
+    vision tower once a call on the distinct videos and images of its rows and hands every row the features of its
+    item (and their deepstack features), so the G completions of a prompt share one encoding. A forward that holds
+    both modalities encodes both in its first call (the second finds its features): one tower run a pass.
 
     `rows` (set by the trainer around each call, `rows.videos` one sample per visual item of the call) says which
     items are the same; with `frozen`, the features are also kept on the sample (`sample["video_features"]` and
@@ -163,9 +165,18 @@ class SharedVideoFeatures:
         self.get_video_features = base_model.get_video_features
         self.get_image_features = base_model.get_image_features
         self.frozen = frozen
-        self.rows: SharedRows | None = None
         self.videos_encoded = 0
+        self._rows: SharedRows | None = None
+        self._encoded: dict[int, tuple] = {}  # by item: the features this call's rows got so far
         self._encoding_videos = False
+
+    @property
+    def rows(self) -> SharedRows | None:
+        return self._rows
+
+    @rows.setter
+    def rows(self, rows: SharedRows | None) -> None:
+        self._rows, self._encoded = rows, {}
 
     def __call__(self, pixel_values_videos, video_grid_thw=None, **kwargs):
         # Qwen3-VL's `get_video_features` encodes through its `get_image_features`: that call is the video's own
@@ -181,33 +192,34 @@ class SharedVideoFeatures:
             return self.get_image_features(pixel_values, image_grid_thw, **kwargs)
         return self._shared("image", self.get_image_features, pixel_values, image_grid_thw, **kwargs)
 
+    def features(self, items: list[dict], **kwargs) -> dict[int, tuple[torch.Tensor, list[torch.Tensor]]]:
+        """`(features, deepstack features)` of each of `items` by its id: those not known yet (to this call, or kept
+        on a frozen tower's sample) encoded together, in one tower call."""
+        distinct = list({id(item): item for item in items}.values())
+        for item in distinct:
+            if id(item) not in self._encoded and "video_features" in item:
+                self._encoded[id(item)] = (item["video_features"], item["deepstack_features"])
+        todo = [item for item in distinct if id(item) not in self._encoded]
+        if todo:
+            self.videos_encoded += len(todo)
+            for item, (feature, deep) in zip(todo, encode_items(self.get_image_features, todo, **kwargs), strict=True):
+                self._encoded[id(item)] = (feature, deep)
+                if self.frozen:
+                    item["video_features"] = feature.detach()
+                    item["deepstack_features"] = [layer.detach() for layer in deep]
+        return {id(item): self._encoded[id(item)] for item in distinct}
+
     def _shared(self, kind: str, encode, pixels, grid, **kwargs):
         samples = self.rows.of(kind) if self.rows is not None else None
         if samples is None or len(samples) != len(grid):
             self.videos_encoded += len(grid)
             return encode(pixels, grid, **kwargs)
-        distinct = list(first_rows(samples).values())
-        chunks = pixel_chunks(pixels, grid, distinct)
-        todo = [row for row in distinct if "video_features" not in samples[row]]
-        features, deepstack = {}, {}
-        output = None
-        if todo:
-            output = encode(concat_rows([chunks[row] for row in todo]), grid[todo], **kwargs)
-            self.videos_encoded += len(todo)
-            for row, feature, deep in zip(todo, output.pooler_output, split_deepstack(output), strict=True):
-                features[id(samples[row])], deepstack[id(samples[row])] = feature, deep
-                if self.frozen:
-                    samples[row]["video_features"] = feature.detach()
-                    samples[row]["deepstack_features"] = [layer.detach() for layer in deep]
-        for row in distinct:
-            features.setdefault(id(samples[row]), samples[row].get("video_features"))
-            deepstack.setdefault(id(samples[row]), samples[row].get("deepstack_features"))
-        if output is None:
-            from transformers.modeling_outputs import BaseModelOutputWithPooling
+        known = self.features(self.rows.videos, **kwargs)  # both modalities of the call's rows, if it holds both
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-            output = BaseModelOutputWithPooling(last_hidden_state=None)
-        output.pooler_output = tuple(features[id(sample)] for sample in samples)
-        layers = zip(*(deepstack[id(sample)] for sample in samples), strict=True)
+        output = BaseModelOutputWithPooling(last_hidden_state=None)
+        output.pooler_output = tuple(known[id(sample)][0] for sample in samples)
+        layers = zip(*(known[id(sample)][1] for sample in samples), strict=True)
         output.deepstack_features = [torch.cat(layer) for layer in layers]
         return output
 
@@ -243,8 +255,8 @@ class SharedPrefix:
         layers = self.inner.language_model.layers
         # TRL switches checkpointing off for its no-grad passes; layers only checkpoint in training mode
         checkpointed = self.inner.training and any(layer.gradient_checkpointing for layer in layers)
-        # Anything but plain video rows (embeddings, a cache, images, positions given) takes the model's own path.
-        given = ("inputs_embeds", "past_key_values", "pixel_values", "image_grid_thw")
+        # Anything but plain rows of videos and images (embeddings, a cache, positions given) takes the model's path.
+        given = ("inputs_embeds", "past_key_values")
         if (
             rows is None
             or input_ids is None
@@ -264,7 +276,9 @@ class SharedPrefix:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         kwargs.pop("use_cache", None)
-        pixels, grid = kwargs.pop("pixel_values_videos"), kwargs.pop("video_grid_thw")
+        for pixels_key, _ in MODALITIES.values():
+            kwargs.pop(pixels_key, None)  # each item's pixels are read from its sample
+        grids = {grid_key: kwargs.pop(grid_key, None) for _, grid_key in MODALITIES.values()}
         # Qwen3 families have no `second_per_grid_ts`: their frames' times are in the text
         seconds, mm = kwargs.pop("second_per_grid_ts", None), kwargs.pop("mm_token_type_ids")
         prompt = input_ids.size(1) - length
@@ -273,27 +287,28 @@ class SharedPrefix:
         index = torch.tensor([where[id(sample)] for sample in samples], device=input_ids.device)
         # the model's own rule (`positions.use_original_rope`, installed by the trainer)
         positions, _ = self.inner.get_rope_index(
-            input_ids, mm, video_grid_thw=grid, second_per_grid_ts=seconds, attention_mask=attention_mask
+            input_ids, mm, **grids, second_per_grid_ts=seconds, attention_mask=attention_mask
         )
-        chunks = pixel_chunks(pixels, grid, rows.distinct_videos)
-        prompt_videos = [rows.video_rows[row] for row in distinct]
-        clip_videos = sorted(set(range(len(rows.videos))) - set(rows.video_rows))
-        # One vision-tower call for every distinct video of the pass, the prompts' and the clips': under ZeRO-3 each
-        # module's forward gathers its parameters collectively, so every process must call the tower as often as
-        # the others, whether or not its completions hold a clip.
-        first = [rows.first_videos[id(video)] for video in rows.videos]  # each video's first index in `videos`
-        encoded = sorted({first[video] for video in prompt_videos + clip_videos})
+        items = rows.videos
+        prompt_items = [items[rows.video_rows[row]] for row in distinct]
+        clip_items = [items[i] for i in sorted(set(range(len(items))) - set(rows.video_rows))]
+        # One vision-tower call for every distinct video and image of the pass, the prompts' and the clips'
+        # (`encode_items`): every process calls the tower as often as the others, whatever its rows hold.
         if self.shared_features is not None:
-            self.shared_features.rows = SharedRows([rows.videos[video] for video in encoded])
-        output = self.inner.get_video_features(concat_rows([chunks[video] for video in encoded]), grid[encoded])
-        feature_of = dict(zip(encoded, zip(output.pooler_output, split_deepstack(output), strict=True), strict=True))
-        prefix_embeds, prefix_deepstack = self._with_videos(
-            input_ids[distinct, :prompt], [feature_of[first[v]] for v in prompt_videos]
-        )
+            self.shared_features.rows = SharedRows(prompt_items + clip_items)
+            known = self.shared_features.features(prompt_items + clip_items)
+        else:
+            distinct_items = list({id(item): item for item in prompt_items + clip_items}.values())
+            known = dict(
+                zip(
+                    (id(item) for item in distinct_items),
+                    encode_items(self.inner.get_image_features, distinct_items),
+                    strict=True,
+                )
+            )
+        prefix_embeds, prefix_deepstack = self._with_visuals(input_ids[distinct, :prompt], prompt_items, known)
         # agentic mode: the clips shown in the completions, in their places
-        completion_embeds, completion_deepstack = self._with_videos(
-            input_ids[:, prompt:], [feature_of[first[v]] for v in clip_videos]
-        )
+        completion_embeds, completion_deepstack = self._with_visuals(input_ids[:, prompt:], clip_items, known)
         cache = PrefixCache()
         # A checkpointing layer drops the cache it is given unless told that replaying it is safe, as it is here.
         saved = [layer.__dict__.get("_can_checkpoint_with_cache") for layer in layers]
@@ -329,22 +344,40 @@ class SharedPrefix:
         hidden = torch.cat([prefix.last_hidden_state[:, prompt - kept :][index], completion.last_hidden_state], dim=1)
         return type(prefix)(last_hidden_state=hidden)
 
-    def _with_videos(self, input_ids: torch.Tensor, videos: list[tuple]) -> tuple[torch.Tensor, dict]:
-        """The embeddings of `input_ids` with the features of their `videos` (`(features, deepstack features)` each,
-        in order) at their placeholders, and the language model's deepstack arguments for them (none without)."""
+    def _with_visuals(self, input_ids: torch.Tensor, items: list[dict], known: dict) -> tuple[torch.Tensor, dict]:
+        """The embeddings of `input_ids` with the features of their visual `items` (in order; their features and
+        deepstack features in `known`, by id) at their placeholders, and the language model's deepstack arguments
+        for them (none without), as the backbone's forward lays them out."""
         embeds = self.inner.get_input_embeddings()(input_ids)
-        if not videos:
+        if not items:
             return embeds, {}
-        features = torch.cat([features for features, _ in videos]).to(embeds.device, embeds.dtype)
-        _, placeholders = self.inner.get_placeholder_mask(input_ids, embeds, video_features=features)
-        embeds = embeds.masked_scatter(placeholders, features)
-        layers = list(zip(*(deepstack for _, deepstack in videos), strict=True))
-        if not layers:
-            return embeds, {}
-        return embeds, {
-            "visual_pos_masks": placeholders[..., 0],
-            "deepstack_visual_embeds": [torch.cat(layer) for layer in layers],
+        by_kind = {kind: [known[id(item)] for item in items if modality(item) == kind] for kind in MODALITIES}
+        features = {
+            f"{kind}_features": torch.cat([feature for feature, _ in found]).to(embeds.device, embeds.dtype)
+            for kind, found in by_kind.items()
+            if found
         }
+        image_mask, video_mask = self.inner.get_placeholder_mask(input_ids, embeds, **features)
+        masks = {"image": image_mask, "video": video_mask}
+        for kind in by_kind:
+            if f"{kind}_features" in features:
+                embeds = embeds.masked_scatter(masks[kind], features[f"{kind}_features"])
+        if not any(deep for _, deep in known.values()):
+            return embeds, {}
+        visual = {kind: masks[kind][..., 0] for kind in by_kind if by_kind[kind]}
+        positions = functools.reduce(torch.logical_or, visual.values())
+        layers = []
+        for layer in range(len(next(iter(known.values()))[1])):
+            joint = None
+            for kind, found in by_kind.items():
+                if not found:
+                    continue
+                part = torch.cat([deep[layer] for _, deep in found])
+                if joint is None:
+                    joint = part.new_zeros(int(positions.sum()), part.size(-1))
+                joint[visual[kind][positions]] = part
+            layers.append(joint)
+        return embeds, {"visual_pos_masks": positions, "deepstack_visual_embeds": layers}
 
 
 @contextlib.contextmanager

@@ -78,7 +78,6 @@ def test_sharing_is_exact_on_each_family(family, family_world, tmp_path, make_tr
     the log-probs by more than 1e-2). Qwen3.5's prompt prefix is also a recurrent state (its Gated DeltaNet layers):
     its prefix sharing is off, with the reason logged, and its vision sharing on."""
     from rewatch_trl.families import FAMILIES
-    from rewatch_trl.sharing import SharedVideoFeatures
 
     g = 2
     trainer, dataset = make_trainer(
@@ -96,14 +95,16 @@ def test_sharing_is_exact_on_each_family(family, family_world, tmp_path, make_tr
     if getattr(trainer.model.config.vision_config, "deepstack_visual_indexes", None):
         kept = inputs["completion_mask"].bool()
         off = logps(trainer, inputs, False)
-        call = SharedVideoFeatures.__call__
+        from rewatch_trl import sharing
 
-        def without_deepstack(self, *args, **kwargs):
-            output = call(self, *args, **kwargs)
-            output.deepstack_features = [torch.zeros_like(feature) for feature in output.deepstack_features]
-            return output
+        encode = sharing.encode_items
 
-        monkeypatch.setattr(SharedVideoFeatures, "__call__", without_deepstack)
+        def without_deepstack(*args, **kwargs):
+            return [
+                (feature, [torch.zeros_like(layer) for layer in deep]) for feature, deep in encode(*args, **kwargs)
+            ]
+
+        monkeypatch.setattr(sharing, "encode_items", without_deepstack)
         dropped = logps(trainer, inputs, True)
         assert (dropped[kept] - off[kept]).abs().max() > 1e-2
 
@@ -252,7 +253,6 @@ def test_sharing_with_a_lora_policy_and_its_disabled_adapter_as_reference(
 
 
 def test_pixels_of_each_distinct_video_once():
-    from rewatch_trl.sharing import pixel_chunks
     from rewatch_trl.trainer import video_fields
 
     def sample(value, frames):
@@ -266,10 +266,14 @@ def test_pixels_of_each_distinct_video_once():
     assert full["pixel_values_videos"].shape[0] == 3 * 8 + 3 * 16
     assert distinct["pixel_values_videos"].shape[0] == 8 + 16
     assert torch.equal(full["video_grid_thw"], distinct["video_grid_thw"]) and full["video_grid_thw"].shape[0] == 6
-    for fields in (full, distinct):
-        chunks = pixel_chunks(fields["pixel_values_videos"], fields["video_grid_thw"], [0, 3])
-        assert sorted(chunks) == [0, 3]
-        assert torch.equal(chunks[0], a["pixel_values_videos"]) and torch.equal(chunks[3], b["pixel_values_videos"])
+    pixels = [row["pixel_values_videos"] for row in rows]
+    assert torch.equal(full["pixel_values_videos"], torch.cat(pixels))
+    assert torch.equal(distinct["pixel_values_videos"], torch.cat([pixels[0], pixels[3]]))
+    # an image row's tensors go to the image keys, each modality in the rows' order
+    image = {"pixel_values": torch.full((4, 3), 7.0), "image_grid_thw": torch.tensor([[1, 2, 2]])}
+    mixed = video_fields([image, image, a, b], distinct_pixels=True)
+    assert torch.equal(mixed["pixel_values"], image["pixel_values"]) and mixed["image_grid_thw"].shape[0] == 2
+    assert torch.equal(mixed["pixel_values_videos"], torch.cat([pixels[0], pixels[3]]))
 
 
 def test_concat_rows_is_a_view_only_of_adjacent_blocks_in_order():
