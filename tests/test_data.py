@@ -46,7 +46,7 @@ def test_broken_json_line_names_its_line(tiny_world, rows, tmp_path):
         ({"multiple_choice": "yes"}, r"field 'multiple_choice': expected bool"),
         ({"problem": None}, r"field 'problem': missing"),
         ({"data_type": "audio"}, r"field 'data_type': expected 'video' or 'image', got 'audio'"),
-        ({"data_type": "image"}, r"field 'images': missing"),
+        ({"data_type": "image"}, r"field 'image_path': missing"),
     ],
 )
 def test_bad_rows_name_file_line_and_field(tiny_world, rows, tmp_path, change, message):

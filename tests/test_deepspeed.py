@@ -123,15 +123,25 @@ def test_zero3_on_the_qwen3_families_equals_ddp(stage, family, family_world, tmp
 
 
 def test_zero3_grpo_on_images_and_videos_equals_ddp(tiny_world, tmp_path, launcher):
-    """GRPO under ZeRO-3 on Video-R1's image and video rows (2 prompts a process a step, G = 2: a process may hold
-    images, videos or both) ends with DDP's weights: every process runs the vision tower once a pass whatever its
-    rows hold, where a process with both modalities would otherwise gather the tower's parameters twice and the
-    others once (the known hang of mixed-modality ZeRO-3 runs)."""
+    """GRPO under ZeRO-3 with process 0 on image rows and process 1 on video rows (Video-R1's; 2 prompts a process a
+    step, G = 2, unshuffled) ends with DDP's weights: every process runs the vision tower once a pass and shares its
+    prompt prefix alike, whatever its rows hold. Before, a process with an image took the model's own path (one
+    language-model call) while one with videos alone shared its prefix (two), and one with both gathered the tower
+    twice: the known hang of mixed-modality ZeRO-3 runs (gloo: "collective mismatch")."""
+    import json
+
+    source = json.loads(tiny_world.video_r1_path.read_text())
+    images = [row for row in source if row["data_type"] == "image"]
+    videos = [row for row in source if row["data_type"] == "video"]
+    ordered = [rows[i] for step in range(2) for rows in (images, videos) for i in (2 * step, 2 * step + 1)]
+    data = tmp_path / "video_r1.json"
+    data.write_text(json.dumps(ordered))
     settings = {
-        "dataset_name": tiny_world.video_r1_path,
+        "dataset_name": data,
         "dataset_format": "video-r1",
         "video_root": tiny_world.root,
         "captions": "",
+        "shuffle_dataset": "false",  # process 0 gets each step's first 2 prompts, process 1 the next 2
         "num_generations": 2,
         "per_device_train_batch_size": 4,
         "max_completion_length": 16,
@@ -146,9 +156,5 @@ def test_zero3_grpo_on_images_and_videos_equals_ddp(tiny_world, tmp_path, launch
         launcher.run(launcher.command(tiny_world, runs[name], 2, config=config, **settings), env=env, timeout=400)
     assert max_difference(weights(runs["zero3"]), weights(runs["ddp"])) <= 1e-5
     assert max_difference(weights(runs["ddp"]), weights(tiny_world.root)) > 1e-5
-    images = [
-        entry["data/image_rows"]
-        for entry in launcher.state(runs["zero3"])["log_history"]
-        if "data/image_rows" in entry
-    ]
-    assert len(images) == 2 and 0 < sum(images) < 2 * 16, images
+    history = launcher.state(runs["zero3"])["log_history"]
+    assert [entry["data/image_rows"] for entry in history if "data/image_rows" in entry] == [4, 4]  # 2 prompts x G
