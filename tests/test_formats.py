@@ -127,7 +127,7 @@ def test_the_data_command_prepares_video_r1_and_grpo_refuses_its_images_by_name(
     assert f"kept {rows} rows, skipped 0" in capsys.readouterr().out
     dataset = load_from_disk(str(out))
     assert set(dataset["problem_type"]) == set(KINDS)
-    with pytest.raises(DataError, match=rf"{rows // 3} of its {rows} rows are images, which GRPO does not train"):
+    with pytest.raises(DataError, match=rf"{rows // 3} of its {rows} rows are images, and GRPO does not train them"):
         refuse_images(dataset, str(out))
     check_videos(dataset, tiny_world.root, str(out))  # every row's video or image is there
     with pytest.raises(DataError, match=r"1 row\(s\) name a video that is not there: row 0: .*nowhere.png"):

@@ -174,12 +174,12 @@ def test_grpo_passes_read_each_rows_image_and_share_it_exactly(family, family_wo
     trainer, dataset = make_trainer(
         world, tmp_path, rows=rows, num_generations=g, per_device_train_batch_size=2 * g, beta=0.1, num_iterations=2
     )
-    encoded = trainer._shared_features[0].videos_encoded
+    policy, reference = trainer._shared_features
     inputs = scored_batch(trainer, rows_of(dataset, [0, 1], g))
     kinds = [modality(sample) for sample in inputs["video_inputs"]]
     assert sorted(kinds) == ["image"] * g + ["video"] * g
-    # generation, the old-policy and the reference passes: the image and the video once each
-    assert trainer._shared_features[0].videos_encoded - encoded == 2 * 2
+    # the generation and old-policy passes (the policy), the reference pass: the image and the video once each
+    assert (policy.videos_encoded, reference.videos_encoded) == (2 * 2, 2)
     assert_sharing_exact(trainer, inputs, g, 0.1)
     kept = inputs["completion_mask"].bool()
     before = logps(trainer, inputs, True)

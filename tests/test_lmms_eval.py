@@ -272,3 +272,35 @@ def test_each_benchmark_scores_planted_answers_as_counted_by_hand(tiny_world, tm
         "rewatch_videomme": {"videomme_perception_score": 50.0},
         "rewatch_cgav_counting": {"acc": 0.5, "oboa": 0.5, "mae": 1.0, "rmse": pytest.approx(2**0.5)},
     }
+
+
+def test_the_rewatch_model_answers_an_image_task_as_rewatch_trl_infer(tiny_world):
+    """An image task's row (lmms-eval hands a PIL image) is asked as an image row (`prompts.IMAGE_REACT_PROMPT`)
+    and completed as `Predictor` completes the same image from its file; a video task's row stays a video row."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from rewatch_trl.infer import Predictor
+    from rewatch_trl.lmms.model import RewatchModel
+
+    path = tiny_world.root / "images" / "sign_000.png"
+    video = tiny_world.video_dir / tiny_world.rows[0]["videos"]
+    docs = {0: {"image": Image.open(path)}, 1: {"video": str(video)}}
+    frames = video_args(tiny_world)
+    model = RewatchModel(str(tiny_world.root), max_new_tokens=12, batch_size=2, **frames)
+    model.task_dict = {"tiny": {"test": docs}}
+
+    def visual(doc):
+        return [doc.get("image") or doc["video"]]
+
+    requests = [
+        SimpleNamespace(args=(question, {}, visual, i, "tiny", "test"))
+        for i, question in enumerate(["What word?", "What color?"])
+    ]
+    completions = model.generate_until(requests)
+    predictor = Predictor(str(tiny_world.root), tiny_world.video_settings, max_new_tokens=12)
+    image_row = {"problem": "What word?", "image_path": str(path), "data_type": "image"}
+    video_row = {"problem": "What color?", "videos": str(video), "duration": 8}
+    assert completions == predictor.generate([image_row, video_row])
+    assert predictor.collator.prompt_text(predictor.collator.messages(image_row)).count("<|image_pad|>") == 1
