@@ -49,13 +49,19 @@ def test_unknown_recipe_key_is_an_error_naming_it(tmp_path, launcher):
 
 
 def test_every_recipe_parses(launcher):
+    from rewatch_trl.mixture import DatasetMixture
+
     for recipe in sorted((launcher.root / "recipes").rglob("*.yaml")):
         module = "rewatch_trl.sft" if recipe.stem.startswith("sft") else "rewatch_trl.grpo"
         parse = __import__(module, fromlist=["parse_args"]).parse_args
         # every key is checked; bf16 is switched off only because transformers refuses it on a machine without GPU
         script_args, training_args, model_args, video_args = parse(["--config", str(recipe), "--bf16", "false"])
         assert model_args.model_name_or_path, recipe
-        assert script_args.dataset_name, recipe
+        if script_args.dataset_mixture is None:
+            assert script_args.dataset_name, recipe
+        else:  # a mixture's keys are checked as the run checks them
+            mixture = DatasetMixture.from_dict(script_args.dataset_mixture)
+            assert script_args.dataset_name is None and len(mixture.datasets) == 3, recipe
 
 
 def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_world, sft_model, tmp_path, launcher):
