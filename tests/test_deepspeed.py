@@ -48,7 +48,8 @@ def ddp_run(tiny_world, sft_model, tmp_path_factory, launcher):
     return out
 
 
-@pytest.mark.parametrize("config", [ZERO3, ZERO2])
+# ZeRO-2: agentic GRPO under it equals DDP (`tests/test_rewatch.py::test_agentic_sft_then_grpo_then_infer_rewatch`)
+@pytest.mark.parametrize("config", [ZERO3])
 def test_zero_run_equals_ddp(tiny_world, sft_model, ddp_run, tmp_path, launcher, config):
     from transformers import AutoModelForImageTextToText
 
@@ -96,12 +97,12 @@ def test_zero3_killed_after_a_checkpoint_resumes_to_the_same_weights(
     assert max_difference(weights(whole), weights(whole / "checkpoint-2")) > 1e-5
 
 
-@pytest.mark.parametrize(("stage", "family"), [("sft", "qwen3_5"), ("grpo", "qwen3_vl_moe")])
+@pytest.mark.parametrize(("stage", "family"), [("grpo", "qwen3_vl_moe")])
 def test_zero3_on_the_qwen3_families_equals_ddp(stage, family, family_world, tmp_path, launcher):
-    """SFT on Qwen3.5 (its Gated DeltaNet layers partitioned), and GRPO with a reference model (beta 0.04) on
-    Qwen3-VL-MoE (its fused experts and deepstack mergers, loaded from the published layout; generation gathers
-    them), under ZeRO-3 (every parameter partitioned) end with DDP's weights, loss and gradient norm. Qwen2.5-VL
-    under ZeRO-2 and ZeRO-3: the GRPO runs above."""
+    """GRPO with a reference model (beta 0.04) on Qwen3-VL-MoE (its fused experts and deepstack mergers, loaded from
+    the published layout; generation gathers them) under ZeRO-3 (every parameter partitioned) ends with DDP's
+    weights, loss and gradient norm; `("sft", family)` runs SFT alike (measured on Qwen3.5, its Gated DeltaNet layers
+    partitioned: equal; left out of the suite for its minute). Qwen2.5-VL under ZeRO-3: the GRPO runs above."""
     world = family_world(family)
     settings, env = {"save_strategy": "no", "logging_steps": 1}, None
     if stage == "grpo":  # the untrained model's ReAct rewards are all 0: a reward that varies (tests/varied_reward.py)

@@ -73,27 +73,27 @@ def test_a_dataset_asked_for_more_rows_than_it_has_or_an_absent_column_says_whic
 
 
 def test_the_tiny_mix_recipe_trains_on_its_three_formats(tiny_world, sft_model, tmp_path, launcher):
-    """`recipes/tiny/grpo_mix.yaml` as written (`make demo-mix`), its `runs/tiny-world` read as this test's world:
-    GRPO from the demo's SFT on the seed's, Video-R1's (images and videos) and LongVideo-Reason's rows, every
-    reward scored; 4 prompts a step (G = 2) over 3 steps, so that images and videos are trained."""
+    """`recipes/tiny/grpo_mix.yaml` as written (`make demo-mix`), through the GRPO entry point, its `runs/tiny-world`
+    read as this test's world: GRPO from the demo's SFT on the seed's, Video-R1's (images and videos) and
+    LongVideo-Reason's rows, every reward scored; 4 prompts a step (G = 2) over 3 steps, images and videos trained."""
     from safetensors.torch import load_file
+
+    from rewatch_trl.grpo import main, parse_args
 
     recipe = (launcher.root / "recipes/tiny/grpo_mix.yaml").read_text()
     assert recipe.count("runs/tiny-world") == 7  # its 3 files, 3 media roots and the captions
     config = tmp_path / "grpo_mix.yaml"
     config.write_text(recipe.replace("runs/tiny-world", str(tiny_world.root)))
     out = tmp_path / "run"
-    command = [launcher.accelerate, "launch", "--config_file", str(launcher.root / "accelerate_configs/cpu.yaml")]
-    command += ["-m", "rewatch_trl.grpo", "--config", str(config), "--model_name_or_path", str(sft_model)]
-    command += ["--output_dir", str(out), "--max_steps", "3", "--save_strategy", "no"]
-    command += ["--num_generations", "2", "--per_device_train_batch_size", "8", "--log_completions", "true"]
-    launcher.run(command)
-    steps = [entry for entry in launcher.state(out)["log_history"] if "reward" in entry]
-    assert len(steps) == 3
+    arguments = ["--config", str(config), "--model_name_or_path", str(sft_model), "--output_dir", str(out)]
+    arguments += ["--max_steps", "3", "--save_strategy", "no", "--num_generations", "2"]
+    trainer = main(*parse_args(arguments + ["--per_device_train_batch_size", "8"]))
+    assert len(trainer.train_dataset) == 4 + 12 + len(tiny_world.rows) // 2
+    steps = [entry for entry in trainer.state.log_history if "reward" in entry]
+    assert len(steps) == 3 and trainer.state.global_step == 3
     for entry in steps:
         for name in ("react_format_reward", "accuracy_reward", "temporal_grounding_reward", "observation_reward"):
             assert entry[f"rewards/{name}/mean"] == entry[f"rewards/{name}/mean"], name  # scored, not NaN
-    assert launcher.state(out)["global_step"] == 3
     images = [entry["data/image_rows"] for entry in steps]
     assert 0 < sum(images) < 3 * 8, images  # image rows and video rows were trained
     trained, start = (load_file(str(path / "model.safetensors")) for path in (out, sft_model))
