@@ -59,7 +59,9 @@ def reward_summary(run_dir) -> str:
     header = "  ".join(f"{name:>18}" for name in short) + "".join(f"  {STEP_COUNTS[key]:>8}" for key in counts)
     lines = ["step  reward  " + header]
     for entry in logs:
-        values = "  ".join(f"{entry.get(f'rewards/{name}/mean', float('nan')):>18.3f}" for name in names)
+        # TRL logs None for a reward that none of the step's rows got (an image row's grounding, no captions)
+        means = [entry.get(f"rewards/{name}/mean", float("nan")) for name in names]
+        values = "  ".join(f"{'-':>18}" if mean is None else f"{mean:>18.3f}" for mean in means)
         values += "".join(f"  {entry.get(key, float('nan')):>8.3g}" for key in counts)
         lines.append(f"{entry['step']:>4}  {entry.get('reward', float('nan')):>6.3f}  {values}")
     half = max(1, len(rewarded) // 2)

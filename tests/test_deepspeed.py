@@ -97,12 +97,12 @@ def test_zero3_killed_after_a_checkpoint_resumes_to_the_same_weights(
     assert max_difference(weights(whole), weights(whole / "checkpoint-2")) > 1e-5
 
 
-@pytest.mark.parametrize(("stage", "family"), [("grpo", "qwen3_vl_moe")])
+@pytest.mark.parametrize(("stage", "family"), [("sft", "qwen3_5"), ("grpo", "qwen3_vl_moe")])
 def test_zero3_on_the_qwen3_families_equals_ddp(stage, family, family_world, tmp_path, launcher):
-    """GRPO with a reference model (beta 0.04) on Qwen3-VL-MoE (its fused experts and deepstack mergers, loaded from
-    the published layout; generation gathers them) under ZeRO-3 (every parameter partitioned) ends with DDP's
-    weights, loss and gradient norm; `("sft", family)` runs SFT alike (measured on Qwen3.5, its Gated DeltaNet layers
-    partitioned: equal; left out of the suite for its minute). Qwen2.5-VL under ZeRO-3: the GRPO runs above."""
+    """SFT on Qwen3.5 (its Gated DeltaNet layers partitioned), and GRPO with a reference model (beta 0.04) on
+    Qwen3-VL-MoE (its fused experts and deepstack mergers, loaded from the published layout; generation gathers
+    them; Qwen3-VL's dense model is the MoE but for its MLPs), under ZeRO-3 (every parameter partitioned) end with
+    DDP's weights, loss and gradient norm. Qwen2.5-VL under ZeRO-3: the GRPO runs above."""
     world = family_world(family)
     settings, env = {"save_strategy": "no", "logging_steps": 1}, None
     if stage == "grpo":  # the untrained model's ReAct rewards are all 0: a reward that varies (tests/varied_reward.py)

@@ -256,3 +256,19 @@ def test_colocated_vllm_renders_an_image_prompt_as_the_trainer_and_samples_its_l
     images = [entry["data/image_rows"] for entry in trainer.state.log_history if "data/image_rows" in entry]
     assert len(differences) == 2 and max(differences) <= 1e-5, differences
     assert sum(images) > 0
+
+
+def test_the_summary_shows_a_reward_that_applied_to_no_row_of_a_step(tmp_path):
+    """TRL logs None for a reward none of a step's rows got (the grounding reward on a step of image rows, the
+    observation reward without captions): `rewatch-trl summary` shows it as "-", and the others as numbers."""
+    from rewatch_trl.cli import reward_summary
+
+    history = [
+        {"step": 1, "reward": 1.5, "rewards/temporal_grounding_reward/mean": None, "rewards/format_reward/mean": 1.0},
+        {"step": 2, "reward": 0.5, "rewards/temporal_grounding_reward/mean": 0.25, "rewards/format_reward/mean": 0.5},
+    ]
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    lines = reward_summary(tmp_path).splitlines()
+    assert lines[1].split() == ["1", "1.500", "1.000", "-"]
+    assert lines[2].split() == ["2", "0.500", "0.500", "0.250"]
+    assert lines[-1] == "mean reward: first 1 steps 1.500 -> last 1 steps 0.500"

@@ -50,12 +50,10 @@ def video_args(world) -> dict[str, int]:
     return {key: getattr(settings, key) for key in keys}
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5"])
 def test_lmms_eval_answers_as_rewatch_trl_eval(family, family_world, sft_model, tmp_path):
     """The `rewatch` model in lmms-eval asks each question as the seed asks it and completes it as `rewatch-trl eval`
-    does (Qwen2.5-VL: the SFT cold start; Qwen3-VL: its tiny world's model, frames in its unit). The model class
-    holds nothing of a family: it answers through `Predictor`, which `eval` runs on every family
-    (`tests/test_infer_eval.py`)."""
+    does (Qwen2.5-VL: the SFT cold start; the Qwen3 families: their tiny worlds' models, frames in their unit)."""
     from rewatch_trl.cli import main as cli
     from rewatch_trl.eval import predictions_path
 
