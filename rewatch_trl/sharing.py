@@ -84,16 +84,6 @@ class SharedRows:
             starts.append(starts[-1] + 1 + len(clips))
         return starts
 
-    @functools.cached_property
-    def first_videos(self) -> dict[int, int]:
-        """Each distinct video (its sample dict's id) → its first index in `videos`, in order of first appearance."""
-        return first_rows(self.videos)
-
-    @functools.cached_property
-    def distinct_videos(self) -> list[int]:
-        """The index in `videos` of each distinct video, in order of first appearance."""
-        return list(self.first_videos.values())
-
     def of(self, kind: str) -> list[dict]:
         """The call's visual items of modality `kind` ("video": videos and clips; "image"), in the model's order: the
         order of the processor's tensors of that modality."""
