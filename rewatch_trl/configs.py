@@ -57,6 +57,13 @@ class ScriptArguments(trl.ScriptArguments):
         default_factory=lambda: ["format", "accuracy"],
         metadata={"help": "Reward names (see rewatch_trl.rewards.REWARDS); weights go in `reward_weights`."},
     )
+    reward_kwargs: dict | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments of rewards, by their name in reward_funcs (`{length_band: {low: 256, high: "
+            "768, bonus: 0.2}}`)."
+        },
+    )
     judge_base_url: str | None = field(
         default=None, metadata={"help": "OpenAI-compatible endpoint of the judge (else REWATCH_JUDGE_BASE_URL)."}
     )
@@ -93,6 +100,39 @@ class GRPOConfig(RewatchSettings, trl.GRPOConfig):
             "help": "Stop the run (with a checkpoint) when every judge call of this many consecutive steps that asked "
             "the judge failed, instead of training on unscorable rows; 0: never stop."
         },
+    )
+    accuracy_reward: str | None = field(
+        default=None,
+        metadata={
+            "help": "The reward of reward_funcs that scores the answer (`accuracy`, `video_r1_accuracy`, ...): T-GRPO "
+            "adds its bonus to it, and with it the length band pays right answers only (Video-R1's gate)."
+        },
+    )
+    temporal_contrast: bool = field(
+        default=False,
+        metadata={
+            "help": "T-GRPO (Video-R1): each video prompt also gets `temporal_rollouts` rollouts with its frames "
+            "shuffled, outside the loss; if its ordered accuracy is at least `temporal_ratio` times theirs, its right "
+            "ordered rollouts get `temporal_alpha` more accuracy. Needs `accuracy_reward`."
+        },
+    )
+    temporal_rollouts: int | None = field(
+        default=None, metadata={"help": "T-GRPO: shuffled rollouts a video prompt (default: num_generations // 2)."}
+    )
+    temporal_alpha: float = field(default=0.3, metadata={"help": "T-GRPO: the accuracy bonus."})
+    temporal_ratio: float = field(
+        default=0.8, metadata={"help": "T-GRPO: the share of the shuffled accuracy the ordered one must reach."}
+    )
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "DAPO's dynamic sampling: the batch's prompts whose G rewards are all equal are replaced by newly "
+            "sampled prompts whose rewards vary, generating refill batches until none is left or "
+            "`max_resample_rounds` is reached."
+        },
+    )
+    max_resample_rounds: int = field(
+        default=3, metadata={"help": "Dynamic sampling: at most this many refill batches a generation batch."}
     )
     freeze_vision_tower: bool = field(
         default=False,

@@ -60,7 +60,9 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
     dataset = add_prompts(dataset, VideoCollator(processor, video_args, video_root))
     trainer = VideoGRPOTrainer(
         model=load_model(model_args),
-        reward_funcs=get_reward_funcs(script_args.reward_funcs, **judge_options(script_args)),
+        reward_funcs=get_reward_funcs(
+            script_args.reward_funcs, reward_kwargs=script_args.reward_kwargs, **judge_options(script_args)
+        ),
         args=training_args,
         train_dataset=dataset,
         processing_class=processor,

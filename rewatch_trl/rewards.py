@@ -249,6 +249,23 @@ def video_r1_accuracy_reward(completions, problem_type, solution, **kwargs) -> l
     ]
 
 
+def length_band_reward(completions, completion_ids=None, low=320, high=512, bonus=0.2, **kwargs) -> list[float]:
+    """Video-R1's length bonus: `bonus` for a completion of `low` to `high` tokens (both included), else 0. Video-R1
+    pays it to right answers only, in prompts with more than one: `VideoGRPOTrainer` applies that gate when its
+    `accuracy_reward` is named (`temporal.length_band_gate`); another trainer gets the band alone. The band and bonus
+    are set with `functools.partial`, or a recipe's `reward_kwargs: {length_band: {low: 256, high: 768}}`.
+
+    Example:
+    ```python
+    >>> length_band_reward(["a", "b", "c"], completion_ids=[[1] * 319, [1] * 320, [1] * 513])
+    [0.0, 0.2, 0.0]
+    ```
+    """
+    if completion_ids is None:
+        raise ValueError("length_band_reward counts tokens: it needs `completion_ids` (TRL's GRPOTrainer passes them)")
+    return [bonus if low <= len(ids) <= high else 0.0 for ids in completion_ids]
+
+
 def temporal_grounding_reward(completions, duration=None, data_type=None, **kwargs) -> list[float | None]:
     """Fraction of the `<action>`s whose clips parse, run forwards (start < end) and lie inside the video's
     `duration` (seconds); 0.0 for a completion without actions; None on an image row (`data_type` "image").
@@ -490,6 +507,7 @@ REWARDS: dict[str, tuple[Callable, bool]] = {
     "rewatch": (rewatch_reward, False),
     "rewatch_judge": (rewatch_reward, True),
     "video_r1_accuracy": (video_r1_accuracy_reward, False),
+    "length_band": (length_band_reward, False),
 }
 
 
@@ -508,10 +526,28 @@ def _imported(name: str) -> Callable:
     raise ValueError(f"unknown reward {name!r} ({why}); known rewards: {', '.join(sorted(REWARDS))}")
 
 
-def get_reward_funcs(names: Sequence[str], judge=None, **judge_options) -> list[Callable]:
+def reward_func_name(name: str) -> str:
+    """The function name TRL logs (`rewards/<name>/mean`) for the reward a recipe calls `name`.
+
+    Example:
+    ```python
+    >>> reward_func_name("rewatch_judge"), reward_func_name("accuracy_reward")
+    ('rewatch_reward_judge', 'accuracy_reward')
+    ```
+    """
+    if name not in REWARDS:
+        return name.rpartition(".")[2]
+    func = REWARDS[name][0].__name__
+    return f"{func}_judge" if name.endswith("_judge") else func
+
+
+def get_reward_funcs(
+    names: Sequence[str], judge=None, reward_kwargs: dict[str, dict] | None = None, **judge_options
+) -> list[Callable]:
     """Reward functions by their recipe names (or function names), or, as TRL's `grpo` script takes them, by import
     path (`my_lib.rewards.custom_reward`). Judge rewards share one `JudgeClient`, `judge` or one built from
-    `judge_options` (`base_url`, `model`, `api_key`, ...) and the environment.
+    `judge_options` (`base_url`, `model`, `api_key`, ...) and the environment. `reward_kwargs` binds keyword
+    arguments to rewards by the name given (`{"length_band": {"low": 256}}`).
 
     Example:
     ```python
@@ -520,18 +556,25 @@ def get_reward_funcs(names: Sequence[str], judge=None, **judge_options) -> list[
     ```
     """
     by_function = {f.__name__: (f, j) for f, j in REWARDS.values() if not j}
+    reward_kwargs = dict(reward_kwargs or {})
+    unknown = set(reward_kwargs) - set(names)
+    if unknown:
+        raise ValueError(f"reward_kwargs names {sorted(unknown)}, which are not among the rewards {list(names)}")
     funcs = []
     for name in names:
         entry = REWARDS.get(name) or by_function.get(name) or (_imported(name), False)
         func, needs_judge = entry
+        bound_kwargs = dict(reward_kwargs.get(name, {}))
         if needs_judge:
             if judge is None:
                 from rewatch_trl.judge import JudgeClient
 
                 judge = JudgeClient(**judge_options)
-            bound = functools.partial(func, judge=judge)
+            bound_kwargs["judge"] = judge
+        if bound_kwargs:
+            bound = functools.partial(func, **bound_kwargs)
             functools.update_wrapper(bound, func)
-            bound.__name__ = f"{func.__name__}_judge" if name.endswith("_judge") else func.__name__
+            bound.__name__ = reward_func_name(name) if name in REWARDS else func.__name__
             func = bound
         funcs.append(func)
     return funcs

@@ -45,9 +45,11 @@ from rewatch_trl.collator import (
     video_fields,
     video_forward_kwargs,
 )
+from rewatch_trl.dynamic import refill_prompts, replace_groups, zero_variance_groups
 from rewatch_trl.families import family_of
 from rewatch_trl.positions import use_original_rope
 from rewatch_trl.prompts import VideoSettings
+from rewatch_trl.rewards import reward_func_name
 from rewatch_trl.rewatch import Rewatcher, RewatchSettings
 from rewatch_trl.sampling import completion_kept_log_mass, truncates
 from rewatch_trl.sharing import (
@@ -60,6 +62,7 @@ from rewatch_trl.sharing import (
     modality,
 )
 from rewatch_trl.suppression import suppress_vision_tokens, suppressed_token_ids
+from rewatch_trl.temporal import frame_order, length_band_gate, shuffled, temporal_bonus
 from rewatch_trl.video import (
     SampledVideo,
     VideoCache,
@@ -231,6 +234,46 @@ class VideoGRPOTrainer(GRPOTrainer):
             # TRL's hook for custom rollouts: its `env_mask` keeps the inserted clips out of the loss
             self.rollout_func = self._agentic_rollout
             self._policy = models[0]
+        self._check_peer_options()
+        self._shuffled: tuple[list[int], list[list[int]]] | None = None  # T-GRPO: the rows shuffled, their completions
+        self._batch_rewards: torch.Tensor | None = None  # the last scored batch's total rewards, all processes' rows
+
+    def _check_peer_options(self) -> None:
+        """The options from video-RL peers (T-GRPO, the length band's gate, dynamic sampling): what they need."""
+        args = self.args
+        names = self.reward_func_names
+        self._accuracy_index = None
+        if getattr(args, "accuracy_reward", None):
+            wanted = reward_func_name(args.accuracy_reward)
+            if wanted not in names:
+                raise ValueError(f"accuracy_reward {args.accuracy_reward!r} is not among the rewards {names}")
+            self._accuracy_index = names.index(wanted)
+        self._length_band_index = names.index("length_band_reward") if "length_band_reward" in names else None
+        self._temporal_rollouts = 0
+        if getattr(args, "temporal_contrast", False):
+            if self._accuracy_index is None:
+                raise ValueError("temporal_contrast adds its bonus to the accuracy reward: name it in accuracy_reward")
+            if isinstance(self.reward_funcs[self._accuracy_index], torch.nn.Module):
+                raise ValueError("temporal_contrast scores the shuffled rollouts with accuracy_reward: a function")
+            if self.rewatcher is not None:
+                # a clip is decoded from the file at the times an action names: a shuffled rollout would be shown
+                # the video's true order again, which is what the contrast takes away
+                raise NotImplementedError(
+                    "temporal_contrast with rewatch_mode='agentic': the clips a shuffled rollout "
+                    "names would come from the ordered video; use the paper's mode"
+                )
+            self._temporal_rollouts = args.temporal_rollouts or self.num_generations // 2
+            if not 1 <= self._temporal_rollouts <= self.num_generations:
+                raise ValueError(f"temporal_rollouts must be 1 to num_generations ({self.num_generations})")
+        if getattr(args, "dynamic_sampling", False):
+            rows = args.per_device_train_batch_size * args.steps_per_generation
+            if rows % self.num_generations:
+                raise ValueError(
+                    f"dynamic_sampling replaces whole prompts on each process: per_device_train_batch_size × "
+                    f"steps_per_generation ({rows}) must be a multiple of num_generations ({self.num_generations})"
+                )
+            if not isinstance(self.train_dataset, datasets.Dataset):
+                raise ValueError("dynamic_sampling draws refill prompts by index: it needs a map-style dataset")
 
     def _tokenize_prompts(self, prompts: list):
         # The G copies of a prompt are encoded once and share one sample dict: that is how the later passes
@@ -326,6 +369,46 @@ class VideoGRPOTrainer(GRPOTrainer):
             self.train_dataset = dataset
 
     def _generate_and_score_completions(self, inputs):
+        output = self._scored_batch(inputs)
+        if getattr(self.args, "dynamic_sampling", False) and self.model.training:
+            output = self._resample_zero_variance(output, len(inputs))
+        return output
+
+    def _resample_zero_variance(self, batch: dict, rows: int) -> dict:
+        """Dynamic sampling (`dynamic.py`): the batch's zero-variance groups replaced, on each process, by varied groups
+        of refill batches; every process generates as many refill batches (until none is left anywhere, or
+        `max_resample_rounds`)."""
+        G, index = self.num_generations, self.accelerator.process_index
+        mine = slice(index * rows // G, (index + 1) * rows // G)
+        zero = zero_variance_groups(self._batch_rewards, G)
+        self._metrics["train"]["dynamic/zero_variance_groups"].append(zero.sum().item())
+        waiting = zero[mine].clone()
+        rounds = 0
+        while zero.any() and rounds < self.args.max_resample_rounds:
+            rounds += 1
+            refill = self._scored_batch(self._refill_rows(rows, rounds))
+            varied = (~zero_variance_groups(self._batch_rewards, G)[mine]).nonzero().flatten().tolist()
+            pairs = list(zip(waiting.nonzero().flatten().tolist(), varied, strict=False))  # as many as both have
+            batch = replace_groups(batch, refill, pairs, G, self._tokenizer.pad_token_id)
+            for slot, _ in pairs:
+                waiting[slot] = False
+            zero = self.accelerator.gather(waiting.int()).bool()
+        if rounds:
+            loss_mask = batch["completion_mask"] * batch.get("tool_mask", 1)
+            batch["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        self._metrics["train"]["dynamic/resample_rounds"].append(rounds)
+        self._metrics["train"]["dynamic/kept_zero_variance_groups"].append(zero.sum().item())
+        return batch
+
+    def _refill_rows(self, rows: int, round_: int) -> list[dict]:
+        """This process's `rows` of refill round `round_`: newly drawn prompts, each G times (TRL's layout)."""
+        G, index = self.num_generations, self.accelerator.process_index
+        prompts = rows * self.accelerator.num_processes // G
+        drawn = refill_prompts(len(self.train_dataset), prompts, self.state.global_step, round_, self.args.seed)
+        every = [i for i in drawn for _ in range(G)]
+        return [self.train_dataset[i] for i in every[index * rows : (index + 1) * rows]]
+
+    def _scored_batch(self, inputs):
         # frames a DataLoader worker decoded: into this process's cache (and out of the reward functions' columns)
         self.video_collator.keep([row.pop("sampled_video") for row in inputs if "sampled_video" in row])
         # TRL's first pass over the policy after generation is the old-policy pass that its correction reads
@@ -348,6 +431,7 @@ class VideoGRPOTrainer(GRPOTrainer):
             self._model_texts = None
             self._row_paths, self._left_out = None, None
             self._old_pass_pending = False
+            self._shuffled = None
         return output
 
     def _compute_loss(self, model, inputs):
@@ -359,6 +443,8 @@ class VideoGRPOTrainer(GRPOTrainer):
 
     def _generate(self, prompts: list):
         output = self._leave_out_undecodable(super()._generate(prompts))
+        if self._temporal_rollouts and self.model.training:
+            self._shuffled = self._shuffled_rollouts(prompts)
         if self._model_texts is None:
             return output
         # the rewards read what the model wrote: the clips' tokens and the replies to failed actions left out
@@ -367,6 +453,87 @@ class VideoGRPOTrainer(GRPOTrainer):
         if completions and isinstance(completions[0], list):
             texts = [[{"role": "assistant", "content": text}] for text in texts]
         return (*output[:3], texts, *output[4:])
+
+    def _shuffled_rollouts(self, prompts: list) -> tuple[list[int], list[list[int]]]:
+        """T-GRPO's rollouts of the rows at hand with their video's frames shuffled (`temporal.py`): the rows at
+        positions 0 to `temporal_rollouts` - 1 of their prompt's G (counted over all processes) each sample one; a
+        prompt's shuffled rows share one order of its frames, one processor call and one vision pass. They are only
+        scored: this returns the rows shuffled and their completions, and nothing of them reaches the loss."""
+        G, offset = self.num_generations, self.accelerator.process_index * len(prompts)
+        videos, samples = self._pending_videos, self._video_inputs
+        picked = [
+            i
+            for i in range(len(prompts))
+            if (offset + i) % G < self._temporal_rollouts
+            and isinstance(videos[i], SampledVideo)
+            and not self._left_out[i]
+        ]
+        counts = self.accelerator.gather(torch.tensor([len(picked)], device=self.accelerator.device))
+        if not counts.any():
+            return [], []
+        # every process generates (under ZeRO-3 generation gathers the weights, a collective): one with no video row
+        # to shuffle samples its first row, unshuffled, and drops it
+        rows = picked or [0]
+        distinct = list({id(samples[i]): i for i in rows}.values())
+        step, seed = self.state.global_step, self.args.seed
+        keyed = [json.dumps(prompts[i], sort_keys=True, default=str) for i in distinct]
+        shown = [
+            shuffled(videos[i], frame_order(len(videos[i].frames), key, step, seed)) if picked else videos[i]
+            for i, key in zip(distinct, keyed, strict=True)
+        ]
+        texts = [self.video_collator.prompt_text(prompts[i]) for i in distinct]
+        batch = self.video_collator.encode(texts, shown, device=self.accelerator.device)
+        keep = batch["attention_mask"].bool()
+        ids = [row_ids[row].tolist() for row_ids, row in zip(batch["input_ids"], keep, strict=True)]
+        types = [row_types[row].tolist() for row_types, row in zip(batch["mm_token_type_ids"], keep, strict=True)]
+        device = self.accelerator.device
+        encoded = [{key: value.to(device) for key, value in sample.items()} for sample in split_video_inputs(batch)]
+        which = [[id(samples[j]) for j in distinct].index(id(samples[i])) for i in rows]
+        ordered = self._video_inputs, self._pending_videos
+        self._video_inputs = [encoded[d] for d in which]  # one dict a prompt: its rows share one vision pass
+        self._pending_videos = [shown[d] for d in which]
+        try:
+            fields = self._generation_fields([types[d] for d in which])
+            completion_ids, _ = self._generate_single_turn([ids[d] for d in which], None, fields, 1)
+        finally:
+            self._video_inputs, self._pending_videos = ordered
+        return picked, completion_ids[: len(picked)]
+
+    def _temporal_contrast(self, inputs, prompts, rewards_per_func: torch.Tensor, mode: str) -> None:
+        """T-GRPO's bonus added to the accuracy column of `rewards_per_func` (all processes' rows), by each prompt's
+        ordered and shuffled accuracies (`temporal.temporal_bonus`)."""
+        G, a = self.num_generations, self._accuracy_index
+        picked, completion_ids = self._shuffled or ([], [])
+        texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        completions = [[{"role": "assistant", "content": text}] for text in texts]
+        rows = [inputs[i] for i in picked]
+        scores = self._scored_by(self.reward_funcs[a], rows, [prompts[i] for i in picked], completions, completion_ids)
+        offset = self.accelerator.process_index * len(prompts)
+        groups = rewards_per_func.size(0) // G
+        total, count = torch.zeros(groups), torch.zeros(groups)
+        for i, score in gather_object([((offset + i) // G, s) for i, s in zip(picked, scores, strict=True)]):
+            if score is not None:
+                total[i], count[i] = total[i] + score, count[i] + 1
+        shuffled_accuracy = (total / count).to(rewards_per_func.device)  # NaN: no scored shuffled rollout
+        accuracy = rewards_per_func[:, a].clone()
+        bonus = temporal_bonus(accuracy, shuffled_accuracy, G, self.args.temporal_alpha, self.args.temporal_ratio)
+        rewards_per_func[:, a] = accuracy + bonus
+        contrasted = ~torch.isnan(shuffled_accuracy)
+        ordered = torch.nanmean(accuracy.view(-1, G), dim=1)
+        metrics = self._metrics[mode]
+        metrics["temporal/ordered_accuracy"].append(torch.nanmean(ordered[contrasted]).item())
+        metrics["temporal/shuffled_accuracy"].append(torch.nanmean(shuffled_accuracy[contrasted]).item())
+        video_rows = contrasted.repeat_interleave(G)
+        metrics["temporal/bonus_fraction"].append(((bonus > 0).sum() / video_rows.sum().clamp(min=1)).item())
+
+    def _scored_by(self, func, rows: list[dict], prompts, completions, completion_ids) -> list[float | None]:
+        """`func`'s rewards of completions that are not the batch's (T-GRPO's shuffled rollouts), with their rows'
+        columns as TRL hands them; what it logs through TRL's hooks is dropped (it would not match the batch's rows)."""
+        if not rows:
+            return []
+        columns = {key: [row[key] for row in rows] for key in rows[0] if key not in ("prompt", "completion")}
+        hooks = {"trainer_state": self.state, "log_extra": lambda *a: None, "log_metric": lambda *a: None}
+        return func(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns, **hooks)
 
     def _leave_out_undecodable(self, output: tuple) -> tuple:
         """The rows whose video (or a clip of it) failed to decode, on any process so far, leave the loss: TRL's
@@ -400,6 +567,17 @@ class VideoGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["data/undecodable"].append(left_out.sum().item())
         self._watch_judges(mode)
+        if self._accuracy_index is not None and mode == "train":
+            accuracy = rewards_per_func[:, self._accuracy_index].clone()
+            if self._length_band_index is not None:  # Video-R1 pays the band to right answers of varied prompts
+                band = rewards_per_func[:, self._length_band_index]
+                gate = length_band_gate(accuracy, self.num_generations) | torch.isnan(band)
+                rewards_per_func[:, self._length_band_index] = torch.where(gate, band, 0.0)
+            if self._temporal_rollouts:
+                self._temporal_contrast(inputs, prompts, rewards_per_func, mode)
+        # the total rewards TRL's advantages are made of, for dynamic sampling
+        weighted = rewards_per_func * self.reward_weights.to(rewards_per_func.device)
+        self._batch_rewards = weighted.nansum(dim=1).masked_fill(torch.isnan(rewards_per_func).all(dim=1), torch.nan)
         return rewards_per_func
 
     def _watch_judges(self, mode: str) -> None:

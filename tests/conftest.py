@@ -21,8 +21,8 @@ def letter_share(completions, **kwargs):
 
 def build_trainer(world, tmp_path, rows=None, peft_config=None, **config):
     """A `VideoGRPOTrainer` on the tiny world; `config` sets `GRPOConfig` fields, its `__init__` entry the
-    trainer's own keyword arguments."""
-    init = config.pop("__init__", {})
+    trainer's own keyword arguments (`reward_funcs` too)."""
+    init = dict(config.pop("__init__", {}))
     from datasets import Dataset
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -54,7 +54,7 @@ def build_trainer(world, tmp_path, rows=None, peft_config=None, **config):
     args = GRPOConfig(**(settings | config))
     return VideoGRPOTrainer(
         model=model,
-        reward_funcs=[letter_share, *get_reward_funcs(["format", "accuracy"])],
+        reward_funcs=init.pop("reward_funcs", None) or [letter_share, *get_reward_funcs(["format", "accuracy"])],
         args=args,
         train_dataset=dataset,
         processing_class=processor,
