@@ -8,3 +8,9 @@ from rewatch_trl.react import completion_text
 def characters(completions, **kwargs) -> list[float]:
     """The completion's length in characters, over 100."""
     return [len(completion_text(completion)) / 100 for completion in completions]
+
+
+def characters_but_on_the_first_video(completions, videos, **kwargs) -> list[float]:
+    """`characters`, but 1.0 on every completion about synthetic_000.mp4: its prompts' rewards never vary."""
+    flat = [str(video).endswith("synthetic_000.mp4") for video in videos]
+    return [1.0 if f else c for f, c in zip(flat, characters(completions), strict=True)]

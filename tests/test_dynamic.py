@@ -1,0 +1,121 @@
+"""Dynamic sampling (DAPO): exactly the groups whose rewards do not vary are replaced, by varied groups of refill
+batches, on 1 and on 2 processes."""
+
+import json
+
+import pytest
+import torch
+
+from rewatch_trl.dynamic import refill_prompts, replace_groups, zero_variance_groups
+
+
+NAN = float("nan")
+
+
+def test_zero_variance_is_told_as_trl_tells_it():
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, NAN, NAN, 0.5, NAN, 0.3, 0.3 + 1e-9])
+    assert zero_variance_groups(rewards, 2).tolist() == [True, False, True, True, True]
+
+
+def test_refill_prompts_are_drawn_alike_everywhere_and_anew_each_round():
+    drawn = refill_prompts(10, 4, step=3, round_=1, seed=0)
+    assert len(set(drawn)) == 4 and drawn == refill_prompts(10, 4, step=3, round_=1, seed=0)
+    assert drawn != refill_prompts(10, 4, step=3, round_=2, seed=0)
+    assert drawn != refill_prompts(10, 4, step=4, round_=1, seed=0)
+
+
+def test_replacing_a_group_pads_prompts_left_and_completions_right():
+    batch = {
+        "prompt_ids": torch.tensor([[0, 5, 6], [0, 5, 6], [7, 8, 9], [7, 8, 9]]),
+        "prompt_mask": torch.tensor([[0, 1, 1], [0, 1, 1], [1, 1, 1], [1, 1, 1]]),
+        "completion_ids": torch.tensor([[1, 0], [2, 3], [4, 0], [5, 0]]),
+        "completion_mask": torch.tensor([[1, 0], [1, 1], [1, 0], [1, 0]]),
+        "advantages": torch.tensor([0.0, 0.0, 1.0, -1.0]),
+        "video_inputs": ["a", "a", "b", "b"],
+        "num_items_in_batch": torch.tensor(5),
+    }
+    refill = {
+        "prompt_ids": torch.tensor([[3, 3, 3, 3], [3, 3, 3, 3]]),
+        "prompt_mask": torch.ones(2, 4, dtype=torch.long),
+        "completion_ids": torch.tensor([[6, 6, 6], [7, 0, 0]]),
+        "completion_mask": torch.tensor([[1, 1, 1], [1, 0, 0]]),
+        "advantages": torch.tensor([0.5, -0.5]),
+        "video_inputs": ["c", "c"],
+        "num_items_in_batch": torch.tensor(4),
+    }
+    merged = replace_groups(batch, refill, [(0, 0)], 2, pad_id=0)
+    assert merged["prompt_ids"].tolist() == [[3, 3, 3, 3], [3, 3, 3, 3], [0, 7, 8, 9], [0, 7, 8, 9]]
+    assert merged["prompt_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1], [0, 1, 1, 1]]
+    assert merged["completion_ids"].tolist() == [[6, 6, 6], [7, 0, 0], [4, 0, 0], [5, 0, 0]]
+    assert merged["completion_mask"].tolist() == [[1, 1, 1], [1, 0, 0], [1, 0, 0], [1, 0, 0]]
+    assert merged["advantages"].tolist() == [0.5, -0.5, 1.0, -1.0]
+    assert merged["video_inputs"] == ["c", "c", "b", "b"] and batch["video_inputs"] == ["a", "a", "b", "b"]
+    with pytest.raises(NotImplementedError, match=r"\['pixel_values'\]"):
+        replace_groups(batch | {"pixel_values": torch.zeros(1)}, refill, [(0, 0)], 2, pad_id=0)
+
+
+def expected_groups(record: dict) -> list:
+    """The groups the batch must end with: each zero-variance group of the first batch, in order, takes the next
+    varied group of the refill batch at hand; what a refill has left over goes."""
+    first, *refills = record["scored"]
+    final = list(first["groups"])
+    waiting = [slot for slot, zero in enumerate(first["zero"]) if zero]
+    for refill in refills:
+        varied = [group for group, zero in zip(refill["groups"], refill["zero"], strict=True) if not zero]
+        for slot, group in zip(list(waiting), varied, strict=False):
+            final[slot] = group
+            waiting.remove(slot)
+    return final
+
+
+def assert_exact_replacement(record: dict, zero_slots: list[int]) -> None:
+    first = record["scored"][0]
+    assert [slot for slot, zero in enumerate(first["zero"]) if zero] == zero_slots
+    assert record["final"] == expected_groups(record)
+    for slot, group in enumerate(record["final"]):
+        if slot not in zero_slots:
+            assert group == first["groups"][slot]  # untouched
+        else:
+            assert group != first["groups"][slot]
+    assert record["tokens"] == sum(len(row) - row.index(-1) - 1 for group in record["final"] for row in group)
+
+
+def test_dynamic_sampling_replaces_exactly_the_zero_variance_groups(tiny_world, tmp_path):
+    from dynamic_sampling_run import dynamic_trainer, process_rows, recorded_dynamic_batch
+
+    trainer, dataset = dynamic_trainer(tiny_world, tmp_path)
+    record = recorded_dynamic_batch(trainer, process_rows(dataset, 0))
+    assert_exact_replacement(record, zero_slots=[0])
+    rounds = len(record["scored"]) - 1
+    assert record["metrics"] == {
+        "dynamic/zero_variance_groups": 1,
+        "dynamic/resample_rounds": rounds,
+        "dynamic/kept_zero_variance_groups": 0,
+    }
+    assert rounds >= 1 and record["num_items_in_batch"] == record["tokens"]
+    assert all(a != 0 for a in record["advantages"])  # every group now teaches
+    # the control: without dynamic sampling the group on synthetic_000.mp4 stays, advantage 0
+    trainer.args.dynamic_sampling = False
+    plain = recorded_dynamic_batch(trainer, process_rows(dataset, 0))
+    assert len(plain["scored"]) == 1 and plain["advantages"][:2] == [0.0, 0.0]
+
+
+def test_dynamic_sampling_on_two_processes_refills_as_often_on_each(tiny_world, tmp_path, launcher):
+    world = {
+        "root": str(tiny_world.root),
+        "video_dir": str(tiny_world.video_dir),
+        "qa_path": str(tiny_world.qa_path),
+        "captions_path": str(tiny_world.captions_path),
+        "rows": tiny_world.rows,
+    }
+    (tmp_path / "world.json").write_text(json.dumps(world))
+    command = [launcher.accelerate, "launch", "--config_file", str(launcher.root / "accelerate_configs/cpu.yaml")]
+    command += ["--num_processes", "2", str(launcher.root / "tests/dynamic_sampling_run.py")]
+    launcher.run(command + [str(tmp_path / "world.json"), str(tmp_path)])
+    first, second = (json.loads((tmp_path / f"process-{i}.json").read_text()) for i in range(2))
+    assert_exact_replacement(first, zero_slots=[0])
+    assert_exact_replacement(second, zero_slots=[])  # nothing to replace, yet it generated every refill batch too
+    assert len(first["scored"]) == len(second["scored"]) >= 2
+    assert first["metrics"] == second["metrics"]
+    assert first["metrics"]["dynamic/zero_variance_groups"] == 1
+    assert first["num_items_in_batch"] == second["num_items_in_batch"] == first["tokens"] + second["tokens"]
