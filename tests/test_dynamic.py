@@ -81,7 +81,7 @@ def assert_exact_replacement(record: dict, zero_slots: list[int]) -> None:
 
 
 def test_dynamic_sampling_replaces_exactly_the_zero_variance_groups(tiny_world, tmp_path):
-    from dynamic_sampling_run import dynamic_trainer, process_rows, recorded_dynamic_batch
+    from peer_options_run import dynamic_trainer, process_rows, recorded_dynamic_batch
 
     trainer, dataset = dynamic_trainer(tiny_world, tmp_path)
     record = recorded_dynamic_batch(trainer, process_rows(dataset, 0))
@@ -100,7 +100,10 @@ def test_dynamic_sampling_replaces_exactly_the_zero_variance_groups(tiny_world, 
     assert len(plain["scored"]) == 1 and plain["advantages"][:2] == [0.0, 0.0]
 
 
-def test_dynamic_sampling_on_two_processes_refills_as_often_on_each(tiny_world, tmp_path, launcher):
+def test_dynamic_sampling_and_t_grpo_on_two_processes(tiny_world, tmp_path, launcher):
+    """Dynamic sampling refills as often on every process, each replacing its own zero-variance groups; T-GRPO's
+    shuffled rollouts of a prompt on both processes see one order of its frames, and its bonus is the rule's on all of
+    its rollouts."""
     world = {
         "root": str(tiny_world.root),
         "video_dir": str(tiny_world.video_dir),
@@ -110,7 +113,7 @@ def test_dynamic_sampling_on_two_processes_refills_as_often_on_each(tiny_world, 
     }
     (tmp_path / "world.json").write_text(json.dumps(world))
     command = [launcher.accelerate, "launch", "--config_file", str(launcher.root / "accelerate_configs/cpu.yaml")]
-    command += ["--num_processes", "2", str(launcher.root / "tests/dynamic_sampling_run.py")]
+    command += ["--num_processes", "2", str(launcher.root / "tests/peer_options_run.py")]
     launcher.run(command + [str(tmp_path / "world.json"), str(tmp_path)])
     first, second = (json.loads((tmp_path / f"process-{i}.json").read_text()) for i in range(2))
     assert_exact_replacement(first, zero_slots=[0])
@@ -119,3 +122,14 @@ def test_dynamic_sampling_on_two_processes_refills_as_often_on_each(tiny_world, 
     assert first["metrics"] == second["metrics"]
     assert first["metrics"]["dynamic/zero_variance_groups"] == 1
     assert first["num_items_in_batch"] == second["num_items_in_batch"] == first["tokens"] + second["tokens"]
+    # T-GRPO: p = 0.375 against p̃ = 1/3 (3 shuffled rollouts): paid; against p̃ = 0.5 (2, all on process 0): not
+    for record in (first, second):
+        assert record["temporal"]["3"]["rewards"] == pytest.approx([1.3, 0.0, 0.8, 0.0])
+        assert record["temporal"]["2"]["rewards"] == pytest.approx([1.0, 0.0, 0.5, 0.0])
+    shuffled = first["temporal"]["3"]["shuffled"] + second["temporal"]["3"]["shuffled"]
+    ordered = first["temporal"]["3"]["ordered"]
+    assert len(shuffled) == 3 and all(s == shuffled[0] for s in shuffled)  # one order on both processes
+    assert sorted(shuffled[0]) == sorted(ordered) and shuffled[0] != ordered  # the same frames, another order
+    # with 2, process 1 sampled a stand-in (its own video, unshuffled) and scored nothing of it
+    assert second["temporal"]["2"]["shuffled"] == [second["temporal"]["2"]["ordered"]]
+    assert first["temporal"]["2"]["scored"] == [2, 2] and second["temporal"]["2"]["scored"] == [1, 2]

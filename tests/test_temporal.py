@@ -68,7 +68,8 @@ class Scripted:
         return self.answers.pop(0)
 
 
-def recorded_generations(trainer, monkeypatch):
+def recorded_generations(trainer):
+    """Each generation call of `trainer` from now on: its prompts, videos, samples and completions."""
     calls = []
     generate = trainer._generate_single_turn
 
@@ -78,13 +79,11 @@ def recorded_generations(trainer, monkeypatch):
         calls[-1]["completion_ids"] = output[0]
         return output
 
-    monkeypatch.setattr(trainer, "_generate_single_turn", recording)
+    trainer._generate_single_turn = recording
     return calls
 
 
-def test_shuffled_rollouts_see_the_frames_permuted_once_and_stay_out_of_the_loss(
-    tiny_world, tmp_path, make_trainer, monkeypatch
-):
+def test_shuffled_rollouts_see_the_frames_permuted_once_and_stay_out_of_the_loss(tiny_world, tmp_path, make_trainer):
     from test_images import absolute_rows
     from test_sharing import rows_of, scored_batch
 
@@ -101,7 +100,7 @@ def test_shuffled_rollouts_see_the_frames_permuted_once_and_stay_out_of_the_loss
         accuracy_reward="scripted_accuracy",
         __init__={"reward_funcs": [accuracy, functools.partial(length_band_reward, low=0, high=4)]},
     )
-    calls = recorded_generations(trainer, monkeypatch)
+    calls = recorded_generations(trainer)
     policy = trainer._shared_features[0]
     inputs = scored_batch(trainer, rows_of(dataset, [0, 1], 4))
     ordered, shuffled = calls

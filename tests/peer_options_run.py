@@ -1,12 +1,15 @@
-"""Dynamic sampling on one generation batch, recorded: `recorded_dynamic_batch` in a test's process, or this script
-under `accelerate launch --num_processes 2 tests/dynamic_sampling_run.py WORLD.json OUT_DIR` (each process writes
-`OUT_DIR/process-<i>.json`), the processes holding the rows `process_rows` gives them."""
+"""Dynamic sampling and T-GRPO on generation batches, recorded: `recorded_dynamic_batch` in a test's process, or
+this script under `accelerate launch --num_processes 2 tests/peer_options_run.py WORLD.json OUT_DIR` (each process
+writes `OUT_DIR/process-<i>.json`): dynamic sampling on the rows `process_rows` gives each process, then T-GRPO on a
+prompt whose G = 4 rollouts sit on both processes (`recorded_temporal_batches`)."""
 
 import json
 import sys
 from pathlib import Path
 
 from conftest import build_trainer
+from test_sharing import scored_batch
+from test_temporal import Scripted, recorded_generations
 from varied_reward import characters_but_on_the_first_video
 
 from rewatch_trl.dynamic import zero_variance_groups
@@ -76,6 +79,45 @@ def recorded_dynamic_batch(trainer, rows) -> dict:
     }
 
 
+def signature(video) -> list[float]:
+    """Each frame's sum: two videos hold the same frames in the same order if their signatures are equal."""
+    return [float(frame.float().sum()) for frame in video.frames]
+
+
+def recorded_temporal_batches(world, out) -> dict:
+    """T-GRPO on one prompt of G = 4 rollouts, 2 on each process, scripted accuracies: with 3 shuffled rollouts (2 on
+    process 0, 1 on process 1), then with 2 (process 1 has none: it samples a stand-in and drops it)."""
+    accuracy = Scripted()
+    trainer, dataset = build_trainer(
+        world,
+        out,
+        num_generations=4,
+        per_device_train_batch_size=2,
+        temporal_contrast=True,
+        temporal_rollouts=3,
+        accuracy_reward="scripted_accuracy",
+        __init__={"reward_funcs": [accuracy]},
+    )
+    first = trainer.accelerator.process_index == 0
+    # ordered p = mean(1, 0, 0.5, 0) = 0.375; shuffled p̃ = mean(0, 1, 0) = 1/3 (3 rollouts), then mean(0, 1) = 0.5
+    accuracy.answers = [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]] if first else [[0.5, 0.0], [0.0], [0.5, 0.0]]
+    calls = recorded_generations(trainer)
+    rows = [dataset[0]] * 2
+    record = {}
+    for rollouts in (3, 2):
+        trainer._temporal_rollouts = rollouts
+        start = len(calls)
+        scored_batch(trainer, rows)
+        ordered, shuffled = calls[start:]
+        record[rollouts] = {
+            "ordered": signature(ordered["videos"][0]),
+            "shuffled": [signature(video) for video in shuffled["videos"]],
+            "rewards": list(trainer._logs["rewards"]["scripted_accuracy"])[-4:],
+            "scored": [len(call["completion_ids"]) for call in accuracy.calls[-2:]],
+        }
+    return record
+
+
 if __name__ == "__main__":
     from rewatch_trl.tiny import TinyWorld
 
@@ -85,4 +127,5 @@ if __name__ == "__main__":
     )
     trainer, dataset = dynamic_trainer(world, out)
     record = recorded_dynamic_batch(trainer, process_rows(dataset, trainer.accelerator.process_index))
+    record["temporal"] = recorded_temporal_batches(world, out)
     (out / f"process-{trainer.accelerator.process_index}.json").write_text(json.dumps(record))
