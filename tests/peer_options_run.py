@@ -19,16 +19,9 @@ G = 2
 
 
 def dynamic_trainer(world, out, **config):
-    return build_trainer(
-        world,
-        out,
-        num_generations=G,
-        per_device_train_batch_size=2 * G,
-        dynamic_sampling=True,
-        max_resample_rounds=3,
-        __init__={"reward_funcs": [characters_but_on_the_first_video]},
-        **config,
-    )
+    settings = dict(num_generations=G, per_device_train_batch_size=2 * G, dynamic_sampling=True, max_resample_rounds=3)
+    reward = {"reward_funcs": [characters_but_on_the_first_video]}
+    return build_trainer(world, out, **(settings | config), __init__=reward)
 
 
 def process_rows(dataset, process: int) -> list[dict]:

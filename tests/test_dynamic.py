@@ -133,3 +133,43 @@ def test_dynamic_sampling_and_t_grpo_on_two_processes(tiny_world, tmp_path, laun
     # with 2, process 1 sampled a stand-in (its own video, unshuffled) and scored nothing of it
     assert second["temporal"]["2"]["shuffled"] == [second["temporal"]["2"]["ordered"]]
     assert first["temporal"]["2"]["scored"] == [2, 2] and second["temporal"]["2"]["scored"] == [1, 2]
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_the_loss_trains_on_the_replaced_groups_across_steps_and_iterations(dynamic, tiny_world, tmp_path):
+    """`steps_per_generation` 2 and `num_iterations` 2: the 4 micro-steps of a generation batch train on its rows
+    after the replacement (every advantage non-zero); the control, without dynamic sampling, trains on the two flat
+    groups of synthetic_000.mp4 (advantage 0). T-GRPO is on beside it."""
+    from peer_options_run import dynamic_trainer
+
+    rows = [tiny_world.rows[i] for i in (0, 1, 2, 4)]  # 2 prompts on synthetic_000.mp4, 2 on other videos
+    trainer, _ = dynamic_trainer(
+        tiny_world,
+        tmp_path,
+        rows=rows,
+        dynamic_sampling=dynamic,
+        steps_per_generation=2,
+        gradient_accumulation_steps=2,
+        num_iterations=2,
+        temporal_contrast=True,
+        accuracy_reward="characters_but_on_the_first_video",
+    )
+    trained = []
+    compute_loss = trainer._compute_loss
+
+    def recording(model, inputs):
+        trained.append(inputs["advantages"].tolist())
+        return compute_loss(model, inputs)
+
+    trainer._compute_loss = recording
+    trainer.train()
+    assert len(trained) == 4 and all(len(advantages) == 4 for advantages in trained)
+    first = trainer.state.log_history[0]
+    zeros = sum(a == 0 for advantages in trained for a in advantages)
+    if dynamic:
+        assert zeros == 0
+        assert first["dynamic/zero_variance_groups"] == 2 and first["dynamic/kept_zero_variance_groups"] == 0
+    else:
+        assert zeros == 2 * 2 * 2  # the two flat groups' rows, in both iterations
+        assert "dynamic/zero_variance_groups" not in first
+    assert first["temporal/shuffled_accuracy"] > 0 and "temporal/bonus_fraction" in first

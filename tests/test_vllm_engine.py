@@ -8,11 +8,13 @@ left with stale weights.
 """
 
 import functools
+import json
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from rewatch_trl import trainer as trainer_module
 from rewatch_trl.positions import rope_index
 
 
@@ -330,3 +332,61 @@ def test_vllm_renders_the_varied_worlds_prompts_as_the_trainer(varied_world, tmp
         assert torch.equal(positions, expected[:, 0]), row
     # and the trainer scores what vLLM sampled from them alike (fp32)
     assert sampling_difference(trainer, [dataset[i] for i in (0, 0, 2, 2)]) <= 1e-5
+
+
+def test_t_grpo_and_dynamic_sampling_on_the_colocated_engine(engine, monkeypatch):
+    """T-GRPO's shuffled rollouts of a prompt reach vLLM as one request for all of them, with the frames permuted;
+    dynamic sampling's refill rows keep their own sampling log-probs (the trainer's old-policy ones agree with vLLM's
+    on every row of the merged batch, the control: a refill row's shifted a token)."""
+    from test_sharing import scored_batch
+    from varied_reward import characters_but_on_the_first_video
+
+    from rewatch_trl.temporal import frame_order
+
+    trainer, dataset = engine.trainer, engine.dataset
+    trainer.vllm_generation.sync_weights()
+    flat = [characters_but_on_the_first_video, *trainer.reward_funcs[1:]]  # flat on synthetic_000.mp4
+    monkeypatch.setattr(trainer, "reward_funcs", flat)
+    monkeypatch.setattr(trainer, "_accuracy_index", 0)
+    monkeypatch.setattr(trainer, "_temporal_rollouts", 2)  # G = 2: both rollouts of a prompt also shuffled
+    monkeypatch.setattr(trainer.args, "temporal_contrast", True)
+    monkeypatch.setattr(trainer.args, "dynamic_sampling", True)
+    monkeypatch.setattr(trainer.args, "max_resample_rounds", 1)
+    llm = trainer.vllm_generation.llm.llm
+    requests = []
+    generate = llm.generate
+
+    def recording(prompts, sampling_params=None, **kwargs):
+        requests.append(list(zip(prompts, sampling_params, strict=True)))
+        return generate(prompts, sampling_params=sampling_params, **kwargs)
+
+    monkeypatch.setattr(llm, "generate", recording)
+    merged = {}
+    replace = trainer_module.replace_groups
+
+    def kept(batch, refill, pairs, *args):
+        merged.update(refill=refill, pairs=pairs)
+        return replace(batch, refill, pairs, *args)
+
+    monkeypatch.setattr(trainer_module, "replace_groups", kept)
+    rows = [dataset[i] for i in (0, 0, 2, 2)]
+    output = scored_batch(trainer, rows)
+    # ordered (2 prompts, n = 2 each), shuffled (the same 2 prompts, n = 2 each), then the refill's two calls
+    (ordered, shuffled, *refill) = requests
+    assert [params.n for _, params in ordered] == [2, 2] == [params.n for _, params in shuffled]
+    assert len(refill) == 2
+    for (plain, _), (permuted, _), row in zip(ordered, shuffled, rows[::2], strict=True):
+        assert plain["prompt_token_ids"] == permuted["prompt_token_ids"]
+        frames, metadata = plain["multi_modal_data"]["video"]
+        order = frame_order(len(frames), json.dumps(row["prompt"], sort_keys=True, default=str), 0, 0)
+        assert torch.equal(permuted["multi_modal_data"]["video"][0], frames[order])
+        assert permuted["multi_modal_data"]["video"][1] == metadata
+    metrics = trainer._metrics["train"]
+    assert metrics["dynamic/zero_variance_groups"][-1] == 1 and metrics["dynamic/resample_rounds"][-1] == 1
+    assert [slot for slot, _ in merged["pairs"]] == [0]
+    kept_tokens = output["completion_mask"].bool()
+    difference = (output["old_per_token_logps"] - output["sampling_per_token_logps"])[kept_tokens].abs().max()
+    assert difference <= 1e-5
+    shifted = output["sampling_per_token_logps"].clone()
+    shifted[:2] = shifted[:2].roll(1, dims=1)
+    assert (output["old_per_token_logps"] - shifted)[kept_tokens].abs().max() > 1e-3
