@@ -106,7 +106,14 @@ def build_model(world, sizes: dict | None, device: str):
         return AutoModelForImageTextToText.from_config(tiny_config(build_tiny_tokenizer(), sizes), dtype=dtype)
 
 
+REWARDS = ["format", "accuracy", "temporal_grounding"]
+
+
 def run(world, settings: VideoSettings, mode: dict, options) -> dict:
+    """One timed training run of `mode` (GRPOConfig fields; `reward_funcs` the reward names, `REWARDS` by default):
+    seconds a step per phase, tokens a generation batch, and the dynamic sampling rounds a generation batch."""
+    mode = dict(mode)
+    rewards = mode.pop("reward_funcs", REWARDS)
     torch.manual_seed(0)
     processor = AutoProcessor.from_pretrained(world.root)
     collator = VideoCollator(processor, settings, world.video_dir)
@@ -141,7 +148,7 @@ def run(world, settings: VideoSettings, mode: dict, options) -> dict:
         torch.cuda.reset_peak_memory_stats()
     trainer = VideoGRPOTrainer(
         model=build_model(world, sizes, options.device),
-        reward_funcs=get_reward_funcs(["format", "accuracy", "temporal_grounding"]),
+        reward_funcs=get_reward_funcs(rewards),
         args=args,
         train_dataset=dataset,
         processing_class=processor,
@@ -203,6 +210,8 @@ def run(world, settings: VideoSettings, mode: dict, options) -> dict:
     trainer.train()
     result |= {phase: (value - warm_up.get(phase, 0.0)) / options.steps for phase, value in times.items()}
     result["tokens"] = sum(tokens) / len(tokens)
+    # TRL's last log holds the means of its metrics over the run
+    result["resample rounds"] = trainer.state.log_history[-1].get("dynamic/resample_rounds", 0.0)
     if gpu:
         result["peak GiB"] = torch.cuda.max_memory_allocated() / 2**30
     return result
@@ -211,8 +220,51 @@ def run(world, settings: VideoSettings, mode: dict, options) -> dict:
 original_decode = video_module.decode_video
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def world_and_settings(options, out: str):
+    """The vision-heavy tiny world of `options` (`--family`, `--frames`, `--paper-video`) and how it is sampled."""
+    unit = FAMILIES[options.family].pixel_unit
+    if options.paper_video:  # 16 x 8 units a frame: the paper's 128 visual tokens a frame pair (448x224 px)
+        world_options = dict(seconds=options.frames / 2, size=(16 * unit, 8 * unit))
+        pixels = 128 * unit * unit
+        settings = VideoSettings(
+            video_max_frames=options.frames,
+            video_min_pixels=pixels,
+            video_max_pixels=pixels,
+            video_total_pixels=12288 * unit * unit,
+        )
+    else:
+        world_options = dict(seconds=options.frames, size=(8 * unit, 8 * unit))
+        settings = video_settings(options.frames, 4 * unit)
+    world = build_tiny_world(f"{out}/world", num_videos=4, fps=2, family=options.family, **world_options)
+    return world, settings
+
+
+def fastest_runs(modes: dict, options, out: str) -> dict:
+    """Each of `modes` run `options.rounds` times on the world of `options`, its fastest run kept (None: out of
+    memory). Each mode runs once a round, the order reversed every other round: a slow phase of a shared machine
+    (seconds long) then cannot decide a ratio."""
+    world, settings = world_and_settings(options, out)
+    results = dict.fromkeys(modes)
+    for round_ in range(options.rounds):
+        names = list(modes) if round_ % 2 == 0 else list(reversed(modes))
+        for name in names:
+            options.out = f"{out}/{round_}-{list(modes).index(name)}"
+            try:
+                result = run(world, settings, modes[name], options)
+            except torch.OutOfMemoryError:
+                result = None  # the per-completion mode may not fit where the shared ones do
+            if options.device == "cuda":
+                torch.cuda.empty_cache()
+            if result is not None:
+                result["step"] += result["data wait"]  # a step lasts from one to the next, waits included
+                if results[name] is None or result["step"] < results[name]["step"]:
+                    results[name] = result
+    return results
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The options of a timed run (`run`, `fastest_runs`)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--frames", type=int, default=32, help="frames a video (32: 256 visual tokens a prompt)")
@@ -226,42 +278,17 @@ def main() -> None:
     parser.add_argument(
         "--paper-video", action="store_true", help="the paper's frame size (128 visual tokens a frame pair)"
     )
+    return parser
+
+
+def main() -> None:
+    parser = arguments(__doc__)
     options = parser.parse_args()
     if options.model != "tiny" and options.family != "qwen2_5_vl":
         parser.error(f"--model {options.model} is a Qwen2.5-VL shape: --family {options.family} takes --model tiny")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    unit = FAMILIES[options.family].pixel_unit
     with tempfile.TemporaryDirectory() as tmp:
-        if options.paper_video:  # 16 x 8 units a frame: the paper's 128 visual tokens a frame pair (448x224 px)
-            world_options = dict(seconds=options.frames / 2, size=(16 * unit, 8 * unit))
-            pixels = 128 * unit * unit
-            settings = VideoSettings(
-                video_max_frames=options.frames,
-                video_min_pixels=pixels,
-                video_max_pixels=pixels,
-                video_total_pixels=12288 * unit * unit,
-            )
-        else:
-            world_options = dict(seconds=options.frames, size=(8 * unit, 8 * unit))
-            settings = video_settings(options.frames, 4 * unit)
-        world = build_tiny_world(f"{tmp}/world", num_videos=4, fps=2, family=options.family, **world_options)
-        results = dict.fromkeys(MODES)
-        # Each mode runs once a round, the order reversed every other round, and keeps its fastest run: a slow
-        # phase of a shared machine (seconds long) then cannot decide a ratio.
-        for round_ in range(options.rounds):
-            names = list(MODES) if round_ % 2 == 0 else list(reversed(MODES))
-            for name in names:
-                options.out = f"{tmp}/{round_}-{list(MODES).index(name)}"
-                try:
-                    result = run(world, settings, MODES[name], options)
-                except torch.OutOfMemoryError:
-                    result = None  # the per-completion mode may not fit where the shared ones do
-                if options.device == "cuda":
-                    torch.cuda.empty_cache()
-                if result is not None:
-                    result["step"] += result["data wait"]  # a step lasts from one to the next, waits included
-                    if results[name] is None or result["step"] < results[name]["step"]:
-                        results[name] = result
+        results = fastest_runs(MODES, options, tmp)
     model_phases = ["generate", "old/ref log-probs", "loss forward", "backward"]
     for result in filter(None, results.values()):
         result["overhead"] = result["step"] - sum(result.get(p, 0.0) for p in model_phases)

@@ -173,3 +173,24 @@ def test_the_loss_trains_on_the_replaced_groups_across_steps_and_iterations(dyna
         assert zeros == 2 * 2 * 2  # the two flat groups' rows, in both iterations
         assert "dynamic/zero_variance_groups" not in first
     assert first["temporal/shuffled_accuracy"] > 0 and "temporal/bonus_fraction" in first
+
+
+def test_the_tiny_peers_recipe_trains_with_t_grpo_the_band_and_dynamic_sampling(
+    tiny_world, sft_model, tmp_path, launcher
+):
+    """`recipes/tiny/grpo_peers.yaml` as written, through the GRPO entry point, on the tiny mix (image and video
+    rows): every step logs T-GRPO's and dynamic sampling's figures, and the band takes the recipe's `reward_kwargs`."""
+    from test_mixture import tiny_mix_arguments
+
+    from rewatch_trl.grpo import main, parse_args
+
+    arguments = tiny_mix_arguments("grpo_peers", tiny_world, sft_model, tmp_path, launcher)
+    trainer = main(*parse_args(arguments + ["--max_steps", "2", "--num_generations", "2"]))
+    assert trainer.reward_funcs[-1].keywords == {"low": 16, "high": 48, "bonus": 0.2}
+    assert trainer._temporal_rollouts == 1 and trainer._accuracy_index == 1
+    steps = [entry for entry in trainer.state.log_history if "reward" in entry]
+    assert len(steps) == 2
+    for entry in steps:
+        assert 0 <= entry["temporal/shuffled_accuracy"] <= 1 and 0 <= entry["temporal/bonus_fraction"] <= 1
+        assert entry["dynamic/resample_rounds"] <= 2
+        assert entry["dynamic/kept_zero_variance_groups"] <= entry["dynamic/zero_variance_groups"]

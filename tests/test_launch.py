@@ -12,35 +12,6 @@ def checkpoint_steps(output_dir):
     return sorted(int(p.name.split("-")[1]) for p in Path(output_dir).glob("checkpoint-*"))
 
 
-def test_killed_runs_resume_from_their_last_whole_checkpoint_and_take_no_extra_step(tiny_world, tmp_path, launcher):
-    """A real run killed (SIGKILL) while checkpoint-2 is half written (its model and optimizer there, its trainer
-    state not yet: `tests/slow_checkpoint.py` widens that moment): the relaunch skips it, says so, resumes from
-    checkpoint-1 and ends at max_steps with checkpoint-2 rewritten whole. Killed again between that last checkpoint
-    and the final save, a relaunch finishes from it without an extra step."""
-    out = tmp_path / "run"
-    settings = dict(max_steps=2, save_steps=1, save_total_limit=5)
-    slow = [launcher.accelerate, "launch", "--config_file", str(launcher.root / "accelerate_configs/cpu.yaml")]
-    slow += ["--num_processes", "1", str(launcher.root / "tests/slow_checkpoint.py")]
-    slow += launcher.recipe_args(tiny_world, out, **settings)
-    launcher.kill_when(slow, (out / "writing-checkpoint-2").is_file, env={"SLOW_CHECKPOINT_STEP": "2"})
-    half = out / "checkpoint-2"
-    assert (half / "model.safetensors").is_file() and not (half / "trainer_state.json").exists()  # killed mid-write
-    command = launcher.command(tiny_world, out, **settings)
-    result = launcher.run(command)
-    (skipped,) = [line for line in result.stderr.splitlines() if "not resuming from" in line]
-    assert str(half) in skipped and "trainer_state.json" in skipped
-    assert f"resuming from {out / 'checkpoint-1'}" in result.stderr
-    assert launcher.state(out)["global_step"] == 2
-    assert json.loads((half / "trainer_state.json").read_text())["global_step"] == 2  # rewritten whole
-    # as if killed between the last checkpoint and the final save
-    (out / "trainer_state.json").unlink()
-    (out / "model.safetensors").unlink()
-    launcher.run(command)
-    assert launcher.state(out)["global_step"] == 2
-    assert checkpoint_steps(out) == [1, 2]
-    assert (out / "model.safetensors").is_file()
-
-
 def test_unknown_recipe_key_is_an_error_naming_it(tmp_path, launcher):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text((launcher.root / "recipes/tiny/grpo.yaml").read_text() + "\nnum_generationz: 4\n")
@@ -64,10 +35,14 @@ def test_every_recipe_parses(launcher):
             assert script_args.dataset_name is None and len(mixture.datasets) == 3, recipe
 
 
-def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_world, sft_model, tmp_path, launcher):
-    """Killed after its step-2 checkpoint and launched again, a run ends with the weights of the same run never
-    interrupted (a resume that restarted from its checkpoint's weights wrongly, or lost the optimizer's or the
-    sampler's state, would not)."""
+def test_a_run_killed_mid_checkpoint_resumes_to_the_uninterrupted_runs_weights(
+    tiny_world, sft_model, tmp_path, launcher
+):
+    """A real run killed (SIGKILL) while checkpoint-4 is half written (its model and optimizer there, its trainer
+    state not yet: `tests/slow_checkpoint.py` widens that moment): the relaunch skips it, says so, resumes from
+    checkpoint-2 and ends with the weights of the same run never interrupted (a resume that restarted from its
+    checkpoint's weights wrongly, or lost the optimizer's or the sampler's state, would not), checkpoint-4 rewritten
+    whole. Killed again between that last checkpoint and the final save, a relaunch finishes without an extra step."""
     from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
 
@@ -77,14 +52,18 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_world, sft_mod
     )
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     launcher.run(launcher.command(tiny_world, whole, **settings))
-    command = launcher.command(tiny_world, resumed, **settings)
-    launcher.kill_after_checkpoint(command, resumed)
-    killed_at = checkpoint_steps(resumed)
-    assert killed_at and max(killed_at) < 4  # it really died mid-run
+    slow = [launcher.accelerate, "launch", "--config_file", str(launcher.root / "accelerate_configs/cpu.yaml")]
+    slow += ["--num_processes", "1", str(launcher.root / "tests/slow_checkpoint.py")]
+    slow += launcher.recipe_args(tiny_world, resumed, **settings)
+    launcher.kill_when(slow, (resumed / "writing-checkpoint-4").is_file, env={"SLOW_CHECKPOINT_STEP": "4"})
+    half = resumed / "checkpoint-4"
+    assert (half / "model.safetensors").is_file() and not (half / "trainer_state.json").exists()  # killed mid-write
     assert not (resumed / "trainer_state.json").is_file()
+    command = launcher.command(tiny_world, resumed, **settings)
     result = launcher.run(command)
-    # it resumed from its last checkpoint (a run restarted from step 0 would end at the same weights too)
-    assert f"resuming from {resumed / f'checkpoint-{max(killed_at)}'}" in result.stderr
+    (skipped,) = [line for line in result.stderr.splitlines() if "not resuming from" in line]
+    assert str(half) in skipped and "trainer_state.json" in skipped
+    assert f"resuming from {resumed / 'checkpoint-2'}" in result.stderr
     expected, received = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     start = load_file(sft_model / "model.safetensors")
     moved = max((expected[name] - start[name]).abs().max().item() for name in expected)
@@ -92,15 +71,22 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_world, sft_mod
     difference = max((expected[name] - received[name]).abs().max().item() for name in expected)
     assert difference <= 1e-6, f"resumed vs uninterrupted: {difference:.2e} (training moved them {moved:.2e})"
     assert launcher.state(resumed)["global_step"] == 4
-    steps = checkpoint_steps(resumed)
-    assert steps[-1] == 4 and set(killed_at) <= set(steps)
-    for step in steps:  # every checkpoint complete and loadable
+    assert checkpoint_steps(resumed) == [2, 4]
+    for step in (2, 4):  # every checkpoint complete and loadable, the half-written one rewritten whole
         checkpoint = resumed / f"checkpoint-{step}"
         assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
         AutoModelForImageTextToText.from_pretrained(checkpoint)
     whole_losses = [e["loss"] for e in launcher.state(whole)["log_history"] if "loss" in e]
     resumed_losses = [e["loss"] for e in launcher.state(resumed)["log_history"] if "loss" in e]
     assert resumed_losses[-2:] == whole_losses[-2:]
+    # as if killed between the last checkpoint and the final save
+    (resumed / "trainer_state.json").unlink()
+    (resumed / "model.safetensors").unlink()
+    launcher.run(command)
+    assert launcher.state(resumed)["global_step"] == 4
+    assert checkpoint_steps(resumed) == [2, 4]
+    again = load_file(resumed / "model.safetensors")
+    assert max((expected[name] - again[name]).abs().max().item() for name in expected) <= 1e-6
 
 
 def test_resuming_skips_a_checkpoint_not_written_whole(tmp_path, caplog):

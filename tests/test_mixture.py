@@ -72,6 +72,17 @@ def test_a_dataset_asked_for_more_rows_than_it_has_or_an_absent_column_says_whic
         load_mixture(mixture_of(tiny_world, d0={"columns": ["problem_id", "colour"]}))
 
 
+def tiny_mix_arguments(recipe: str, world, model, tmp_path, launcher) -> list[str]:
+    """The entry point's arguments of a tiny mix recipe as written (`recipes/tiny/{recipe}.yaml`), its
+    `runs/tiny-world` read as `world`, from `model`, into `tmp_path / "run"`, saving nothing."""
+    text = (launcher.root / f"recipes/tiny/{recipe}.yaml").read_text()
+    assert text.count("runs/tiny-world") == 7  # its 3 files, 3 media roots and the captions
+    config = tmp_path / f"{recipe}.yaml"
+    config.write_text(text.replace("runs/tiny-world", str(world.root)))
+    arguments = ["--config", str(config), "--model_name_or_path", str(model), "--output_dir", str(tmp_path / "run")]
+    return arguments + ["--save_strategy", "no"]
+
+
 def test_the_tiny_mix_recipe_trains_on_its_three_formats(tiny_world, sft_model, tmp_path, launcher):
     """`recipes/tiny/grpo_mix.yaml` as written (`make demo-mix`), through the GRPO entry point, its `runs/tiny-world`
     read as this test's world: GRPO from the demo's SFT on the seed's, Video-R1's (images and videos) and
@@ -80,13 +91,9 @@ def test_the_tiny_mix_recipe_trains_on_its_three_formats(tiny_world, sft_model, 
 
     from rewatch_trl.grpo import main, parse_args
 
-    recipe = (launcher.root / "recipes/tiny/grpo_mix.yaml").read_text()
-    assert recipe.count("runs/tiny-world") == 7  # its 3 files, 3 media roots and the captions
-    config = tmp_path / "grpo_mix.yaml"
-    config.write_text(recipe.replace("runs/tiny-world", str(tiny_world.root)))
+    arguments = tiny_mix_arguments("grpo_mix", tiny_world, sft_model, tmp_path, launcher)
     out = tmp_path / "run"
-    arguments = ["--config", str(config), "--model_name_or_path", str(sft_model), "--output_dir", str(out)]
-    arguments += ["--max_steps", "3", "--save_strategy", "no", "--num_generations", "2"]
+    arguments += ["--max_steps", "3", "--num_generations", "2"]
     trainer = main(*parse_args(arguments + ["--per_device_train_batch_size", "8"]))
     assert len(trainer.train_dataset) == 4 + 12 + len(tiny_world.rows) // 2
     steps = [entry for entry in trainer.state.log_history if "reward" in entry]
