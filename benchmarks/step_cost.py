@@ -120,7 +120,7 @@ def run(world, settings: VideoSettings, mode: dict, options) -> dict:
     dataset = add_prompts(Dataset.from_list(world.rows), collator)
     sizes = MODELS[options.model]
     gpu = options.device == "cuda"
-    args = GRPOConfig(
+    config = dict(
         output_dir=options.out,
         per_device_train_batch_size=2 * options.generations,
         num_generations=options.generations,
@@ -141,8 +141,8 @@ def run(world, settings: VideoSettings, mode: dict, options) -> dict:
         disable_tqdm=True,
         dataloader_num_workers=options.workers,
         dataloader_persistent_workers=options.workers > 0,
-        **mode,
     )
+    args = GRPOConfig(**(config | mode))
     if gpu:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

@@ -316,7 +316,36 @@ def build_parser() -> argparse.ArgumentParser:
     summary = commands.add_parser("summary", help="print the rewards a training run logged per step")
     summary.add_argument("run_dir", help="the run's output_dir")
     summary.set_defaults(func=_summary)
+    rollouts = commands.add_parser(
+        "rollouts",
+        help="write one self-contained HTML page of a run's logged rollouts (or of eval predictions)",
+        description="The frames each prompt showed, each completion's parts and the clips it named, its rewards and "
+        "advantage, step by step; filters for groups whose rewards did not vary and for wrong answers.",
+    )
+    rollouts.add_argument("source", help="a run's output_dir (trained with log_completions), or OUT.predictions.jsonl")
+    rollouts.add_argument("--out", help="the page (default: rollouts.html in the run's directory, or beside the file)")
+    _add_video_options(rollouts)
+    rollouts.set_defaults(func=_rollouts)
     return parser
+
+
+def _rollouts(args) -> None:
+    from pathlib import Path
+
+    from rewatch_trl.rollout_page import render_page, run_log_history
+    from rewatch_trl.rollouts import read_rollouts, rollouts_root
+
+    source = Path(args.source)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such run directory or predictions file")
+    steps = read_rollouts(source, _video_settings(args))
+    out = (
+        Path(args.out) if args.out else (source / "rollouts.html" if source.is_dir() else source.with_suffix(".html"))
+    )
+    history = run_log_history(source) if source.is_dir() else []
+    out.write_text(render_page(steps, rollouts_root(source), title=f"rollouts of {source}", log_history=history))
+    groups = sum(len(step["groups"]) for step in steps)
+    print(f"{out}: {len(steps)} steps, {groups} prompts, {out.stat().st_size / 1024:.0f} KiB (opens from disk)")
 
 
 def _lmms_eval(args) -> None:

@@ -101,6 +101,13 @@ class GRPOConfig(RewatchSettings, trl.GRPOConfig):
             "the judge failed, instead of training on unscorable rows; 0: never stop."
         },
     )
+    log_rollouts: bool = field(
+        default=True,
+        metadata={
+            "help": "With log_completions: also write the logged rollouts to <output_dir>/rollouts/ (the frames each "
+            "prompt showed, as thumbnails) for `rewatch-trl rollouts OUTPUT_DIR`, in the background."
+        },
+    )
     accuracy_reward: str | None = field(
         default=None,
         metadata={

@@ -92,6 +92,8 @@ def evaluate(predictor, dataset, out, batch_size: int = 8, limit: int | None = N
     """Generate for every row not yet in the predictions file, append them as they come, write the report."""
     from tqdm.auto import tqdm
 
+    from rewatch_trl.rollouts import media_block
+
     check_rows(dataset)
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
@@ -112,6 +114,8 @@ def evaluate(predictor, dataset, out, batch_size: int = 8, limit: int | None = N
             rows = todo[start : start + batch_size]
             for row, (completion, rewatched) in zip(rows, predictor.rollouts(rows), strict=True):
                 prediction = score(row, completion, rewatched)
+                # what the rollout page shows beside it (`rewatch-trl rollouts PREDICTIONS`)
+                prediction |= {"problem": row["problem"], "media": media_block(predictor.collator.messages(row))}
                 done[row["problem_id"]] = prediction
                 handle.write(json.dumps(prediction, ensure_ascii=False) + "\n")
             handle.flush()

@@ -51,6 +51,7 @@ from rewatch_trl.positions import use_original_rope
 from rewatch_trl.prompts import VideoSettings
 from rewatch_trl.rewards import reward_func_name
 from rewatch_trl.rewatch import Rewatcher, RewatchSettings
+from rewatch_trl.rollouts import RolloutWriter
 from rewatch_trl.sampling import completion_kept_log_mass, truncates
 from rewatch_trl.sharing import (
     SharedRows,
@@ -85,6 +86,16 @@ class StopOnJudgeOutage(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.trainer.judge_outage is not None:
             control.should_save = control.should_training_stop = True
+
+
+class FlushRollouts(TrainerCallback):
+    """Waits, at the end of training, until the rollouts logged are written (`rollouts.RolloutWriter`)."""
+
+    def __init__(self, writer: RolloutWriter):
+        self.writer = writer
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.writer.flush()
 
 
 class VideoGRPOTrainer(GRPOTrainer):
@@ -234,6 +245,11 @@ class VideoGRPOTrainer(GRPOTrainer):
             # TRL's hook for custom rollouts: its `env_mask` keeps the inserted clips out of the loss
             self.rollout_func = self._agentic_rollout
             self._policy = models[0]
+        self.rollout_writer = None
+        if self.log_completions and getattr(self.args, "log_rollouts", False) and self.accelerator.is_main_process:
+            clips = self.args.clip_settings(self.video_collator.settings) if self.rewatcher is not None else None
+            self.rollout_writer = RolloutWriter(self.args.output_dir, self.video_collator, clips)
+            self.add_callback(FlushRollouts(self.rollout_writer))
         self._check_peer_options()
         self._shuffled: tuple[list[int], list[list[int]]] | None = None  # T-GRPO: the rows shuffled, their completions
         self._batch_rewards: torch.Tensor | None = None  # the last scored batch's total rewards, all processes' rows
@@ -342,6 +358,30 @@ class VideoGRPOTrainer(GRPOTrainer):
                 self._metrics["train"][f"sharing/{key}"] = [count / self._steps_to_log]
             self._steps_to_log = 0
         super().log(logs, start_time)
+        if self.rollout_writer is not None and self.model.training:
+            self._record_rollouts()
+
+    def _record_rollouts(self) -> None:
+        """The completions TRL just logged, to `<output_dir>/rollouts/` (written in the background): the first
+        `num_completions_to_print` of the last generation batch (all by default), in whole prompt groups."""
+        G = self.num_generations
+        rows = len(self._logs["prompt"])
+        if self.num_completions_to_print:
+            rows = min(rows, -(-self.num_completions_to_print // G) * G)
+        names = self.reward_func_names
+        accuracy = names[self._accuracy_index] if self._accuracy_index is not None else None
+        accuracy = accuracy or next((name for name in names if "accuracy" in name), None)
+        logs = self._logs
+        self.rollout_writer.submit(
+            self.state.global_step,
+            list(logs["prompt"])[:rows],
+            list(logs["completion"])[:rows],
+            {name: list(logs["rewards"][name])[:rows] for name in names},
+            list(logs["advantages"])[:rows],
+            num_generations=G,
+            weights=dict(zip(names, self.reward_weights.tolist(), strict=True)),
+            accuracy=accuracy,
+        )
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
         # the rows of this generation are the prompts `_tokenize_prompts` just encoded, with their videos

@@ -14,3 +14,8 @@ def characters_but_on_the_first_video(completions, videos, **kwargs) -> list[flo
     """`characters`, but 1.0 on every completion about synthetic_000.mp4: its prompts' rewards never vary."""
     flat = [str(video).endswith("synthetic_000.mp4") for video in videos]
     return [1.0 if f else c for f, c in zip(flat, characters(completions), strict=True)]
+
+
+def right_on_open_questions(completions, multiple_choice, **kwargs) -> list[float]:
+    """1.0 on the open-ended rows, 0.0 on the multiple-choice ones: an accuracy that marks some answers wrong."""
+    return [0.0 if mc else 1.0 for mc in multiple_choice]
