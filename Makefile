@@ -22,7 +22,7 @@ EXTENSIONS = TORCH_EXTENSIONS_DIR=$(abspath $(1))/torch_extensions
 
 TINY_REWATCH_DIR ?= runs/tiny-world-rewatch
 
-.PHONY: install install-vllm demo demo-rewatch demo-mix test test-core test-vllm style quality clean
+.PHONY: install install-vllm browser demo demo-rewatch demo-mix test test-core test-vllm style quality clean
 
 install: $(STAMP)
 
@@ -101,8 +101,14 @@ test: install
 	if [ $$core -ne 0 ]; then exit $$core; fi; \
 	$(MAKE) --no-print-directory test-vllm
 
-test-core: install
+test-core: install browser
 	$(call EXTENSIONS,$(VENV)) $(BIN)/$(PYTEST) -m "not vllm" tests
+
+# The rollout page's test drives a real headless browser: Debian's chromium and its driver, installed where missing.
+browser:
+	@command -v chromium > /dev/null && command -v chromedriver > /dev/null || { \
+		SUDO=$$([ "$$(id -u)" -ne 0 ] && echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
 
 test-vllm: install-vllm
 	$(call EXTENSIONS,$(VLLM_VENV)) $(VBIN)/$(PYTEST) -m vllm tests

@@ -78,6 +78,21 @@ def video_settings(frames: int, side: int = 112) -> VideoSettings:
 
 
 MODELS = {"tiny": None, "qwen2.5-vl-7b": QWEN2_5_VL_7B_SIZES}
+# `--rollouts`: what writing the logged rollouts to <output_dir>/rollouts/ adds to a step that logs its completions
+ROLLOUT_MODES = {
+    "TRL's log_completions": {
+        "log_completions": True,
+        "log_rollouts": False,
+        "logging_strategy": "steps",
+        "logging_steps": 1,
+    },
+    "+ rollouts/ written": {
+        "log_completions": True,
+        "log_rollouts": True,
+        "logging_strategy": "steps",
+        "logging_steps": 1,
+    },
+}
 MODES = {
     "per completion (stock)": {"share_video_features": False, "share_prompt_prefix": False},
     "vision shared": {"share_video_features": True, "share_prompt_prefix": False},
@@ -278,12 +293,43 @@ def arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--paper-video", action="store_true", help="the paper's frame size (128 visual tokens a frame pair)"
     )
+    parser.add_argument("--rollouts", action="store_true", help="the cost of writing the logged rollouts, instead")
     return parser
+
+
+def rollout_cost(options) -> None:
+    """Steps that log their completions (TRL's `log_completions`, every step), with and without `rollouts/`."""
+    from rewatch_trl.rollouts import RolloutWriter
+
+    write, spent = RolloutWriter._write, []
+
+    def timed_write(*args, **kwargs):  # the writer thread's own CPU time, each logged step
+        start = time.thread_time()
+        try:
+            return write(*args, **kwargs)
+        finally:
+            spent.append(time.thread_time() - start)
+
+    RolloutWriter._write = timed_write
+    with tempfile.TemporaryDirectory() as tmp:
+        results = fastest_runs(ROLLOUT_MODES, options, tmp)
+    base, written = (results[name]["step"] for name in ROLLOUT_MODES)
+    print(f"{'':<24}" + "".join(f"{name:>24}" for name in ROLLOUT_MODES))
+    print(f"{'step':<24}{base:>24.3f}{written:>24.3f}")
+    print(f"step time with rollouts/ written: {written / base:.3f}x ({(written - base) / base:+.1%})")
+    print(
+        f"the writer thread's CPU time a logged step: {sum(spent) / len(spent) * 1e3:.1f} ms on average (its first "
+        f"steps write each video's thumbnails), {sum(spent) / len(spent) / base:.1%} of a step"
+    )
 
 
 def main() -> None:
     parser = arguments(__doc__)
     options = parser.parse_args()
+    if options.rollouts:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        rollout_cost(options)
+        return
     if options.model != "tiny" and options.family != "qwen2_5_vl":
         parser.error(f"--model {options.model} is a Qwen2.5-VL shape: --family {options.family} takes --model tiny")
     torch.set_num_threads(max(1, os.cpu_count() or 1))

@@ -23,6 +23,8 @@ from rewatch_trl.prompts import seconds_to_timestamp
 
 
 _PART = re.compile(r"(<(action|observation|answer)>.*?</\2>)", re.DOTALL)
+# the question in the seed's prompt (the instruction before it is the same in every row)
+_QUESTION = re.compile(r"\*\*(?:Video Information and Question|Image Question):\*\*\s*(.*)$", re.DOTALL)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 STYLE = """
@@ -125,24 +127,28 @@ def _strip(media: dict, images: _Images) -> str:
     return f'<div class="strip">{"".join(cells)}</div>'
 
 
+def _frames_in(clip: dict, times: list[float]) -> set[int]:
+    """The frames (by index) a clip covers; an instant, or a clip between two frames, the nearest one."""
+    inside = {i for i, t in enumerate(times) if clip["start"] <= t <= clip["end"]}
+    middle = (clip["start"] + clip["end"]) / 2
+    return inside or {min(range(len(times)), key=lambda i: abs(times[i] - middle))}
+
+
 def _rollout(rollout: dict, media: dict | None, names: list[str], images: _Images) -> str:
     right = rollout.get("right")
     classes = "rollout" + (" wrong" if right is False else "") + (" right" if right else "")
     parts = [f'<div class="{classes}">', f'<div class="text">{marked(rollout["text"])}</div>']
     clips = rollout.get("clips") or []
     if media and media["kind"] == "video" and media["frames"]:
-        marks = [
-            "on"
-            if any(c["start"] <= f["time"] <= c["end"] or abs(f["time"] - c["start"]) < 1e-6 for c in clips)
-            else ""
-            for f in media["frames"]
-        ]
+        named = set().union(*[_frames_in(clip, [f["time"] for f in media["frames"]]) for clip in clips])
+        marks = ["on" if i in named else "" for i in range(len(media["frames"]))]
         parts.append('<div class="marks">' + "".join(f'<i class="{m}"></i>' for m in marks) + "</div>")
     for clip in clips:
         span = f"{seconds_to_timestamp(clip['start'])}–{seconds_to_timestamp(clip['end'])}"
         shown = "".join(f'<div class="thumb {images.css_class(t)}"></div>' for t in clip.get("thumbs", []))
         note = f" <em>{html.escape(clip['error'])}</em>" if clip.get("error") else ""
-        parts.append(f'<div class="clip">re-watched {span}{note}<div class="clipframes">{shown}</div></div>')
+        said = "re-watched" if clip.get("thumbs") else "names"
+        parts.append(f'<div class="clip">{said} {span}{note}<div class="clipframes">{shown}</div></div>')
     header = "".join(f"<th>{html.escape(name)}</th>" for name in [*names, "total", "advantage"])
     values = [rollout["rewards"].get(name) for name in names] + [rollout.get("total"), rollout.get("advantage")]
     cells = "".join(f"<td>{_value(v)}</td>" for v in values)
@@ -154,7 +160,12 @@ def _group(group: dict, images: _Images) -> str:
     names = list(dict.fromkeys(name for rollout in group["rollouts"] for name in rollout["rewards"]))
     media = group.get("media")
     flat = " flat" if group.get("zero_variance") else ""
-    parts = [f'<div class="group{flat}">', f'<div class="question">{html.escape(group["question"])}</div>']
+    prompt = group["question"]
+    question = _QUESTION.search(prompt)
+    parts = [
+        f'<div class="group{flat}"><div class="question">{html.escape(question[1].strip() if question else prompt)}</div>',
+        f"<details><summary>whole prompt</summary><div class='question'>{html.escape(prompt)}</div></details>",
+    ]
     if group.get("answer") is not None:
         parts.append(f"<div>reference answer: <b>{html.escape(str(group['answer']))}</b></div>")
     if media:
@@ -163,7 +174,7 @@ def _group(group: dict, images: _Images) -> str:
     return "".join(parts) + "</div>"
 
 
-def reward_curves(log_history: list[dict], width: int = 720, height: int = 200) -> str:
+def reward_curves(log_history: list[dict], width: int = 900, height: int = 200) -> str:
     """The run's `reward` and `rewards/<name>/mean` per step as an inline SVG; "" when it logged none."""
     keys = [
         k
@@ -184,7 +195,7 @@ def reward_curves(log_history: list[dict], width: int = 720, height: int = 200) 
     x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1e-9)
 
     def at(step, value):
-        return 40 + (step - x0) / (x1 - x0) * (width - 200), height - 20 - (value - y0) / (y1 - y0) * (height - 40)
+        return 40 + (step - x0) / (x1 - x0) * (width - 320), height - 20 - (value - y0) / (y1 - y0) * (height - 40)
 
     lines = []
     for i, (key, values) in enumerate(series.items()):
@@ -193,10 +204,10 @@ def reward_curves(log_history: list[dict], width: int = 720, height: int = 200) 
         lines.append(
             f'<polyline class="curve" data-key="{html.escape(key)}" fill="none" stroke="{color}" points="{path}"/>'
         )
-        lines.append(f'<text x="{width - 150}" y="{20 + 14 * i}" fill="{color}">{html.escape(key)}</text>')
+        lines.append(f'<text x="{width - 270}" y="{20 + 14 * i}" fill="{color}">{html.escape(key)}</text>')
     axes = (
         f'<text x="2" y="{height - 20}">{y0:.2f}</text><text x="2" y="20">{y1:.2f}</text>'
-        f'<text x="40" y="{height - 4}">step {x0}</text><text x="{width - 220}" y="{height - 4}">step {x1}</text>'
+        f'<text x="40" y="{height - 4}">step {x0}</text><text x="{width - 330}" y="{height - 4}">step {x1}</text>'
     )
     return f'<svg class="curves" width="{width}" height="{height}">{axes}{"".join(lines)}</svg>'
 

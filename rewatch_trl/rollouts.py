@@ -12,10 +12,13 @@ Example:
 """
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import logging
 import math
+import os
+import threading
 from pathlib import Path
 
 from rewatch_trl.react import parse_react
@@ -125,6 +128,13 @@ def clip_records(path: str, text: str, root: Path, clip_settings=None, cache=Non
     return clips
 
 
+def _lowest_priority() -> None:
+    """The calling thread runs only where training leaves a core idle (Linux: a thread's own nice value)."""
+    # not Linux, or not allowed: it runs at the process's priority
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 class RolloutWriter:
     """Writes the completions TRL logs (`log_completions`) to `<output_dir>/rollouts/`, on the main process, in a
     background thread: the training step only copies the lists. Each video's sampled frames (and each re-watched
@@ -140,7 +150,9 @@ class RolloutWriter:
         self.root = Path(output_dir) / "rollouts"
         self.collator = collator
         self.clip_settings = clip_settings
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollouts")
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="rollouts", initializer=_lowest_priority
+        )
         self._pending: list[concurrent.futures.Future] = []
 
     def submit(self, step: int, prompts, completions, rewards: dict[str, list], advantages, **fields) -> None:

@@ -556,15 +556,46 @@ def test_agentic_sft_then_grpo_then_infer_rewatch(flash_world, tmp_path, launche
 
     from safetensors.torch import load_file
 
+    from rewatch_trl.cli import main as cli
+    from rewatch_trl.rollouts import read_rollouts
+
     sft, grpo = tmp_path / "sft", tmp_path / "grpo"
     launcher.run(launcher.command(flash_world, sft, stage="sft", recipe="sft_rewatch", max_steps=60))
     # two processes: each rank runs its own rounds (as many as its completions need); nothing waits on the other
     # the recipe's completion length (the launcher's tests default to 8 tokens: no room for a clip)
     settings = dict(recipe="grpo_rewatch", model_name_or_path=sft, max_steps=2, save_strategy="no")
     settings["max_completion_length"] = 96
-    launcher.run(launcher.command(flash_world, grpo, 2, **settings))
+    # logged to trackio (local: TRACKIO_DIR), its rollouts written (the clips' frames too) for the rollout page
+    logged = dict(report_to="trackio", project="rewatch-test", run_name="agentic", log_completions="true")
+    trackio = {"TRACKIO_DIR": str(tmp_path / "trackio")}
+    launcher.run(launcher.command(flash_world, grpo, 2, **settings, **logged), env=trackio)
     logs = [entry for entry in launcher.state(grpo)["log_history"] if "rewatch/clips_per_completion" in entry]
     assert len(logs) == 2 and sum(entry["rewatch/clips_per_completion"] for entry in logs) > 0  # it re-watched
+    read = "import json, sys; from trackio.sqlite_storage import SQLiteStorage as S; "
+    read += "print(json.dumps(S.get_logs('rewatch-test', 'agentic'), default=str))"
+    tracked = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", read],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=launcher.environment() | trackio,
+        ).stdout
+    )
+    for key in ("rewatch/clips_per_completion", "sharing/videos_encoded", "reward"):
+        assert [entry[key] for entry in tracked if key in entry] == pytest.approx([entry[key] for entry in logs]), key
+    assert cli(["rollouts", str(grpo)]) == 0
+    clips = [
+        clip
+        for step in read_rollouts(grpo)
+        for group in step["groups"]
+        for rollout in group["rollouts"]
+        for clip in rollout["clips"]
+        if clip.get("thumbs")
+    ]
+    assert clips, "no re-watched clip's frames were written"
+    page = (grpo / "rollouts.html").read_text()
+    assert page.count("re-watched ") >= len(clips) and '<div class="clipframes"><div class="thumb' in page
     # under DeepSpeed ZeRO-2 (2 CPU processes): the same run, the same weights
     zero2 = tmp_path / "zero2"
     launcher.run(launcher.command(flash_world, zero2, 2, config="tests/deepspeed/zero2_cpu.yaml", **settings))
