@@ -154,6 +154,7 @@ class RolloutWriter:
             max_workers=1, thread_name_prefix="rollouts", initializer=_lowest_priority
         )
         self._pending: list[concurrent.futures.Future] = []
+        self._seen: dict[str, dict] = {}  # media records by their prompt block
 
     def submit(self, step: int, prompts, completions, rewards: dict[str, list], advantages, **fields) -> None:
         """Record one logged step (TRL's `_logs` lists, all processes' rows in order, the G of a prompt together);
@@ -171,6 +172,12 @@ class RolloutWriter:
                 logger.warning("rollouts: a logged step was not written: %s", error)
         self._pending = []
 
+    def _media(self, block: dict) -> dict:
+        key = json.dumps(block, sort_keys=True, default=str)
+        if key not in self._seen:  # a video's frames and thumbnails, once a run
+            self._seen[key] = media_record(block, self.collator.settings, self.root, self.collator.cache)
+        return self._seen[key]
+
     def _write(self, step, prompts, completions, rewards, advantages, num_generations, weights, accuracy=None):
         from rewatch_trl.react import completion_text
 
@@ -180,8 +187,8 @@ class RolloutWriter:
         for start in range(0, len(prompts) - num_generations + 1, num_generations):
             rows = range(start, start + num_generations)
             block = media_block(prompts[start])
-            settings, cache = self.collator.settings, self.collator.cache
-            media = media_record(block, settings, self.root, cache) if block is not None else None
+            cache = self.collator.cache
+            media = self._media(block) if block is not None else None
             rollouts = []
             for row in rows:
                 text = completion_text(completions[row])

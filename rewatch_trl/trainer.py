@@ -424,21 +424,52 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._metrics["train"]["dynamic/zero_variance_groups"].append(zero.sum().item())
         waiting = zero[mine].clone()
         rounds = 0
+        logged, moves = [self._logged_rows(zero.numel() * G)], []
         while zero.any() and rounds < self.args.max_resample_rounds:
             rounds += 1
             refill = self._scored_batch(self._refill_rows(rows, rounds))
+            logged.append(self._logged_rows(zero.numel() * G))
             varied = (~zero_variance_groups(self._batch_rewards, G)[mine]).nonzero().flatten().tolist()
             pairs = list(zip(waiting.nonzero().flatten().tolist(), varied, strict=False))  # as many as both have
             batch = replace_groups(batch, refill, pairs, G, self._tokenizer.pad_token_id)
+            moves += [(mine.start + slot, rounds, mine.start + source) for slot, source in pairs]
             for slot, _ in pairs:
                 waiting[slot] = False
             zero = self.accelerator.gather(waiting.int()).bool()
         if rounds:
             loss_mask = batch["completion_mask"] * batch.get("tool_mask", 1)
             batch["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+            self._log_trained_rows(logged, gather_object(moves))
         self._metrics["train"]["dynamic/resample_rounds"].append(rounds)
         self._metrics["train"]["dynamic/kept_zero_variance_groups"].append(zero.sum().item())
         return batch
+
+    def _logged_rows(self, rows: int) -> dict:
+        """The last `rows` rows of what TRL logs of the completions (`_logs`: every process's rows, in order)."""
+        logs = self._logs
+        plain = {key: list(logs[key])[-rows:] for key in ("prompt", "completion", "advantages", "images")}
+        return plain | {key: {name: list(v)[-rows:] for name, v in logs[key].items()} for key in ("rewards", "extra")}
+
+    def _log_trained_rows(self, logged: list[dict], moves: list[tuple[int, int, int]]) -> None:
+        """TRL's completion logs (the table, the rollout page) made to hold the rows trained on: the first batch's,
+        each group moved in from a refill batch (`moves`: slot, round, the refill's group, over all processes)."""
+        G = self.num_generations
+        groups = len(logged[0]["prompt"]) // G
+        source = {slot: (round_, group) for slot, round_, group in moves}
+        rows = [(r, g * G + i) for slot in range(groups) for r, g in [source.get(slot, (0, slot))] for i in range(G)]
+
+        def merged(column: list[list]) -> list:
+            return [column[r][row] for r, row in rows] if all(len(c) == groups * G for c in column) else column[0]
+
+        for key in ("prompt", "completion", "advantages", "images"):
+            values = merged([entry[key] for entry in logged])
+            self._logs[key].clear()
+            self._logs[key].extend(values)
+        for key in ("rewards", "extra"):
+            for name in logged[0][key]:
+                values = merged([entry[key].get(name, []) for entry in logged])
+                self._logs[key][name].clear()
+                self._logs[key][name].extend(values)
 
     def _refill_rows(self, rows: int, round_: int) -> list[dict]:
         """This process's `rows` of refill round `round_`: newly drawn prompts, each G times (TRL's layout)."""

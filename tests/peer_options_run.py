@@ -66,6 +66,8 @@ def recorded_dynamic_batch(trainer, rows) -> dict:
         "scored": scored,
         "final": groups(final),
         "advantages": final["advantages"].tolist(),
+        # what TRL logs of the completions (its table, the rollout page): every process's rows trained on
+        "logged_advantages": list(trainer._logs["advantages"])[-len(rows) * trainer.accelerator.num_processes :],
         "num_items_in_batch": final["num_items_in_batch"].item(),
         "tokens": final["completion_mask"].sum().item(),
         "metrics": metrics,

@@ -93,6 +93,7 @@ def test_dynamic_sampling_replaces_exactly_the_zero_variance_groups(tiny_world, 
         "dynamic/kept_zero_variance_groups": 0,
     }
     assert rounds >= 1 and record["num_items_in_batch"] == record["tokens"]
+    assert record["logged_advantages"] == pytest.approx(record["advantages"])  # the logs hold the rows trained on
     assert all(a != 0 for a in record["advantages"])  # every group now teaches
     # the control: without dynamic sampling the group on synthetic_000.mp4 stays, advantage 0
     trainer.args.dynamic_sampling = False
@@ -122,6 +123,8 @@ def test_dynamic_sampling_and_t_grpo_on_two_processes(tiny_world, tmp_path, laun
     assert first["metrics"] == second["metrics"]
     assert first["metrics"]["dynamic/zero_variance_groups"] == 1
     assert first["num_items_in_batch"] == second["num_items_in_batch"] == first["tokens"] + second["tokens"]
+    trained = first["advantages"] + second["advantages"]
+    assert first["logged_advantages"] == pytest.approx(trained) == second["logged_advantages"]
     # T-GRPO: p = 0.375 against p̃ = 1/3 (3 shuffled rollouts): paid; against p̃ = 0.5 (2, all on process 0): not
     for record in (first, second):
         assert record["temporal"]["3"]["rewards"] == pytest.approx([1.3, 0.0, 0.8, 0.0])
