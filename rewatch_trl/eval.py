@@ -105,6 +105,7 @@ def evaluate(predictor, dataset, out, batch_size: int = 8, limit: int | None = N
                 prediction = json.loads(line)
                 done[prediction["problem_id"]] = prediction
     todo = [row for row in dataset if row["problem_id"] not in done]
+    collator = getattr(predictor, "collator", None)  # a stand-in predictor may have none
     path.parent.mkdir(parents=True, exist_ok=True)
     with (
         path.open("a") as handle,
@@ -115,7 +116,9 @@ def evaluate(predictor, dataset, out, batch_size: int = 8, limit: int | None = N
             for row, (completion, rewatched) in zip(rows, predictor.rollouts(rows), strict=True):
                 prediction = score(row, completion, rewatched)
                 # what the rollout page shows beside it (`rewatch-trl rollouts PREDICTIONS`)
-                prediction |= {"problem": row["problem"], "media": media_block(predictor.collator.messages(row))}
+                prediction["problem"] = row["problem"]
+                if collator is not None:
+                    prediction["media"] = media_block(collator.messages(row))
                 done[row["problem_id"]] = prediction
                 handle.write(json.dumps(prediction, ensure_ascii=False) + "\n")
             handle.flush()

@@ -38,6 +38,8 @@ _ANSWER_IS = re.compile(r"\b(?:answer|option|choice)\s{0,3}(?:is|:)?\s{0,3}:?\s{
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _MAX_TOKENS = 2048
+# Video-R1's threshold: an accuracy above it counts as a right answer (T-GRPO's bonus, the length band, the viewer)
+RIGHT = 0.1
 
 
 @functools.lru_cache(maxsize=8192)

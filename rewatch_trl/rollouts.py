@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 from rewatch_trl.react import parse_react
-from rewatch_trl.temporal import RIGHT
+from rewatch_trl.rewards import RIGHT
 
 
 logger = logging.getLogger(__name__)

@@ -19,11 +19,8 @@ import hashlib
 
 import torch
 
+from rewatch_trl.rewards import RIGHT
 from rewatch_trl.video import SampledVideo
-
-
-# Video-R1's threshold: an accuracy above it counts as a right answer (for the temporal bonus and the length band)
-RIGHT = 0.1
 
 
 def keyed_generator(*key) -> torch.Generator:

@@ -138,6 +138,14 @@ def test_eval_command_end_to_end(family, family_world, tmp_path, capsys):
     assert report["overall"]["n"] == 3
     assert len(predictions_path(out).read_text().splitlines()) == 3
     assert "3 rows: accuracy" in capsys.readouterr().out
+    # its predictions make the rollout page: each row's question, its video's frames, its completion
+    predictions = [json.loads(line) for line in predictions_path(out).read_text().splitlines()]
+    assert all(p["media"]["type"] == "video" and p["problem"] for p in predictions)
+    assert cli(["rollouts", str(predictions_path(out)), *video_flags(world)]) == 0
+    page = predictions_path(out).with_suffix(".html").read_text()
+    assert (
+        page.count('class="rollout') == 3 and page.count('class="frame"') == 3 * world.video_settings.video_max_frames
+    )
 
 
 def test_vllm_backend_without_vllm_says_how_to_install(tiny_world):

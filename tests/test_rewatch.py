@@ -582,8 +582,9 @@ def test_agentic_sft_then_grpo_then_infer_rewatch(flash_world, tmp_path, launche
             env=launcher.environment() | trackio,
         ).stdout
     )
-    for key in ("rewatch/clips_per_completion", "sharing/videos_encoded", "reward"):
-        assert [entry[key] for entry in tracked if key in entry] == pytest.approx([entry[key] for entry in logs]), key
+    for key in ("rewatch/clips_per_completion", "sharing/videos_encoded", "reward"):  # as transformers names them
+        tracked_values = [entry[f"train/{key}"] for entry in tracked if f"train/{key}" in entry]
+        assert tracked_values == pytest.approx([entry[key] for entry in logs]), key
     assert cli(["rollouts", str(grpo)]) == 0
     clips = [
         clip
