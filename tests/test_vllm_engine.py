@@ -378,7 +378,8 @@ def test_t_grpo_and_dynamic_sampling_on_the_colocated_engine(engine, monkeypatch
     for (plain, _), (permuted, _), row in zip(ordered, shuffled, rows[::2], strict=True):
         assert plain["prompt_token_ids"] == permuted["prompt_token_ids"]
         frames, metadata = plain["multi_modal_data"]["video"]
-        order = frame_order(len(frames), json.dumps(row["prompt"], sort_keys=True, default=str), 0, 0)
+        key = json.dumps(row["prompt"], sort_keys=True, default=str)
+        order = frame_order(len(frames), key, trainer.state.global_step, trainer.args.seed)
         assert torch.equal(permuted["multi_modal_data"]["video"][0], frames[order])
         assert permuted["multi_modal_data"]["video"][1] == metadata
     metrics = trainer._metrics["train"]
