@@ -88,6 +88,11 @@ class StopOnJudgeOutage(TrainerCallback):
             control.should_save = control.should_training_stop = True
 
 
+def prompt_key(prompt) -> str:
+    """A chat prompt as a string, the same for the G copies of a prompt on every process."""
+    return json.dumps(prompt, sort_keys=True, default=str)
+
+
 class FlushRollouts(TrainerCallback):
     """Waits, at the end of training, until the rollouts logged are written (`rollouts.RolloutWriter`)."""
 
@@ -294,7 +299,7 @@ class VideoGRPOTrainer(GRPOTrainer):
     def _tokenize_prompts(self, prompts: list):
         # The G copies of a prompt are encoded once and share one sample dict: that is how the later passes
         # know which rows hold the same video.
-        keys = [json.dumps(prompt, sort_keys=True, default=str) for prompt in prompts]
+        keys = [prompt_key(prompt) for prompt in prompts]
         distinct = list(dict.fromkeys(keys))
         device = self.accelerator.device
         # the video processor's normalise and patchify run where the model is (on the GPU in a GPU run)
@@ -547,7 +552,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         rows = picked or [0]
         distinct = list({id(samples[i]): i for i in rows}.values())
         step, seed = self.state.global_step, self.args.seed
-        keyed = [json.dumps(prompts[i], sort_keys=True, default=str) for i in distinct]
+        keyed = [prompt_key(prompts[i]) for i in distinct]
         shown = [
             shuffled(videos[i], frame_order(len(videos[i].frames), key, step, seed)) if picked else videos[i]
             for i, key in zip(distinct, keyed, strict=True)
