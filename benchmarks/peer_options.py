@@ -14,7 +14,7 @@ import os
 import tempfile
 
 import torch
-from step_cost import REWARDS, arguments, fastest_runs
+from step_cost import REWARDS, fastest_runs, parse_options
 
 
 MODES = {
@@ -27,7 +27,7 @@ MODES = {
 
 
 def main() -> None:
-    options = arguments(__doc__).parse_args()
+    options = parse_options(__doc__)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory() as tmp:
         results = fastest_runs(MODES, options, tmp)

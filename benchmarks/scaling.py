@@ -30,15 +30,14 @@ def point(frames: int, generations: int, mode: str, steps: int, device: str = "c
     """One point, in this process: seconds a step (after a warm-up step) and the peak MiB of one more step."""
     from argparse import Namespace
 
-    from step_cost import run, video_settings
+    from step_cost import parse_options, run, video_settings
 
     from rewatch_trl.tiny import build_tiny_world
 
     with tempfile.TemporaryDirectory() as tmp:
         world = build_tiny_world(f"{tmp}/world", num_videos=4, seconds=frames, fps=2, size=(224, 224))
-        options = Namespace(
-            steps=steps, generations=generations, model="tiny", device="cpu", workers=0, out=f"{tmp}/t"
-        )
+        options = parse_options(__doc__, ["--steps", str(steps), "--generations", str(generations), "--workers", "0"])
+        options.out = f"{tmp}/t"
         timed = run(world, video_settings(frames), MODES[mode], options)
         options = Namespace(**vars(options) | {"steps": 1, "out": f"{tmp}/m", "measure_memory": True})
         measured = run(world, video_settings(frames), MODES[mode], options)

@@ -2,19 +2,22 @@
 
     python benchmarks/step_cost.py [--steps 4] [--generations 8] [--frames 32] [--family qwen3_vl]
     python benchmarks/step_cost.py --model qwen2.5-vl-7b --device cuda --paper-video --frames 192 --steps 3 --rounds 1
+    python benchmarks/gpu/check.py   # the prepared GPU check: both published shapes, 64 and 192 frames
 
 One run, the same seed and weights for every mode. By default a vision-heavy tiny world (32 frames of 112x112 px
 per video: 2,048 patches, 256 visual tokens per prompt), short completions (8 tokens), G = 8, beta > 0 (a
 reference pass) and two iterations per generation (an old-policy pass); `--family` picks the tiny world's model
 family (`rewatch_trl/families.py`; frames of 4 pixel units a side: 112 px for Qwen2.5-VL, 128 for the Qwen3
 families, the same visual tokens). The second form is the GPU run: a
-random-weight model of Qwen2.5-VL-7B's shape built from its config (no download), the paper's frame size
-(192 frames: ~12k visual tokens a prompt), bf16, beta 0 and SGD, with tokens/s and peak memory; a mode that
-runs out of memory says so. Phases are timed by wrapping the trainer's own methods; "overhead" is everything
+random-weight model of a published shape (`tiny.PUBLISHED_SHAPES`: Qwen2.5-VL-7B, Qwen3-VL-8B) built from its
+config (no download), the paper's frame size (192 frames: ~12k visual tokens a prompt), bf16, sdpa, beta 0 and
+SGD, with tokens/s and peak memory; a mode that runs out of memory says so. Phases are timed by wrapping the trainer's own methods; "overhead" is everything
 but generation, the forward passes and the backward.
 """
 
 import argparse
+import dataclasses
+import gc
 import os
 import tempfile
 import time
@@ -35,7 +38,7 @@ from rewatch_trl.families import FAMILIES  # noqa: E402
 from rewatch_trl.grpo import add_prompts  # noqa: E402
 from rewatch_trl.prompts import VideoSettings  # noqa: E402
 from rewatch_trl.rewards import get_reward_funcs  # noqa: E402
-from rewatch_trl.tiny import QWEN2_5_VL_7B_SIZES, build_tiny_tokenizer, build_tiny_world, tiny_config  # noqa: E402
+from rewatch_trl.tiny import PUBLISHED_SHAPES, build_tiny_tokenizer, build_tiny_world, tiny_config  # noqa: E402
 from rewatch_trl.trainer import VideoGRPOTrainer  # noqa: E402
 from rewatch_trl.video import VideoCache  # noqa: E402
 
@@ -77,7 +80,8 @@ def video_settings(frames: int, side: int = 112) -> VideoSettings:
     )
 
 
-MODELS = {"tiny": None, "qwen2.5-vl-7b": QWEN2_5_VL_7B_SIZES}
+# `--model`: the tiny world's own model, or a published shape's (family, sizes), random weights
+MODELS = {"tiny": None, **PUBLISHED_SHAPES}
 # `--rollouts`: what writing the logged rollouts to <output_dir>/rollouts/ adds to a step that logs its completions
 ROLLOUT_MODES = {
     "TRL's log_completions": {
@@ -112,13 +116,16 @@ def timed(times: dict, phase: str, func):
     return wrapper
 
 
-def build_model(world, sizes: dict | None, device: str):
-    """The tiny world's model, or (with `sizes`) a random model of that shape built on `device` from its config."""
-    if sizes is None:
+def build_model(world, shape: tuple[str, dict] | None, device: str):
+    """The tiny world's model, or (with `shape`, one of `MODELS`) a random model of that family and sizes built on
+    `device` from its config, bf16 on a GPU, sdpa attention."""
+    if shape is None:
         return AutoModelForImageTextToText.from_pretrained(world.root)
+    family, sizes = shape
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    config = tiny_config(build_tiny_tokenizer(), sizes, family=family)
     with torch.device(device):
-        return AutoModelForImageTextToText.from_config(tiny_config(build_tiny_tokenizer(), sizes), dtype=dtype)
+        return AutoModelForImageTextToText.from_config(config, dtype=dtype, attn_implementation="sdpa")
 
 
 REWARDS = ["format", "accuracy", "temporal_grounding"]
@@ -133,19 +140,19 @@ def run(world, settings: VideoSettings, mode: dict, options) -> dict:
     processor = AutoProcessor.from_pretrained(world.root)
     collator = VideoCollator(processor, settings, world.video_dir)
     dataset = add_prompts(Dataset.from_list(world.rows), collator)
-    sizes = MODELS[options.model]
+    shape = MODELS[options.model]
     gpu = options.device == "cuda"
     config = dict(
         output_dir=options.out,
-        per_device_train_batch_size=2 * options.generations,
+        per_device_train_batch_size=options.prompts * options.generations,
         num_generations=options.generations,
-        max_completion_length=8,
+        max_completion_length=options.completion_tokens,
         max_steps=options.steps + 1,
-        num_iterations=2,
+        num_iterations=options.iterations,
         # a random model built from its config has no checkpoint for TRL to load a reference model from: the
         # paper's beta (0) then, and plain SGD (AdamW's states for 8.3B parameters do not fit beside them on 80 GB)
-        beta=0.04 if sizes is None else 0.0,
-        optim="adamw_torch" if sizes is None else "sgd",
+        beta=0.04 if shape is None else 0.0,
+        optim="adamw_torch" if shape is None else "sgd",
         learning_rate=1e-5,
         logging_strategy="no",
         report_to="none",
@@ -158,11 +165,13 @@ def run(world, settings: VideoSettings, mode: dict, options) -> dict:
         dataloader_persistent_workers=options.workers > 0,
     )
     args = GRPOConfig(**(config | mode))
-    if gpu:
+    if gpu:  # the last run's model and trainer (reference cycles) are gone before this one's are built
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
     trainer = VideoGRPOTrainer(
-        model=build_model(world, sizes, options.device),
+        model=build_model(world, shape, options.device),
         reward_funcs=get_reward_funcs(rewards),
         args=args,
         train_dataset=dataset,
@@ -227,8 +236,9 @@ def run(world, settings: VideoSettings, mode: dict, options) -> dict:
     result["tokens"] = sum(tokens) / len(tokens)
     # TRL's last log holds the means of its metrics over the run
     result["resample rounds"] = trainer.state.log_history[-1].get("dynamic/resample_rounds", 0.0)
-    if gpu:
-        result["peak GiB"] = torch.cuda.max_memory_allocated() / 2**30
+    result["videos encoded"] = trainer.state.log_history[-1].get("sharing/videos_encoded", 0.0)
+    if gpu:  # the run's own tensors at their peak: weights, gradients, activations, the generation's cache
+        result["peak GiB"] = (torch.cuda.max_memory_allocated() - before) / 2**30
     return result
 
 
@@ -250,6 +260,7 @@ def world_and_settings(options, out: str):
     else:
         world_options = dict(seconds=options.frames, size=(8 * unit, 8 * unit))
         settings = video_settings(options.frames, 4 * unit)
+    settings = dataclasses.replace(settings, video_backend=options.video_backend)
     world = build_tiny_world(f"{out}/world", num_videos=4, fps=2, family=options.family, **world_options)
     return world, settings
 
@@ -283,18 +294,39 @@ def arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--frames", type=int, default=32, help="frames a video (32: 256 visual tokens a prompt)")
+    parser.add_argument("--prompts", type=int, default=2, help="prompts a step (each G completions)")
+    parser.add_argument("--completion-tokens", type=int, default=8, help="max_completion_length")
+    parser.add_argument("--iterations", type=int, default=2, help="num_iterations (2: an old-policy pass)")
+    parser.add_argument("--video-backend", default="decord", help="VideoSettings.video_backend")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers (they decode the videos ahead)")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each mode; the fastest is kept")
     parser.add_argument(
-        "--model", choices=list(MODELS), default="tiny", help="qwen2.5-vl-7b: random weights, real shape"
+        "--model", choices=list(MODELS), default="tiny", help="a published shape: random weights, its family's world"
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--family", choices=sorted(FAMILIES), default="qwen2_5_vl", help="the tiny world's family")
+    parser.add_argument(
+        "--family", choices=sorted(FAMILIES), help="the tiny world's family (default qwen2_5_vl; a shape's own)"
+    )
     parser.add_argument(
         "--paper-video", action="store_true", help="the paper's frame size (128 visual tokens a frame pair)"
     )
     parser.add_argument("--rollouts", action="store_true", help="the cost of writing the logged rollouts, instead")
     return parser
+
+
+def parse_options(description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """The options of a timed run (`arguments`) from `argv` (the command line by default), with `family` resolved:
+    a published shape's own, or the tiny world's (`--family`, qwen2_5_vl by default)."""
+    parser = arguments(description)
+    options = parser.parse_args(argv)
+    if options.model == "tiny":
+        options.family = options.family or "qwen2_5_vl"
+        return options
+    family = MODELS[options.model][0]
+    if options.family not in (None, family):
+        parser.error(f"--model {options.model} is a {family} shape: --family {options.family} takes --model tiny")
+    options.family = family
+    return options
 
 
 def rollout_cost(options) -> None:
@@ -324,14 +356,11 @@ def rollout_cost(options) -> None:
 
 
 def main() -> None:
-    parser = arguments(__doc__)
-    options = parser.parse_args()
+    options = parse_options(__doc__)
     if options.rollouts:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         rollout_cost(options)
         return
-    if options.model != "tiny" and options.family != "qwen2_5_vl":
-        parser.error(f"--model {options.model} is a Qwen2.5-VL shape: --family {options.family} takes --model tiny")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory() as tmp:
         results = fastest_runs(MODES, options, tmp)

@@ -188,10 +188,49 @@ QWEN2_5_VL_7B_SIZES = {
 }
 
 
+# The sizes of the published Qwen3-VL-8B-Instruct config (8,767,123,696 parameters; untied embeddings).
+QWEN3_VL_8B_SIZES = {
+    "text": {
+        "vocab_size": 151936,
+        "hidden_size": 4096,
+        "intermediate_size": 12288,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "max_position_embeddings": 262144,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 5_000_000.0,
+            "mrope_section": [24, 20, 20],
+            "mrope_interleaved": True,
+        },
+    },
+    "vision": {
+        "depth": 27,
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_heads": 16,
+        "out_hidden_size": 4096,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": 2304,
+        "deepstack_visual_indexes": [8, 16, 24],
+    },
+}
+
+# The published shapes a GPU benchmark builds with random weights (no download): name -> (family, sizes).
+PUBLISHED_SHAPES = {
+    "qwen2.5-vl-7b": ("qwen2_5_vl", QWEN2_5_VL_7B_SIZES),
+    "qwen3-vl-8b": ("qwen3_vl", QWEN3_VL_8B_SIZES),
+}
+
+
 def tiny_config(tokenizer, sizes: dict | None = None, family: str = "qwen2_5_vl"):
     """A config of the `family` for `tokenizer`'s special tokens: its tiny sizes (`families.Family.tiny_text` /
-    `tiny_vision`: hidden size 64, 2 layers and a 2-block vision tower), or the `sizes` given
-    (`QWEN2_5_VL_7B_SIZES`: the real 7B shape, random weights, for GPU benchmarks)."""
+    `tiny_vision`: hidden size 64, 2 layers and a 2-block vision tower), or the `sizes` given (one of
+    `PUBLISHED_SHAPES`: a real shape, random weights, for GPU benchmarks)."""
     from transformers import AutoConfig
 
     spec = family_of({"model_type": family})

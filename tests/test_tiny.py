@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from rewatch_trl.collator import VideoCollator
@@ -84,21 +85,30 @@ def test_tiny_model_generates_with_the_video(tiny_world, tiny_model_and_processo
     assert output.shape == (2, batch["input_ids"].shape[1] + 5)
 
 
-def test_the_real_7b_shape_builds_offline():
-    # the GPU benchmark's random model: exactly Qwen2.5-VL-7B's parameter count, with our tokenizer's special ids
+@pytest.mark.parametrize(
+    "shape, parameters, vision, mrope",
+    [
+        ("qwen2.5-vl-7b", 8_292_166_656, 676_550_144, [16, 24, 24]),
+        ("qwen3-vl-8b", 8_767_123_696, 576_388_336, [24, 20, 20]),
+    ],
+)
+def test_the_published_shapes_build_offline(shape, parameters, vision, mrope):
+    # the GPU benchmarks' random models: exactly the published parameter counts (the model cards' 8.29B and 8.77B),
+    # with our tokenizer's special ids
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
 
-    from rewatch_trl.tiny import QWEN2_5_VL_7B_SIZES, build_tiny_tokenizer, tiny_config
+    from rewatch_trl.tiny import PUBLISHED_SHAPES, build_tiny_tokenizer, tiny_config
 
+    family, sizes = PUBLISHED_SHAPES[shape]
     tokenizer = build_tiny_tokenizer()
-    config = tiny_config(tokenizer, QWEN2_5_VL_7B_SIZES)
+    config = tiny_config(tokenizer, sizes, family=family)
     with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    assert sum(p.numel() for p in model.parameters()) == 8_292_166_656
-    assert sum(p.numel() for p in model.model.visual.parameters()) == 676_550_144
+        model = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING[type(config)](config)
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    assert sum(p.numel() for p in model.model.visual.parameters()) == vision
     assert config.video_token_id == tokenizer.convert_tokens_to_ids("<|video_pad|>")
-    assert config.text_config.rope_parameters["mrope_section"] == [16, 24, 24]
+    assert config.text_config.rope_parameters["mrope_section"] == mrope
 
 
 def test_the_varied_world_differs_where_the_uniform_one_does_not(tmp_path):
