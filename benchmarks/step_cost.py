@@ -80,8 +80,9 @@ def video_settings(frames: int, side: int = 112) -> VideoSettings:
     )
 
 
-# `--model`: the tiny world's own model, or a published shape's (family, sizes), random weights
-MODELS = {"tiny": None, **PUBLISHED_SHAPES}
+# `--model`: the tiny world's own model, or (family, sizes) of a model built from its config with random weights: a
+# published shape, or `tiny-<family>` (the family's tiny sizes: the published shapes' path, on CPU)
+MODELS = {"tiny": None, **PUBLISHED_SHAPES, **{f"tiny-{family}": (family, None) for family in FAMILIES}}
 # `--rollouts`: what writing the logged rollouts to <output_dir>/rollouts/ adds to a step that logs its completions
 ROLLOUT_MODES = {
     "TRL's log_completions": {

@@ -26,8 +26,8 @@ def test_the_tiny_check_measures_stock_against_shared_on_cpu(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     runs = {(r["shape"], r["mode"]): r for r in report["runs"]}
     # the headline's shape first, shared before stock (it fits where stock may not)
-    assert list(runs) == [(s, m) for s in ("qwen2_5_vl", "qwen3_vl") for m in ("shared", "stock")]
-    for shape in ("qwen2_5_vl", "qwen3_vl"):
+    assert list(runs) == [(s, m) for s in ("tiny-qwen2_5_vl", "tiny-qwen3_vl") for m in ("shared", "stock")]
+    for shape in ("tiny-qwen2_5_vl", "tiny-qwen3_vl"):
         stock, shared = runs[(shape, "stock")], runs[(shape, "shared")]
         # the same batch in both modes: 2 completions of 8 tokens after a prompt of 2 frame pairs of 128 visual tokens
         assert stock["tokens"] == shared["tokens"] > 2 * (256 + 8)
@@ -37,13 +37,13 @@ def test_the_tiny_check_measures_stock_against_shared_on_cpu(tmp_path):
         assert stock["peak_gib"] > 2 * shared["peak_gib"] > 0
         assert stock["step_s"] > 0 and shared["step_s"] > 0
     # Qwen3-VL writes each frame pair's time as text: its prompts are longer for the same visual tokens
-    assert runs[("qwen3_vl", "stock")]["tokens"] > runs[("qwen2_5_vl", "stock")]["tokens"]
+    assert runs[("tiny-qwen3_vl", "stock")]["tokens"] > runs[("tiny-qwen2_5_vl", "stock")]["tokens"]
     headline = output.stdout.strip().splitlines()[-1]
     figures = re.fullmatch(
         r"GPU step: stock ([\d.]+)s ([\d.]+)GiB, shared ([\d.]+)s ([\d.]+)GiB \(([\d.]+)x, ([\d.]+)x\)", headline
     )
     assert figures, headline
-    stock, shared = runs[("qwen2_5_vl", "stock")], runs[("qwen2_5_vl", "shared")]
+    stock, shared = runs[("tiny-qwen2_5_vl", "stock")], runs[("tiny-qwen2_5_vl", "shared")]
     expected = [stock["step_s"], stock["peak_gib"], shared["step_s"], shared["peak_gib"]]
     expected += [stock["step_s"] / shared["step_s"], stock["peak_gib"] / shared["peak_gib"]]
     assert [float(x) for x in figures.groups()] == pytest.approx(expected, abs=0.006)
@@ -58,7 +58,7 @@ def test_a_run_past_its_budget_is_skipped_and_says_so(tmp_path, monkeypatch, cap
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [r["skipped"] for r in report["runs"]] == ["past the 0 s budget"] * 4
     assert capsys.readouterr().out.strip().splitlines()[-1] == (
-        "GPU step: stock skipped, shared skipped (qwen2_5_vl, 4 frames)"
+        "GPU step: stock skipped, shared skipped (tiny-qwen2_5_vl, 4 frames)"
     )
 
 

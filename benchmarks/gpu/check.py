@@ -189,7 +189,8 @@ def measure(options) -> dict:
     from step_cost import parse_options, run, world_and_settings
 
     device = "cpu" if options.tiny else "cuda"
-    shapes = ["qwen2_5_vl", "qwen3_vl"] if options.tiny else ["qwen2.5-vl-7b", "qwen3-vl-8b"]
+    # --tiny: the tiny sizes, built from their configs as the published shapes are
+    shapes = ["tiny-qwen2_5_vl", "tiny-qwen3_vl"] if options.tiny else ["qwen2.5-vl-7b", "qwen3-vl-8b"]
     frames = options.frames or ([4, 8] if options.tiny else [64, 192])
     generations = options.generations or (2 if options.tiny else 8)
     tokens = options.completion_tokens or (8 if options.tiny else 64)
@@ -210,7 +211,7 @@ def measure(options) -> dict:
             argv = ["--device", device, "--frames", str(count), "--generations", str(generations), "--steps", "1"]
             argv += ["--prompts", "1", "--completion-tokens", str(tokens), "--iterations", "1", "--workers", "0"]
             argv += ["--video-backend", "pyav", "--paper-video"]
-            argv += ["--family", shape] if options.tiny else ["--model", shape]
+            argv += ["--model", shape]
             step_options = parse_options(__doc__, argv)
             step_options.measure_memory = options.tiny  # on CPU, the profiler's peak of the timed step
             world = None
