@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 
-from check import wheel_files, wheel_list, wheel_list_problems  # noqa: E402
+from check import image_problems, wheel_files, wheel_list, wheel_list_problems  # noqa: E402
 
 
 def test_the_tiny_check_measures_stock_against_shared_on_cpu(tmp_path):
@@ -88,3 +88,20 @@ def test_a_missing_or_second_wheel_is_named_with_the_fetch_command(tmp_path):
         wheel_files(tmp_path)
     with pytest.raises(SystemExit, match=re.escape(f"check.py --fetch {tmp_path}")):
         wheel_files(tmp_path)
+
+
+def test_the_image_packages_are_checked_against_setup_cfg():
+    # this environment is made from setup.cfg: nothing to say; a planted old transformers and a missing peft are named
+    import importlib.metadata as metadata
+
+    assert image_problems() == []
+
+    def versions(name):
+        if name == "peft":
+            raise metadata.PackageNotFoundError(name)
+        return "5.16.0" if name == "transformers" else metadata.version(name)
+
+    assert image_problems(versions) == [
+        "setup.cfg's transformers==5.17.0 is installed as 5.16.0",
+        "setup.cfg's peft<1,>=0.17 is not installed",
+    ]

@@ -71,6 +71,38 @@ def normalised(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower().strip()
 
 
+def setup_requirements(setup_cfg: Path = ROOT / "setup.cfg") -> dict:
+    """setup.cfg's `install_requires`, by normalised name (`packaging.requirements.Requirement`s)."""
+    import configparser
+
+    from packaging.requirements import Requirement
+
+    config = configparser.ConfigParser()
+    config.read(setup_cfg)
+    lines = filter(None, (line.strip() for line in config["options"]["install_requires"].split("\n")))
+    return {normalised(requirement.name): requirement for requirement in map(Requirement, lines)}
+
+
+def image_problems(versions=None) -> list[str]:
+    """The packages the check takes from the machine's image (`ON_THE_IMAGE`) that are missing there or outside
+    setup.cfg's specifiers; `versions(name)` gives an installed version (`importlib.metadata.version` by default)."""
+    import importlib.metadata as metadata
+
+    versions = versions or metadata.version
+    problems = []
+    for name, requirement in setup_requirements().items():
+        if name not in ON_THE_IMAGE:
+            continue
+        try:
+            version = versions(name)
+        except metadata.PackageNotFoundError:
+            problems.append(f"setup.cfg's {requirement} is not installed")
+            continue
+        if not requirement.specifier.contains(version, prereleases=True):
+            problems.append(f"setup.cfg's {requirement} is installed as {version}")
+    return problems
+
+
 def wheel_list_problems(pins: dict[str, str], setup_cfg: Path = ROOT / "setup.cfg") -> list[str]:
     """What makes `pins` (`wheel_list`) miss what the check imports: a requirement of setup.cfg neither listed nor
     accounted for (`ON_THE_IMAGE`, `NOT_IMPORTED`), a listed version outside setup.cfg's specifier, or a listed
@@ -83,15 +115,11 @@ def wheel_list_problems(pins: dict[str, str], setup_cfg: Path = ROOT / "setup.cf
     ['trl==1.15.0 is outside setup.cfg\'s trl==1.16.0']
     ```
     """
-    import configparser
     import importlib.metadata as metadata
 
     from packaging.requirements import Requirement
 
-    config = configparser.ConfigParser()
-    config.read(setup_cfg)
-    lines = config["options"]["install_requires"].split("\n")
-    required = {normalised(r.name): r for r in map(Requirement, filter(None, (x.strip() for x in lines)))}
+    required = setup_requirements(setup_cfg)
     problems = []
     for name, requirement in required.items():
         if name in pins:
@@ -309,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if options.wheels:
         install(options.wheels, options.target)
-        for line in unmet_requirements(wheel_list()):
+        for line in unmet_requirements(wheel_list()) + image_problems():
             print(f"warning: {line}", flush=True)
     if not options.tiny:
         import torch
