@@ -144,6 +144,46 @@ def test_shuffled_rollouts_see_the_frames_permuted_once_and_stay_out_of_the_loss
     assert list(trainer._logs["rewards"]["scripted_accuracy"])[-8:] == pytest.approx([1.0, 0.0, 0.1, 0.5] + [1.0] * 4)
 
 
+def test_on_qwen3_vl_the_shuffled_frames_keep_the_prompts_timestamps_in_true_order(
+    qwen3_world, tmp_path, make_trainer
+):
+    """Qwen3-VL writes each frame pair's time in the prompt's text (`<0.7 seconds>`): the shuffled rollouts see the
+    same prompt tokens, timestamps rising, beside the permuted frames (Video-R1 shuffles the frames alone)."""
+    import re
+
+    from test_sharing import rows_of, scored_batch
+
+    accuracy = Scripted([1.0, 0.0, 1.0, 0.0], [0.0, 1.0])
+    trainer, dataset = make_trainer(
+        qwen3_world,
+        tmp_path,
+        num_generations=2,
+        per_device_train_batch_size=4,
+        temporal_contrast=True,
+        accuracy_reward="scripted_accuracy",
+        __init__={"reward_funcs": [accuracy]},
+    )
+    calls = recorded_generations(trainer)
+    scored_batch(trainer, rows_of(dataset, [0, 1], 2))
+    ordered, shuffled = calls
+    assert shuffled["ids"] == [ordered["ids"][0], ordered["ids"][2]]  # one shuffled rollout a prompt, same tokens
+    text = trainer.processing_class.decode(shuffled["ids"][0])
+    seconds = [float(t) for t in re.findall(r"<([\d.]+) seconds>", text)]
+    assert len(seconds) == len(ordered["videos"][0].frames) // 2 and seconds == sorted(seconds)
+    orders = []
+    for prompt, seen, video in zip((0, 1), shuffled["videos"], ordered["videos"][::2], strict=True):
+        key = json.dumps(dataset[prompt]["prompt"], sort_keys=True, default=str)
+        orders.append(frame_order(len(video.frames), key, step=0, seed=0).tolist())
+        assert orders[-1] != sorted(orders[-1])
+        assert torch.equal(seen.frames, video.frames[orders[-1]]) and seen.frame_indices == video.frame_indices
+    assert orders[0] != orders[1]  # two questions on one video: an order each
+    # the pixels differ, the grid does not; p = 0.5 against p̃ = 0: the bonus; against p̃ = 1 (the control): none
+    first, second = shuffled["samples"]
+    assert torch.equal(first["video_grid_thw"], ordered["samples"][0]["video_grid_thw"])
+    assert not torch.equal(first["pixel_values_videos"], ordered["samples"][0]["pixel_values_videos"])
+    assert list(trainer._logs["rewards"]["scripted_accuracy"])[-4:] == pytest.approx([1.3, 0.0, 1.0, 0.0])
+
+
 def test_temporal_contrast_needs_its_accuracy_reward_named(tiny_world, tmp_path, make_trainer):
     with pytest.raises(ValueError, match="name it in accuracy_reward"):
         make_trainer(tiny_world, tmp_path, temporal_contrast=True)
