@@ -101,6 +101,20 @@ def test_dynamic_sampling_replaces_exactly_the_zero_variance_groups(tiny_world, 
     assert len(plain["scored"]) == 1 and plain["advantages"][:2] == [0.0, 0.0]
 
 
+def test_dynamic_sampling_replaces_the_zero_variance_group_on_qwen3_vl(qwen3_world, tmp_path):
+    """Qwen3-VL's batches (no `second_per_grid_ts`, timestamps in the prompt's text) merge as Qwen2.5-VL's do."""
+    from peer_options_run import G, dynamic_trainer, recorded_dynamic_batch
+
+    trainer, dataset = dynamic_trainer(qwen3_world, tmp_path)
+    videos = [str(row["videos"]) for row in dataset]
+    first = next(i for i, v in enumerate(videos) if "synthetic_000.mp4" in v)  # its rewards never vary
+    other = next(i for i, v in enumerate(videos) if "synthetic_001.mp4" in v)
+    record = recorded_dynamic_batch(trainer, [dataset[i] for i in (first, other) for _ in range(G)])
+    assert_exact_replacement(record, zero_slots=[0])
+    assert all(a != 0 for a in record["advantages"])
+    assert record["num_items_in_batch"] == record["tokens"]
+
+
 def test_dynamic_sampling_and_t_grpo_on_two_processes(tiny_world, tmp_path, launcher):
     """Dynamic sampling refills as often on every process, each replacing its own zero-variance groups; T-GRPO's
     shuffled rollouts of a prompt on both processes see one order of its frames, and its bonus is the rule's on all of
