@@ -86,21 +86,28 @@ def setup_requirements(setup_cfg: Path = ROOT / "setup.cfg") -> dict:
 def image_problems(versions=None) -> list[str]:
     """The packages the check takes from the machine's image (`ON_THE_IMAGE`) that are missing there or outside
     setup.cfg's specifiers; `versions(name)` gives an installed version (`importlib.metadata.version` by default)."""
-    import importlib.metadata as metadata
-
-    versions = versions or metadata.version
     problems = []
     for name, requirement in setup_requirements().items():
-        if name not in ON_THE_IMAGE:
-            continue
-        try:
-            version = versions(name)
-        except metadata.PackageNotFoundError:
-            problems.append(f"setup.cfg's {requirement} is not installed")
-            continue
-        if not requirement.specifier.contains(version, prereleases=True):
-            problems.append(f"setup.cfg's {requirement} is installed as {version}")
+        if name in ON_THE_IMAGE and (why := unmet(requirement, versions)):
+            problems.append(f"setup.cfg's {requirement} is {why}")
     return problems
+
+
+def unmet(requirement, versions=None) -> str | None:
+    """Why what is installed does not meet `requirement` ("not installed", "installed as 1.2"), or None when it does;
+    `versions(name)` gives an installed version (`importlib.metadata.version` by default)."""
+    import importlib.metadata as metadata
+
+    try:
+        version = (versions or metadata.version)(requirement.name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+    return None if requirement.specifier.contains(version, prereleases=True) else f"installed as {version}"
+
+
+def applies(requirement) -> bool:
+    """A requirement of the package itself, not of one of its extras (nor of another platform)."""
+    return requirement.marker is None or requirement.marker.evaluate({"extra": ""})
 
 
 def wheel_list_problems(pins: dict[str, str], setup_cfg: Path = ROOT / "setup.cfg") -> list[str]:
@@ -135,8 +142,7 @@ def wheel_list_problems(pins: dict[str, str], setup_cfg: Path = ROOT / "setup.cf
             for owner in pins
             if owner != name
             for requirement in map(Requirement, metadata.requires(owner) or [])
-            if normalised(requirement.name) == name
-            and (requirement.marker is None or requirement.marker.evaluate({"extra": ""}))
+            if normalised(requirement.name) == name and applies(requirement)
         ]
         if not needed_by:
             problems.append(f"{name}=={version} is neither in setup.cfg nor required by a listed package")
@@ -192,20 +198,12 @@ def unmet_requirements(names) -> list[str]:
 
     from packaging.requirements import Requirement
 
-    unmet = []
+    problems = []
     for name in names:
-        for line in metadata.requires(name) or []:
-            requirement = Requirement(line)
-            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
-                continue
-            try:
-                version = metadata.version(requirement.name)
-            except metadata.PackageNotFoundError:
-                unmet.append(f"{name} needs {requirement} (not installed)")
-                continue
-            if not requirement.specifier.contains(version, prereleases=True):
-                unmet.append(f"{name} needs {requirement} (installed: {version})")
-    return unmet
+        for requirement in filter(applies, map(Requirement, metadata.requires(name) or [])):
+            if why := unmet(requirement):
+                problems.append(f"{name} needs {requirement} ({why})")
+    return problems
 
 
 def measure(options) -> dict:
