@@ -119,7 +119,7 @@ def wheel_list_problems(pins: dict[str, str], setup_cfg: Path = ROOT / "setup.cf
     Example:
     ```python
     >>> wheel_list_problems(wheel_list() | {"trl": "1.15.0"})
-    ['trl==1.15.0 is outside setup.cfg\'s trl==1.16.0']
+    ["trl==1.15.0 is outside setup.cfg's trl==1.16.0"]
     ```
     """
     import importlib.metadata as metadata
