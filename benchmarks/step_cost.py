@@ -8,11 +8,11 @@ One run, the same seed and weights for every mode. By default a vision-heavy tin
 per video: 2,048 patches, 256 visual tokens per prompt), short completions (8 tokens), G = 8, beta > 0 (a
 reference pass) and two iterations per generation (an old-policy pass); `--family` picks the tiny world's model
 family (`rewatch_trl/families.py`; frames of 4 pixel units a side: 112 px for Qwen2.5-VL, 128 for the Qwen3
-families, the same visual tokens). The second form is the GPU run: a
-random-weight model of a published shape (`tiny.PUBLISHED_SHAPES`: Qwen2.5-VL-7B, Qwen3-VL-8B) built from its
-config (no download), the paper's frame size (192 frames: ~12k visual tokens a prompt), bf16, sdpa, beta 0 and
-SGD, with tokens/s and peak memory; a mode that runs out of memory says so. Phases are timed by wrapping the trainer's own methods; "overhead" is everything
-but generation, the forward passes and the backward.
+families, the same visual tokens). The second form is the GPU run: a random-weight model of a published shape
+(`tiny.PUBLISHED_SHAPES`: Qwen2.5-VL-7B, Qwen3-VL-8B) built from its config (no download), the paper's frame size
+(192 frames: ~12k visual tokens a prompt), bf16, sdpa, beta 0 and SGD, with tokens/s and peak memory; a mode that
+runs out of memory says so. Phases are timed by wrapping the trainer's own methods; "overhead" is everything but
+generation, the forward passes and the backward.
 """
 
 import argparse

@@ -2,13 +2,13 @@
 shuffled rollouts in a GRPO batch (their frames, their vision pass, kept out of the loss)."""
 
 import functools
-import json
 
 import pytest
 import torch
 
 from rewatch_trl.rewards import get_reward_funcs, length_band_reward
 from rewatch_trl.temporal import frame_order, length_band_gate, temporal_bonus
+from rewatch_trl.trainer import prompt_key
 
 
 NAN = float("nan")
@@ -106,7 +106,7 @@ def test_shuffled_rollouts_see_the_frames_permuted_once_and_stay_out_of_the_loss
     ordered, shuffled = calls
     video = ordered["videos"][0]
     assert len(shuffled["ids"]) == 2 and shuffled["ids"] == ordered["ids"][:2]  # the same prompt tokens
-    key = json.dumps(dataset[0]["prompt"], sort_keys=True, default=str)
+    key = prompt_key(dataset[0]["prompt"])
     order = frame_order(len(video.frames), key, step=0, seed=0)
     assert order.tolist() != sorted(order.tolist())
     for seen in shuffled["videos"]:
@@ -172,7 +172,7 @@ def test_on_qwen3_vl_the_shuffled_frames_keep_the_prompts_timestamps_in_true_ord
     assert len(seconds) == len(ordered["videos"][0].frames) // 2 and seconds == sorted(seconds)
     orders = []
     for prompt, seen, video in zip((0, 1), shuffled["videos"], ordered["videos"][::2], strict=True):
-        key = json.dumps(dataset[prompt]["prompt"], sort_keys=True, default=str)
+        key = prompt_key(dataset[prompt]["prompt"])
         orders.append(frame_order(len(video.frames), key, step=0, seed=0).tolist())
         assert orders[-1] != sorted(orders[-1])
         assert torch.equal(seen.frames, video.frames[orders[-1]]) and seen.frame_indices == video.frame_indices

@@ -8,7 +8,6 @@ left with stale weights.
 """
 
 import functools
-import json
 from types import SimpleNamespace
 
 import pytest
@@ -342,6 +341,7 @@ def test_t_grpo_and_dynamic_sampling_on_the_colocated_engine(engine, monkeypatch
     from varied_reward import characters_but_on_the_first_video
 
     from rewatch_trl.temporal import frame_order
+    from rewatch_trl.trainer import prompt_key
 
     trainer, dataset = engine.trainer, engine.dataset
     trainer.vllm_generation.sync_weights()
@@ -378,7 +378,7 @@ def test_t_grpo_and_dynamic_sampling_on_the_colocated_engine(engine, monkeypatch
     for (plain, _), (permuted, _), row in zip(ordered, shuffled, rows[::2], strict=True):
         assert plain["prompt_token_ids"] == permuted["prompt_token_ids"]
         frames, metadata = plain["multi_modal_data"]["video"]
-        key = json.dumps(row["prompt"], sort_keys=True, default=str)
+        key = prompt_key(row["prompt"])
         order = frame_order(len(frames), key, trainer.state.global_step, trainer.args.seed)
         assert torch.equal(permuted["multi_modal_data"]["video"][0], frames[order])
         assert permuted["multi_modal_data"]["video"][1] == metadata

@@ -40,11 +40,10 @@ PLATFORM = ["--only-binary=:all:", "--python-version", "3.12", "--implementation
 ON_THE_IMAGE = {"transformers", "peft", "accelerate", "pyyaml", "tqdm"}
 NOT_IMPORTED = {"decord": "the check reads its videos with PyAV", "openai": "the LLM judge", "rouge-score": "eval"}
 MODES = {"stock": "per completion (stock)", "shared": "vision + prefix shared"}
-HEADLINE = ("qwen2.5-vl-7b", 192)
 
 
 def wheel_list(path: Path = WHEEL_LIST) -> dict[str, str]:
-    """The pinned `name==version` lines of `path` (comments and blank lines skipped), names normalised as pip does.
+    """The `name==version` pins of `path` (comments and blank lines skipped), by name as pip compares them.
 
     Example:
     ```python
@@ -52,23 +51,23 @@ def wheel_list(path: Path = WHEEL_LIST) -> dict[str, str]:
     '1.16.0'
     ```
     """
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
     pins = {}
     for number, line in enumerate(path.read_text().splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
-        name, sep, version = line.partition("==")
-        if not sep or not version.strip():
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement as error:
+            raise ValueError(f"{path}:{number}: {line!r} is not a `name==version` pin ({error})") from error
+        specifiers = list(requirement.specifier)
+        if len(specifiers) != 1 or specifiers[0].operator != "==":
             raise ValueError(f"{path}:{number}: {line!r} is not a `name==version` pin")
-        pins[normalised(name)] = version.strip()
+        pins[canonicalize_name(requirement.name)] = specifiers[0].version
     return pins
-
-
-def normalised(name: str) -> str:
-    """A distribution's name as pip compares them (PEP 503)."""
-    import re
-
-    return re.sub(r"[-_.]+", "-", name).lower().strip()
 
 
 def setup_requirements(setup_cfg: Path = ROOT / "setup.cfg") -> dict:
@@ -76,11 +75,12 @@ def setup_requirements(setup_cfg: Path = ROOT / "setup.cfg") -> dict:
     import configparser
 
     from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 
     config = configparser.ConfigParser()
     config.read(setup_cfg)
     lines = filter(None, (line.strip() for line in config["options"]["install_requires"].split("\n")))
-    return {normalised(requirement.name): requirement for requirement in map(Requirement, lines)}
+    return {canonicalize_name(requirement.name): requirement for requirement in map(Requirement, lines)}
 
 
 def image_problems(versions=None) -> list[str]:
@@ -125,6 +125,7 @@ def wheel_list_problems(pins: dict[str, str], setup_cfg: Path = ROOT / "setup.cf
     import importlib.metadata as metadata
 
     from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 
     required = setup_requirements(setup_cfg)
     problems = []
@@ -142,7 +143,7 @@ def wheel_list_problems(pins: dict[str, str], setup_cfg: Path = ROOT / "setup.cf
             for owner in pins
             if owner != name
             for requirement in map(Requirement, metadata.requires(owner) or [])
-            if normalised(requirement.name) == name and applies(requirement)
+            if canonicalize_name(requirement.name) == name and applies(requirement)
         ]
         if not needed_by:
             problems.append(f"{name}=={version} is neither in setup.cfg nor required by a listed package")
@@ -157,17 +158,19 @@ def fetch(folder: Path) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", *PLATFORM, "-d", str(folder), "-r"]
     subprocess.run([*command, str(WHEEL_LIST)], check=True)
-    wheels = [folder / f"{w}" for w in os.listdir(folder) if w.endswith(".whl")]
+    wheels = list(folder.glob("*.whl"))
     print(f"{len(wheels)} wheels, {sum(w.stat().st_size for w in wheels) / 2**20:.1f} MiB in {folder}")
     return 0
 
 
 def wheel_files(folder: Path) -> list[Path]:
     """The wheels of wheels.txt in `folder`, one a name; a missing one or a second version is an error naming it."""
+    from packaging.utils import parse_wheel_filename
+
     found = {}
     for wheel in sorted(folder.glob("*.whl")):
-        name, version = wheel.name.split("-")[:2]
-        found.setdefault(normalised(name), []).append((version, wheel))
+        name, version, _, _ = parse_wheel_filename(wheel.name)
+        found.setdefault(name, []).append((str(version), wheel))
     problems = []
     for name, version in wheel_list().items():
         versions = found.get(name, [])
@@ -305,7 +308,7 @@ def summary(report: dict) -> list[str]:
         lines.append(
             f"{shape:<16}{frames:>7}{tokens:>8}{cell(stock):>24}{cell(shared):>24}{ratios[0]:>10}{ratios[1]:>8}"
         )
-    shape, frames = points[0] if points else HEADLINE
+    shape, frames = points[0]  # the headline: `measure` runs it first
     stock, shared = runs.get((shape, frames, "stock")), runs.get((shape, frames, "shared"))
     if stock and shared and "step_s" in stock and "step_s" in shared:
         lines.append(
