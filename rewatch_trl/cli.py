@@ -326,7 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     rollouts.add_argument("--out", help="the page (default: rollouts.html in the run's directory, or beside the file)")
     _add_video_options(rollouts)
     rollouts.set_defaults(func=_rollouts)
+    env = commands.add_parser("env", help="print the versions that matter, for a bug report (like `trl env`)")
+    env.set_defaults(func=_env)
     return parser
+
+
+def _env(args) -> None:
+    from rewatch_trl.versions import report
+
+    print(report())
 
 
 def _rollouts(args) -> None:

@@ -34,6 +34,25 @@ ACTION_END = "</action>"
 # How a clip enters the sequence: the chat template's video block, which the processor expands to the clip's tokens.
 CLIP_TEXT = "<|vision_start|><|video_pad|><|vision_end|>"
 REWATCH_MODES = ("imagined", "agentic")
+
+
+def check_clip_layout(processor) -> None:
+    """Refuse a processor that writes a video's expansion outside `CLIP_TEXT`'s vision pair: a shown clip is masked
+    out of the loss (and sent to vLLM) as the tokens inside that pair. From transformers 5.23 the Qwen3 families'
+    processor drops the pair and writes each frame pair's time (`<2.1 seconds>`) before a pair of its own, so a
+    clip's times would be trained on as if the model wrote them. Read off what the processor writes for a clip."""
+    replace = getattr(processor, "get_text_with_replacements", None)
+    if replace is None:
+        return
+    (text,), _ = replace([CLIP_TEXT], videos_replacements=["{clip}"])
+    if text != CLIP_TEXT.replace("<|video_pad|>", "{clip}"):
+        raise NotImplementedError(
+            f"rewatch_mode='agentic' with {type(processor).__name__}: this transformers writes a clip as {text!r}, "
+            f"outside the template's {CLIP_TEXT!r}, so its times would not be masked as shown; use transformers<5.23 "
+            "for agentic Qwen3-VL (the paper's mode, rewatch_mode='imagined', is unaffected)"
+        )
+
+
 # An instant (`at 00:05`) is shown as this many seconds either side of it.
 INSTANT_HALF_WIDTH = 1.0
 
@@ -189,6 +208,7 @@ class Rewatcher:
     """
 
     def __init__(self, collator, settings: RewatchSettings, eos_token_ids: list[int]):
+        check_clip_layout(collator.processor)
         self.collator = collator
         self.settings = settings
         self.clip_video_settings = settings.clip_settings(collator.settings)

@@ -17,7 +17,7 @@ from rewatch_trl.configs import ScriptArguments, SFTConfig
 from rewatch_trl.families import family_of
 from rewatch_trl.image import LoadedImage
 from rewatch_trl.prompts import VideoSettings
-from rewatch_trl.rewatch import RewatchSettings, shown_clips
+from rewatch_trl.rewatch import RewatchSettings, check_clip_layout, shown_clips
 from rewatch_trl.video import DecodeError, UndecodableVideo, sample_clip, write_undecodable
 
 
@@ -41,6 +41,8 @@ class SFTVideoCollator:
         self.collator = collator
         self.response_field = response_field
         self.rewatch = rewatch if rewatch is not None and rewatch.agentic else None
+        if self.rewatch is not None:
+            check_clip_layout(collator.processor)
         self.output_dir = output_dir
         self._written: set[str] = set()
 

@@ -13,6 +13,7 @@ Both give what the unshared model gives (tests/test_sharing.py: log-probs within
 
 import contextlib
 import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,26 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 # The processor's tensors of one visual item by its modality: its pixels' key and its grid's key.
 MODALITIES = {"video": ("pixel_values_videos", "video_grid_thw"), "image": ("pixel_values", "image_grid_thw")}
+
+# The names a forward takes its key-value cache by: `cache` from transformers 5.24, `past_key_values` before (and,
+# deprecated, until 5.40).
+CACHE_KEYWORDS = ("cache", "past_key_values")
+
+# By backbone class: whether its vision tower hands back each deepstack layer already split per item (transformers
+# 5.18 on) rather than concatenated over the items. Read off each tower call; shared features are given back in the
+# same form, since the backbone's forward consumes that form.
+_DEEPSTACK_SPLIT: dict[type, bool] = {}
+
+
+def cache_keyword(forward) -> str:
+    """The keyword `forward` takes its key-value cache by (`cache` or `past_key_values`), read off its signature."""
+    parameters = inspect.signature(forward).parameters
+    return next((name for name in CACHE_KEYWORDS if name in parameters), CACHE_KEYWORDS[-1])
+
+
+def cache_given(kwargs: dict):
+    """The key-value cache a call was given, by either of its names."""
+    return next((kwargs[name] for name in CACHE_KEYWORDS if kwargs.get(name) is not None), None)
 
 
 def modality(sample: dict) -> str:
@@ -121,10 +142,11 @@ def concat_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 def split_deepstack(output) -> list[list[torch.Tensor]]:
     """Per video of a vision-tower call, its deepstack features (one tensor a deepstack layer), which the tower
-    returns concatenated over the videos; `[[], ...]` for a tower without them (Qwen2.5-VL, Qwen3.5)."""
+    returns per layer concatenated over the videos (transformers < 5.18) or already split; `[[], ...]` for a tower
+    without them (Qwen2.5-VL, Qwen3.5)."""
     layers = getattr(output, "deepstack_features", None) or []
     sizes = [len(features) for features in output.pooler_output]
-    per_layer = [layer.split(sizes) for layer in layers]
+    per_layer = [layer.split(sizes) if isinstance(layer, torch.Tensor) else layer for layer in layers]
     return [[layer[video] for layer in per_layer] for video in range(len(sizes))]
 
 
@@ -136,6 +158,9 @@ def encode_items(get_image_features, items: list[dict], **kwargs) -> list[tuple[
     pixels = concat_rows([item[MODALITIES[modality(item)][0]] for item in items])
     grid = torch.cat([item[MODALITIES[modality(item)][1]] for item in items])
     output = get_image_features(pixels, grid, **kwargs)
+    layers = getattr(output, "deepstack_features", None)
+    if layers:
+        _DEEPSTACK_SPLIT[type(get_image_features.__self__)] = not isinstance(layers[0], torch.Tensor)
     return list(zip(output.pooler_output, split_deepstack(output), strict=True))
 
 
@@ -152,6 +177,7 @@ class SharedVideoFeatures:
     """
 
     def __init__(self, base_model, frozen: bool = False):
+        self.backbone_class = type(base_model)
         self.get_video_features = base_model.get_video_features
         self.get_image_features = base_model.get_image_features
         self.frozen = frozen
@@ -210,7 +236,8 @@ class SharedVideoFeatures:
         output = BaseModelOutputWithPooling(last_hidden_state=None)
         output.pooler_output = tuple(known[id(sample)][0] for sample in samples)
         layers = zip(*(known[id(sample)][1] for sample in samples), strict=True)
-        output.deepstack_features = [torch.cat(layer) for layer in layers]
+        split = _DEEPSTACK_SPLIT.get(self.backbone_class, False)
+        output.deepstack_features = [layer if split else torch.cat(layer) for layer in layers]
         return output
 
 
@@ -246,7 +273,7 @@ class SharedPrefix:
         # TRL switches checkpointing off for its no-grad passes; layers only checkpoint in training mode
         checkpointed = self.inner.training and any(layer.gradient_checkpointing for layer in layers)
         # Anything but plain rows of videos and images (embeddings, a cache, positions given) takes the model's path.
-        given = ("inputs_embeds", "past_key_values")
+        given = ("inputs_embeds", *CACHE_KEYWORDS)
         if (
             rows is None
             or input_ids is None
@@ -310,7 +337,7 @@ class SharedPrefix:
                     inputs_embeds=prefix_embeds,
                     attention_mask=attention_mask[distinct, :prompt],
                     position_ids=positions[:, distinct, :prompt],
-                    past_key_values=cache,
+                    **{cache_keyword(self.forward): cache},
                     **kwargs,
                 )
             self.prefix_rows += len(distinct)
@@ -318,7 +345,7 @@ class SharedPrefix:
                 inputs_embeds=completion_embeds,
                 attention_mask=attention_mask,
                 position_ids=positions[:, :, prompt:],
-                past_key_values=cache.reader(index),
+                **{cache_keyword(self.inner.language_model.forward): cache.reader(index)},
                 **completion_deepstack,
                 **kwargs,
             )
@@ -331,8 +358,19 @@ class SharedPrefix:
                 else:
                     layer._can_checkpoint_with_cache = value
         kept = prompt if tail is None else tail - length  # prompt positions returned
-        hidden = torch.cat([prefix.last_hidden_state[:, prompt - kept :][index], completion.last_hidden_state], dim=1)
-        return type(prefix)(last_hidden_state=hidden)
+
+        def rows_of(prefix_states: torch.Tensor, completion_states: torch.Tensor) -> torch.Tensor:
+            return torch.cat([prefix_states[:, prompt - kept :][index], completion_states], dim=1)
+
+        output = type(prefix)(last_hidden_state=rows_of(prefix.last_hidden_state, completion.last_hidden_state))
+        if getattr(prefix, "router_logits", None) is not None:
+            # A mixture of experts (transformers >= 5.24 asks for them in training): each layer's router logits of
+            # every row, (rows × tokens, experts) as the unshared forward lays them out for the load-balancing loss.
+            output.router_logits = tuple(
+                rows_of(p.view(len(distinct), prompt, -1), c.view(len(index), length, -1)).flatten(0, 1)
+                for p, c in zip(prefix.router_logits, completion.router_logits, strict=True)
+            )
+        return output
 
     def _with_visuals(self, input_ids: torch.Tensor, items: list[dict], known: dict) -> tuple[torch.Tensor, dict]:
         """The embeddings of `input_ids` with the features of their visual `items` (in order; their features and
@@ -457,7 +495,7 @@ class SharingCounter:
         self.counts["videos_encoded"] += len(grid)
 
     def _language(self, module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = cache_given(kwargs)
         if cache is None or cache.get_seq_length() == 0:
             rows = kwargs.get("inputs_embeds")
             rows = rows if rows is not None else kwargs.get("input_ids", args[0] if args else None)

@@ -64,6 +64,7 @@ from rewatch_trl.sharing import (
 )
 from rewatch_trl.suppression import suppress_vision_tokens, suppressed_token_ids
 from rewatch_trl.temporal import frame_order, length_band_gate, shuffled, temporal_bonus
+from rewatch_trl.trl_surface import check_trl
 from rewatch_trl.video import (
     SampledVideo,
     VideoCache,
@@ -127,6 +128,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         video_cache: VideoCache | None = None,
         **kwargs,
     ):
+        check_trl()  # the private TRL this class overrides, before anything is built on it
         for unsupported in ("tools", "environment_factory"):
             if kwargs.get(unsupported):
                 raise NotImplementedError(
@@ -153,6 +155,7 @@ class VideoGRPOTrainer(GRPOTrainer):
             family.check("agentic")
         with engine:
             super().__init__(model, reward_funcs, args, *rest, **kwargs)
+        check_trl(self)
         for switch in ("share_video_features", "share_prompt_prefix"):
             if getattr(self.args, switch, False) and not family.supports(switch):
                 logger.warning("%s is off: %s", switch, family.why_not(switch))
@@ -808,8 +811,10 @@ class VideoGRPOTrainer(GRPOTrainer):
             )
             ids, mask = input_ids[rows], attention_mask[rows]
             # TRL's head reads the hidden states of the last prompt token and the completion alone: with the prefix
-            # shared, the model is handed those ends, and the G copies of each prompt's states are never made
-            whole_rows = (ids, mask) if self._shared_prefixes and logits_to_keep + 1 < ids.size(1) else None
+            # shared, the model is handed those ends, and the G copies of each prompt's states are never made; but a
+            # mixture of experts' load-balancing loss (TRL's `compute_aux_loss`) counts every token of every row
+            ends_only = self._shared_prefixes and not kwargs.get("compute_aux_loss")
+            whole_rows = (ids, mask) if ends_only and logits_to_keep + 1 < ids.size(1) else None
             if whole_rows is not None:
                 ids, mask = ids[:, -(logits_to_keep + 1) :], mask[:, -(logits_to_keep + 1) :]
             with self.shared_rows(samples[rows], logits_to_keep, clips, whole_rows):

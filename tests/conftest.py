@@ -171,6 +171,9 @@ os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "vllm: runs the real vLLM engine (its CPU build): `make test-vllm`")
+    config.addinivalue_line(
+        "markers", "both_tiers: runs in both tiers (the newest transformers, and the older one of `make test-vllm`)"
+    )
 
 
 class Launcher:

@@ -67,11 +67,11 @@ def test_the_wheel_list_carries_what_setup_cfg_pins():
     assert wheel_list_problems(pins) == []
     assert pins["trl"] == "1.16.0" and pins["qwen-vl-utils"] == "0.0.14"
     # planted errors: each is named
-    assert wheel_list_problems(pins | {"trl": "1.15.0"}) == ["trl==1.15.0 is outside setup.cfg's trl==1.16.0"]
+    assert wheel_list_problems(pins | {"trl": "1.15.0"}) == ["trl==1.15.0 is outside setup.cfg's trl<2,>=1.16.0"]
     assert wheel_list_problems(pins | {"dill": "0.3.0"}) == ["dill==0.3.0 is outside multiprocess's dill>=0.4.1"]
     without = {name: version for name, version in pins.items() if name != "qwen-vl-utils"}
     assert wheel_list_problems(without) == [
-        "setup.cfg's qwen-vl-utils==0.0.14 is neither in wheels.txt nor on the machine's image"
+        "setup.cfg's qwen-vl-utils>=0.0.14 is neither in wheels.txt nor on the machine's image"
     ]
     assert wheel_list_problems(pins | {"six": "1.16.0"}) == [
         "six==1.16.0 is neither in setup.cfg nor required by a listed package"
@@ -102,6 +102,6 @@ def test_the_image_packages_are_checked_against_setup_cfg():
         return "5.16.0" if name == "transformers" else metadata.version(name)
 
     assert image_problems(versions) == [
-        "setup.cfg's transformers==5.17.0 is installed as 5.16.0",
+        "setup.cfg's transformers<6,>=5.17.0 is installed as 5.16.0",
         "setup.cfg's peft<1,>=0.17 is not installed",
     ]

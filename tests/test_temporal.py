@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rewatch_trl.rewards import get_reward_funcs, length_band_reward
+from rewatch_trl.rewatch import CLIP_TEXT
 from rewatch_trl.temporal import frame_order, length_band_gate, temporal_bonus
 from rewatch_trl.trainer import prompt_key
 
@@ -115,7 +116,7 @@ def test_shuffled_rollouts_see_the_frames_permuted_once_and_stay_out_of_the_loss
     first, second = shuffled["samples"]
     assert first is second
     assert not torch.equal(first["pixel_values_videos"], ordered["samples"][0]["pixel_values_videos"])
-    again = trainer.video_collator.encode([""], [shuffled["videos"][0]])["pixel_values_videos"]
+    again = trainer.video_collator.encode([CLIP_TEXT], [shuffled["videos"][0]])["pixel_values_videos"]
     assert torch.equal(first["pixel_values_videos"], again)
     assert policy.videos_encoded == 2 + 1  # the ordered generation (the video, the image), the shuffled one
     # scored by the accuracy reward on the shuffled completions (of the video rows), none of them in the loss's batch
