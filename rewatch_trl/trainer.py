@@ -64,6 +64,7 @@ from rewatch_trl.sharing import (
 )
 from rewatch_trl.suppression import suppress_vision_tokens, suppressed_token_ids
 from rewatch_trl.temporal import frame_order, length_band_gate, shuffled, temporal_bonus
+from rewatch_trl.training import keep_used_weight_conversions
 from rewatch_trl.trl_surface import check_trl
 from rewatch_trl.video import (
     SampledVideo,
@@ -156,6 +157,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         with engine:
             super().__init__(model, reward_funcs, args, *rest, **kwargs)
         check_trl(self)
+        keep_used_weight_conversions(self.model)  # a model TRL loaded from its name, saved under ZeRO-3
         for switch in ("share_video_features", "share_prompt_prefix"):
             if getattr(self.args, switch, False) and not family.supports(switch):
                 logger.warning("%s is off: %s", switch, family.why_not(switch))

@@ -45,7 +45,17 @@ def load_model(model_args: ModelConfig):
         quantization_config=quantization,
         device_map=None if quantization is None else {"": PartialState().local_process_index},
     )
+    keep_used_weight_conversions(model)
     return use_original_rope(model)
+
+
+def keep_used_weight_conversions(model) -> None:
+    """Keep, of the checkpoint conversions a model was loaded with, those its checkpoint used, as transformers' own
+    loader does: under ZeRO-3 (transformers 5.25) it keeps them all, and saving reverts the unused ones too (Qwen2.5-VL
+    written as `model.model.layers.*`, which no loader reads)."""
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions and all(hasattr(conversion, "was_used") for conversion in conversions):
+        model._weight_conversions = [conversion for conversion in conversions if conversion.was_used()]
 
 
 def load_processor(model_args: ModelConfig, padding_side: str):

@@ -116,8 +116,12 @@ def test_zero3_on_the_qwen3_families_equals_ddp(stage, family, family_world, tmp
         result = launcher.run(command, env=env)
     if stage == "grpo":  # the trainer counts the partitioned parameters (the SFT trainer does not)
         assert re.search(r"ZeRO-3: (\d+) of the policy's \1 parameters are partitioned", result.stderr)
-    assert max_difference(weights(runs["zero3"]), weights(runs["ddp"])) <= 1e-5
-    assert max_difference(weights(runs["ddp"]), weights(world.root)) > 1e-5
+    # Adam divides each gradient by its own size: an element whose gradient is near its eps (1e-8) moves by a share
+    # of the learning rate that the summation order (DDP's all-reduce, ZeRO's reduce-scatter) decides; on Qwen3.5 and
+    # transformers 5.25, one element of layers.0.mlp.gate_proj differs by 1.3e-5, every other weight by < 1.5e-6
+    assert max_difference(weights(runs["zero3"]), weights(runs["ddp"])) <= 3e-5
+    # the control: the runs moved the weights by ten times that at least (Qwen3.5's SFT: 6e-3)
+    assert max_difference(weights(runs["ddp"]), weights(world.root)) > 3e-4
     for key in ("loss", "grad_norm"):
         ours, theirs = logged(runs["zero3"], launcher, key), logged(runs["ddp"], launcher, key)
         assert len(ours) == 2 and ours == pytest.approx(theirs, rel=1e-4, abs=1e-7), key
