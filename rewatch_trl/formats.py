@@ -6,13 +6,16 @@ and LongVideo-Reason's (JSONL). `data.load_qa` validates the converted rows.
 | --- | --- | --- | --- |
 | `problem` | `problem` | `problem`, then `Options:` and one option a line (as Video-R1 asks) | `problem` (options inside) |
 | `answer` | `answer` | the text of `solution`'s `<answer>` | the text of `answer`'s `<answer>` |
-| `multiple_choice` | `multiple_choice` | `problem_type == "multiple choice"` | the same |
-| `question_type` | `question_type` | `problem_type` | `problem_type` |
+| `multiple_choice` | `multiple_choice` | `problem_type == "multiple choice"` | a letter among the problem's options |
+| `question_type` | `question_type` | `problem_type` | `problem_type` (the reasoning perspective) |
+| `problem_id` | `problem_id` | `problem_id` | `problem_id`, else `lvr-` and a hash of `videos` and `problem` |
 | `videos` / `image_path` | `videos` | `path` (`./` dropped), by `data_type` | `videos` |
 | `duration` | `duration` | read from the video | read from the video |
 
 A converted row also holds `solution` (LongVideo-Reason's `answer`, tags and all), which `video_r1_accuracy_reward`
-reads beside `problem_type`; a Video-R1 row with a `process` (the COT file) gets the SFT target Video-R1 trains on,
+reads beside `problem_type`. LongVideo-Reason's released `problem_type` is a reasoning perspective (temporal, spatial,
+goal and purpose, plot and narrative), kept as `perspective` for per-perspective metrics; a row whose `problem_type`
+is one of Video-R1's kinds is read by its kind; a Video-R1 row with a `process` (the COT file) gets the SFT target Video-R1 trains on,
 `response = process + "\\n" + solution`.
 
 Example:
@@ -24,7 +27,10 @@ Example:
 ```
 """
 
+import hashlib
+
 from rewatch_trl.answer_kinds import KINDS, answer_in_tags
+from rewatch_trl.rewards import extract_choice, parse_options
 
 
 FORMATS = ("rewatch", "video-r1", "longvideo-reason")
@@ -75,6 +81,16 @@ def converted(row: dict, format: str) -> dict:
         ours["videos"] = row.get("videos")
     ours["answer"] = answer_in_tags(solution) if isinstance(solution, str) else None
     ours["solution"] = solution
+    if format == "longvideo-reason" and kind not in KINDS:
+        # The released rows' `problem_type` is the reasoning perspective (temporal, spatial, goal and purpose, plot
+        # and narrative): the kind of answer is the row's own, a letter among the options its problem lists or text
+        options = parse_options(ours["problem"]) if isinstance(ours["problem"], str) else {}
+        ours["multiple_choice"] = bool(options) and extract_choice(ours["answer"], options) in options
+        ours["perspective"] = kind
+        if ours["problem_id"] is None and isinstance(ours["problem"], str):  # they carry no id: one from the row
+            ours["problem_id"] = (
+                "lvr-" + hashlib.sha1(f"{ours['videos']}\n{ours['problem']}".encode()).hexdigest()[:12]
+            )
     kept = {key: value for key, value in row.items() if key not in ours}
     return ours | kept
 
@@ -84,7 +100,7 @@ def kind_problems(row: dict) -> list[str]:
     kind = row.get("problem_type")
     if "solution" not in row:
         return []
-    if kind not in KINDS:
+    if kind not in KINDS and not isinstance(row.get("perspective"), str):
         return [f"field 'problem_type': expected one of {', '.join(KINDS)}, got {kind!r}"]
     if not row.get("answer"):
         return [f"field 'solution': no '<answer>…</answer>' text in {row.get('solution')!r}"]

@@ -234,7 +234,8 @@ def accuracy_reward(
 def video_r1_accuracy_reward(completions, problem_type, solution, **kwargs) -> list[float | None]:
     """Video-R1's accuracy reward, each row by its own `problem_type` (`answer_kinds.KINDS`): the text of the
     completion's `<answer>` against the one of `solution` (`"<answer>A</answer>"`); no `<answer>` is "". None on a
-    row without a `problem_type` or `solution` (a ReWatch row of a mixture).
+    row without a `problem_type` or `solution` (a ReWatch row of a mixture) and on one whose `problem_type` is none of
+    those kinds (LongVideo-Reason's reasoning perspective: `accuracy_reward` scores it by its row).
 
     Example:
     ```python
@@ -245,7 +246,7 @@ def video_r1_accuracy_reward(completions, problem_type, solution, **kwargs) -> l
     """
     return [
         None
-        if kind is None or reference is None
+        if kind not in KINDS or reference is None
         else kind_score(kind, answer_in_tags(completion_text(completion)), answer_in_tags(reference))
         for completion, kind, reference in zip(completions, problem_type, solution, strict=True)
     ]

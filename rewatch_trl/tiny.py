@@ -75,6 +75,8 @@ TINY_REWATCH_SETTINGS = RewatchSettings(
     rewatch_mode="agentic", rewatch_fps=4.0, rewatch_max_frames=8, rewatch_max_pixels=56 * 56, max_rewatches=2
 )
 
+# LongVideo-Reason's `problem_type`: the reasoning perspective of a question
+LONGVIDEO_REASON_PERSPECTIVES = ("temporal", "spatial", "goal and purpose", "plot and narrative")
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
 MOTIONS = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}
 
@@ -539,15 +541,19 @@ def other_format_rows(root: Path, video_dir: Path, caption_rows: list[dict], rng
                     "data_source": "tiny",
                 }
             )
+        # As LongVideo-Reason ships its rows: no id, the options inside the problem, `problem_type` the reasoning
+        # perspective; multiple-choice and open-ended rows alternate
+        if i % 2 == 0:
+            problem, answer = "What color is the square at the start?\n" + "\n".join(options), letter
+        else:
+            problem, answer = "Where does the square go at the start?", f"it moves {motion}"
         longvideo.append(
             {
-                "problem_id": f"lvr_{i:03d}",
-                "problem": "What color is the square at the start?\n" + "\n".join(options),
-                "data_type": "video",
-                "problem_type": "multiple choice",
-                "reasoning": f"At the start the square is {color}.",
                 "videos": video.removeprefix("./"),
-                "answer": f"<answer>{letter}</answer>",
+                "problem": problem,
+                "answer": f"<answer>{answer}</answer>",
+                "reasoning": f"At the start the square is {color} and moves {motion}.",
+                "problem_type": LONGVIDEO_REASON_PERSPECTIVES[i % len(LONGVIDEO_REASON_PERSPECTIVES)],
             }
         )
     return video_r1, longvideo

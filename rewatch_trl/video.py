@@ -146,9 +146,21 @@ def video_duration(path) -> float:
         raise VideoError(f"cannot read video {path}: {error}") from error
 
 
+def _frame_count(container, stream) -> int:
+    """A video stream's frames: the count its container keeps (mp4, mov, avi), else its packets counted, as decord
+    counts them (WebM and Matroska keep no count, nor a duration of the stream: only the container's, which is its
+    longest stream's, the audio's where that outlasts the video)."""
+    if stream.frames:
+        return stream.frames
+    count = sum(1 for packet in container.demux(stream) if packet.size)
+    container.seek(0)
+    return count
+
+
 def _read_video_pyav(ele: dict):
     """A qwen-vl-utils reader on PyAV (FFmpeg), for where decord has no wheel: same contract and the same frame
-    choice (`calculate_video_frame_range`, `smart_nframes`, evenly spaced indices) as its decord reader."""
+    choice (`calculate_video_frame_range`, `smart_nframes`, evenly spaced indices) as its decord reader, and, as
+    decord does, frames turned upright by the stream's rotation (a phone's display matrix)."""
     import av
     import numpy as np
     from qwen_vl_utils.vision_process import calculate_video_frame_range, smart_nframes
@@ -156,15 +168,17 @@ def _read_video_pyav(ele: dict):
     with av.open(ele["video"]) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        video_fps = float(stream.average_rate)
-        total = stream.frames or round(float(stream.duration * stream.time_base) * video_fps)
+        video_fps = float(stream.average_rate or stream.guessed_rate or 0)
+        total = _frame_count(container, stream)
         start, end, count = calculate_video_frame_range(ele, total, video_fps)
         nframes = smart_nframes(ele, total_frames=count, video_fps=video_fps)
         indices = torch.linspace(start, end, nframes).round().long().tolist()
         wanted, frames = set(indices), {}
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
-                frames[i] = frame.to_ndarray(format="rgb24")
+                # display rotation, counter-clockwise degrees (-90: a phone held upright); decord applies it too
+                turns = round(getattr(frame, "rotation", 0) / 90) % 4
+                frames[i] = np.rot90(frame.to_ndarray(format="rgb24"), turns)
             if i >= end:
                 break
     if not frames:

@@ -50,15 +50,52 @@ def test_video_r1_rows_become_project_rows_of_every_kind(tiny_world, format):
     assert sum(shifted) < len(rows) / 2
 
 
-def test_longvideo_reason_rows_become_multiple_choice_project_rows(tiny_world):
-    dataset, report = load(tiny_world.longvideo_reason_path, tiny_world.root, format="auto")
+@pytest.mark.parametrize("format", ["longvideo-reason", "auto"])
+def test_longvideo_reason_rows_as_released_become_project_rows_scored_by_their_kind(tiny_world, format):
+    """LongVideo-Reason's rows as released (no id; `problem_type` the reasoning perspective, not a kind of answer):
+    a letter among the problem's options makes a multiple-choice row, free text an open-ended one; the perspective
+    stays a column. Each is scored as its kind (the control: the other kind's reward does not apply)."""
+    import rewatch_trl.rewards as R
+    from rewatch_trl.tiny import LONGVIDEO_REASON_PERSPECTIVES
+
     source = [json.loads(line) for line in tiny_world.longvideo_reason_path.read_text().splitlines()]
+    assert not any("problem_id" in row or "data_type" in row for row in source)
+    assert {row["problem_type"] for row in source} == set(LONGVIDEO_REASON_PERSPECTIVES)
+    dataset, report = load(tiny_world.longvideo_reason_path, tiny_world.root, format=format)
     assert report.kept == len(source)
-    for row, original in zip(dataset.to_list(), source, strict=True):
-        assert row["multiple_choice"] and row["answer"] == original["answer"][len("<answer>")]
+    rows = dataset.to_list()
+    assert len({row["problem_id"] for row in rows}) == len(rows)
+    for i, (row, original) in enumerate(zip(rows, source, strict=True)):
+        assert row["multiple_choice"] == (i % 2 == 0)
+        assert row["answer"] == original["answer"].removeprefix("<answer>").removesuffix("</answer>")
+        assert row["perspective"] == row["question_type"] == original["problem_type"]
         assert row["solution"] == original["answer"] and row["reasoning"] == original["reasoning"]
         assert row["problem"] == original["problem"] and row["videos"] == original["videos"]
         assert row["duration"] == pytest.approx(8.0, abs=0.3)
+    right = [f"<answer>{row['answer']}</answer>" for row in rows]
+    columns = {key: [row[key] for row in rows] for key in ("answer", "multiple_choice", "problem", "problem_type")}
+    assert R.accuracy_reward(right, **columns) == [1.0] * len(rows)
+    mcq = R.mcq_accuracy_reward(right, **columns)
+    open_ended = R.open_ended_accuracy_reward(right, **columns)
+    assert mcq == [1.0 if i % 2 == 0 else None for i in range(len(rows))]
+    assert open_ended == [None if i % 2 == 0 else 1.0 for i in range(len(rows))]
+    assert R.video_r1_accuracy_reward(right, columns["problem_type"], right) == [None] * len(rows)
+    wrong = right[1:] + right[:1]
+    assert R.accuracy_reward(wrong, **columns) != [1.0] * len(rows)
+
+
+@pytest.mark.parametrize("format", ["longvideo-reason", "auto"])
+def test_the_data_command_loads_longvideo_reason_rows_as_released(tiny_world, tmp_path, format):
+    from datasets import load_from_disk
+
+    from rewatch_trl.cli import main
+
+    out = tmp_path / "lvr"
+    qa, root = str(tiny_world.longvideo_reason_path), str(tiny_world.root)
+    assert main(["data", "--qa", qa, "--format", format, "--media-root", root, "--save-to-disk", str(out)]) == 0
+    saved = load_from_disk(str(out))
+    assert saved["multiple_choice"] == [i % 2 == 0 for i in range(len(saved))]
+    assert set(saved["perspective"]) == set(saved["problem_type"]) and None not in saved["perspective"]
 
 
 def write_list(path, rows):

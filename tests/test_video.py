@@ -184,3 +184,78 @@ def test_an_undecodable_video_names_its_decoders_own_error(tmp_path, backend):
     message = str(caught.value)
     assert f"cannot decode video {path} with {backend}" in message
     assert "read_video" not in message and "torchvision" not in message, message
+
+
+def write_container(path, codec: str, audio: str | None = None, rotate_90: bool = False, size=(96, 64), frames=32):
+    """A 4 s, 8 fps video in any container PyAV writes (frame i: gray 16 + 6 i), with `audio` (a codec) that outlasts
+    the video by a second, and with `rotate_90` a phone's display matrix (turn 90° clockwise to show)."""
+    import struct
+
+    import av
+    import numpy as np
+
+    width, height = size
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream(codec, rate=8)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        if audio:
+            sound = container.add_stream(audio, rate=48000)
+            sound.layout = "mono"
+        for i in range(frames):
+            frame = np.full((height, width, 3), 16 + 6 * i, dtype=np.uint8)
+            frame[:8, 2 * i : 2 * i + 4] = 255
+            container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(video.encode())
+        if audio:
+            for start in range(0, 5 * 48000, 960):
+                samples = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="fltp", layout="mono")
+                samples.sample_rate, samples.pts = 48000, start
+                container.mux(sound.encode(samples))
+            container.mux(sound.encode())
+    if rotate_90:  # the mp4 track header's matrix, as phones write it
+        data = bytearray(path.read_bytes())
+        at = data.find(b"tkhd")
+        matrix = at + 8 + (32 if data[at + 4] == 1 else 20) + 16
+        struct.pack_into(">9i", data, matrix, 0, 1 << 16, 0, -(1 << 16), 0, 0, height << 16, 0, 1 << 30)
+        path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "name, codec, audio, rotate_90",
+    [
+        ("vp9.webm", "libvpx-vp9", None, False),
+        ("vp8.webm", "libvpx", None, False),
+        ("h264.mkv", "libx264", None, False),
+        ("long_audio.webm", "libvpx-vp9", "libopus", False),
+        ("long_audio.mkv", "libx264", "aac", False),
+        ("phone.mp4", "libx264", None, True),
+    ],
+)
+def test_pyav_reads_what_decord_reads(tmp_path, name, codec, audio, rotate_90):
+    """WebM and Matroska keep no frame count nor duration of the video stream (only the container's, the audio's where
+    that is longer), and a phone's video is turned by its display matrix: PyAV samples the frames decord does."""
+    import dataclasses
+
+    path = tmp_path / name
+    write_container(path, codec, audio, rotate_90)
+    settings = VideoSettings(video_max_frames=16, video_min_pixels=28 * 28 * 4, video_max_pixels=56 * 84)
+    twin = tmp_path / "twin.mp4"  # the same frames as H.264 in MP4
+    write_container(twin, "libx264", rotate_90=rotate_90)
+    for clip in ((None, None), (1.0, 3.0)):
+        reference = decode_video(path, settings, *clip)
+        ours = decode_video(path, dataclasses.replace(settings, video_backend="pyav"), *clip)
+        mp4 = decode_video(twin, settings, *clip)
+        for decoded in (reference, ours):  # every backend: the MP4 twin's frames, within codec error
+            assert decoded.frame_indices == mp4.frame_indices
+            assert (decoded.frames.float() - mp4.frames.float()).abs().mean() <= 1.0
+        # the control: the twin's frames one sampled frame late differ by far more (6 gray levels a frame index)
+        late = torch.cat([mp4.frames[1:], mp4.frames[-1:]])
+        assert (ours.frames.float() - late.float()).abs().mean() > 5.0
+        assert ours.frame_indices == reference.frame_indices
+        assert (
+            (ours.total_frames, ours.video_fps)
+            == (reference.total_frames, reference.video_fps)
+            == ((32, 8.0) if clip == (None, None) else (17, 8.0))
+        )
+        assert ours.frames.shape == reference.frames.shape
+        assert (ours.frames.float() - reference.frames.float()).abs().mean() <= 0.5
