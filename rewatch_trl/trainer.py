@@ -30,12 +30,14 @@ import contextlib
 import functools
 import json
 import logging
+import os
 
 import datasets
 import torch
 from accelerate.utils import gather_object
 from transformers import AutoConfig, TrainerCallback
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from rewatch_trl.collator import (
@@ -47,6 +49,7 @@ from rewatch_trl.collator import (
 )
 from rewatch_trl.dynamic import refill_prompts, replace_groups, zero_variance_groups
 from rewatch_trl.families import family_of
+from rewatch_trl.generation_buffer import restore_generation_buffer, save_generation_buffer
 from rewatch_trl.positions import use_original_rope
 from rewatch_trl.prompts import VideoSettings
 from rewatch_trl.rewards import reward_func_name
@@ -392,6 +395,17 @@ class VideoGRPOTrainer(GRPOTrainer):
             weights=dict(zip(names, self.reward_weights.tolist(), strict=True)),
             accuracy=accuracy,
         )
+
+    def _save_checkpoint(self, model, trial):
+        # the generation buffer first: the trainer state, written last, marks a checkpoint whole (`training.py`)
+        folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        save_generation_buffer(self, os.path.join(self._get_output_dir(trial=trial), folder))
+        super()._save_checkpoint(model, trial)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            restore_generation_buffer(self, checkpoint)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
         # the rows of this generation are the prompts `_tokenize_prompts` just encoded, with their videos

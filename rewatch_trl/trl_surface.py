@@ -93,7 +93,29 @@ SURFACE = (
         "the loss pass gets the batch's video inputs",
         "the loss without the video",
     ),
+    Piece(
+        "GRPOTrainer",
+        "_save_checkpoint",
+        "overridden",
+        "a checkpoint inside a generation keeps TRL's buffer (`generation_buffer.py`)",
+        "resuming inside a generation",
+    ),
+    Piece(
+        "GRPOTrainer",
+        "_load_optimizer_and_scheduler",
+        "overridden",
+        "the buffer restored on resume (TRL's own resume hook)",
+        "resuming inside a generation",
+    ),
     # GRPOTrainer's private state
+    Piece(
+        "GRPOTrainer",
+        "_buffered_inputs",
+        "written",
+        "the generation a checkpoint inside a generation resumes",
+        "resuming inside a generation",
+        instance=True,
+    ),
     Piece("GRPOTrainer", "_metrics", "written", "every feature's logged metrics", "their logs", instance=True),
     Piece(
         "GRPOTrainer",

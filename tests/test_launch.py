@@ -89,6 +89,32 @@ def test_a_run_killed_mid_checkpoint_resumes_to_the_uninterrupted_runs_weights(
     assert max((expected[name] - again[name]).abs().max().item() for name in expected) <= 1e-6
 
 
+@pytest.mark.parametrize("schedule", [{"steps_per_generation": 4}, {"num_iterations": 4}])
+def test_a_resume_inside_a_generation_ends_where_the_uninterrupted_run_ends(
+    tiny_world, sft_model, tmp_path, launcher, schedule
+):
+    """A checkpoint saved inside a generation (TRL generates once every `steps_per_generation × num_iterations`
+    micro-steps and trains on its buffer in between): relaunched from a copy of `checkpoint-2`, the run trains steps
+    3 and 4 on the generation the uninterrupted run buffered, and ends with its weights (a resume that generated
+    anew at step 3 ended 1e-3 away)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    settings = dict(model_name_or_path=sft_model, max_completion_length=64, max_steps=4, save_steps=2) | schedule
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    launcher.run(launcher.command(tiny_world, whole, **settings))
+    shutil.copytree(whole / "checkpoint-2", resumed / "checkpoint-2")
+    result = launcher.run(launcher.command(tiny_world, resumed, **settings))
+    assert f"resuming from {resumed / 'checkpoint-2'}" in result.stderr
+    expected, received = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    at_two = load_file(whole / "checkpoint-2" / "model.safetensors")
+    moved = max((expected[name] - at_two[name]).abs().max().item() for name in expected)
+    assert moved > 1e-4  # the control: steps 3 and 4 moved the weights this much
+    difference = max((expected[name] - received[name]).abs().max().item() for name in expected)
+    assert difference <= 1e-6, f"resumed vs uninterrupted: {difference:.2e} (steps 3-4 moved them {moved:.2e})"
+
+
 def test_resuming_skips_a_checkpoint_not_written_whole(tmp_path, caplog):
     """transformers writes a checkpoint's `trainer_state.json` last: a checkpoint without it (killed while writing
     its weights), or with it cut short, is skipped, with the reason, and the run resumes from the last whole one."""
@@ -113,3 +139,36 @@ def test_resuming_skips_a_checkpoint_not_written_whole(tmp_path, caplog):
     assert "checkpoint-4" in messages[1] and "no trainer_state.json" in messages[1]
     (whole / "trainer_state.json").unlink()  # nothing whole left: a fresh start
     assert resume_checkpoint(args) is None
+
+
+def test_a_checkpoint_inside_a_generation_without_its_buffer_is_refused_saying_why(tmp_path):
+    """A checkpoint saved inside a generation with no buffer (an older run's, or `save_only_model`) is refused at
+    resume, with the schedule that resumes exactly; one between generations needs none and writes none."""
+    from types import SimpleNamespace
+
+    from rewatch_trl.generation_buffer import BUFFER_FILE, restore_generation_buffer, save_generation_buffer
+
+    def trainer(global_step, micro_steps, steps_per_generation=4, num_iterations=1):
+        args = SimpleNamespace(
+            gradient_accumulation_steps=1, steps_per_generation=steps_per_generation, save_only_model=False
+        )
+        accelerator = SimpleNamespace(process_index=0, num_processes=1, device="cpu")
+        return SimpleNamespace(
+            args=args, accelerator=accelerator, num_iterations=num_iterations, state=SimpleNamespace(
+                global_step=global_step), _step=micro_steps, _buffered_inputs=[{"x": 1}],
+        )  # fmt: skip
+
+    with pytest.raises(ValueError, match=r"checkpoint-2 was saved inside a generation .* multiple of 4 optimizer"):
+        restore_generation_buffer(trainer(2, 0), str(tmp_path / "checkpoint-2"))
+    restore_generation_buffer(trainer(4, 0), str(tmp_path / "checkpoint-4"))  # between generations: nothing to do
+    save_generation_buffer(trainer(4, 4), str(tmp_path / "checkpoint-4"))
+    assert not (tmp_path / "checkpoint-4").exists()
+    saved = trainer(2, 2)
+    save_generation_buffer(saved, str(tmp_path / "checkpoint-2"))
+    assert (tmp_path / "checkpoint-2" / BUFFER_FILE.format(0)).is_file()
+    resumed = trainer(2, 0)
+    restore_generation_buffer(resumed, str(tmp_path / "checkpoint-2"))
+    assert (resumed._step, resumed._buffered_inputs) == (2, [{"x": 1}])
+    resumed.accelerator.num_processes = 2
+    with pytest.raises(ValueError, match="saved by 1 processes inside a generation; resuming it on 2"):
+        restore_generation_buffer(resumed, str(tmp_path / "checkpoint-2"))
