@@ -2,12 +2,16 @@
 are all 0, and GRPO's advantages (and gradients) with them. A run takes it by import path, with tests/ on its
 `PYTHONPATH`: `--reward_funcs varied_reward.characters --reward_weights 1.0`."""
 
+import zlib
+
 from rewatch_trl.react import completion_text
 
 
 def characters(completions, **kwargs) -> list[float]:
-    """The completion's length in characters, over 100."""
-    return [len(completion_text(completion)) / 100 for completion in completions]
+    """The completion's length in characters, over 100, plus under 0.001 from its text's CRC-32: two texts of one
+    length (8 random tokens of the tiny model's often are) still differ."""
+    texts = [completion_text(completion) for completion in completions]
+    return [len(text) / 100 + zlib.crc32(text.encode()) / 2**32 / 1000 for text in texts]
 
 
 def characters_but_on_the_first_video(completions, videos, **kwargs) -> list[float]:
