@@ -16,6 +16,15 @@ Example:
 from dataclasses import dataclass, field
 
 
+def _engine_normalises_pixels() -> bool:
+    """Whether the installed vLLM can normalise pixels in the model (`mm_device_do_normalize`, from 0.32)."""
+    try:
+        from vllm.engine.arg_utils import EngineArgs
+    except ImportError:
+        return False
+    return "mm_device_do_normalize" in EngineArgs.__dataclass_fields__
+
+
 @dataclass(frozen=True)
 class Family:
     """What a model family needs of rewatch-trl.
@@ -77,6 +86,11 @@ class Family:
             kwargs["hf_overrides"] = self.vllm_hf_overrides
         if colocated and self.vllm_placeholder_weights:
             kwargs["load_format"] = "dummy"
+            if _engine_normalises_pixels():
+                # vLLM 0.32 normalises pixels in the vision tower, with mean and std held as buffers: placeholder
+                # weights randomise them and no sync brings them back (vision features off, log-probs 5e-2 off);
+                # the processor normalises instead, as vLLM 0.31 does
+                kwargs["mm_device_do_normalize"] = False
         return kwargs
 
     def supports(self, path: str) -> bool:
