@@ -160,7 +160,8 @@ def encode_items(get_image_features, items: list[dict], **kwargs) -> list[tuple[
     output = get_image_features(pixels, grid, **kwargs)
     layers = getattr(output, "deepstack_features", None)
     if layers:
-        _DEEPSTACK_SPLIT[type(get_image_features.__self__)] = not isinstance(layers[0], torch.Tensor)
+        owner = getattr(get_image_features, "__self__", get_image_features)  # the backbone of a bound method
+        _DEEPSTACK_SPLIT[type(owner)] = not isinstance(layers[0], torch.Tensor)
     return list(zip(output.pooler_output, split_deepstack(output), strict=True))
 
 
