@@ -356,7 +356,7 @@ def observation_reward(completions, captions=None, judge=None, **kwargs) -> list
     """The paper's observation reward: each (re-watched clip, observation) pair scored against the captions of
     that clip, then averaged. Without a `judge` the score is the token F1 of the observation and the overlapping
     captions (offline); with a `JudgeClient` it is the judge's verdict. 0.0 without observations; None on rows
-    without captions.
+    without captions, and on a row one of whose verdicts the judge failed to give.
 
     Example:
     ```python
@@ -395,8 +395,9 @@ def observation_reward(completions, captions=None, judge=None, **kwargs) -> list
         if pairs is None:
             rewards.append(None)
             continue
-        scores = [p if isinstance(p, float) else (verdicts[p] or 0.0) for p in pairs]
-        rewards.append(sum(scores) / len(scores) if scores else 0.0)
+        scores = [p if isinstance(p, float) else verdicts[p] for p in pairs]
+        # a verdict the judge failed to give is no verdict of 0: the row is unscored (None), not scored wrong
+        rewards.append(None if None in scores else sum(scores) / len(scores) if scores else 0.0)
     return rewards
 
 
@@ -471,8 +472,8 @@ def rewatch_reward(
 
     With a `judge`, `acc`, `obs` and `rea` are the judge's (`judge_accuracy_reward`, `observation_reward`,
     `reasoning_reward`). Without one everything is offline: `acc` is `accuracy_reward`, `obs` the token-F1
-    `observation_reward`, and `rea` is 0 (it needs a judge). A failed judge counts 0 for `obs`/`rea`; a row
-    whose `acc` the judge could not give is None.
+    `observation_reward`, and `rea` is 0 (it needs a judge). A row any of whose parts the judge failed to give is
+    None (unscored: a judge outage is not a wrong answer); `obs` on a row without captions counts 0.
 
     Example:
     ```python
@@ -490,9 +491,10 @@ def rewatch_reward(
         rea = reasoning_reward(completions, problem, answer, multiple_choice, judge, problem_type)
     obs = observation_reward(completions, captions, judge)
     fmt = react_format_reward(completions, data_type)
+    captioned = [bool(parse_captions(caption)) for caption in _column({"c": captions}, "c", n)]
     return [
-        None if a is None else a * (1.0 + (o or 0.0) + (r or 0.0)) + f
-        for a, o, r, f in zip(acc, obs, rea, fmt, strict=True)
+        None if a is None or r is None or (o is None and has_captions) else a * (1.0 + (o or 0.0) + r) + f
+        for a, o, r, f, has_captions in zip(acc, obs, rea, fmt, captioned, strict=True)
     ]
 
 

@@ -69,6 +69,7 @@ from rewatch_trl.suppression import suppress_vision_tokens, suppressed_token_ids
 from rewatch_trl.temporal import frame_order, length_band_gate, shuffled, temporal_bonus
 from rewatch_trl.training import keep_used_weight_conversions
 from rewatch_trl.trl_surface import check_trl
+from rewatch_trl.unscored import unscored_rows
 from rewatch_trl.video import (
     SampledVideo,
     VideoCache,
@@ -240,6 +241,10 @@ class VideoGRPOTrainer(GRPOTrainer):
                 if (judge := getattr(func, "keywords", {}).get("judge")) is not None
             }.values()
         )
+        # the reward functions that ask a judge, by their column in the rewards
+        self._judged_rewards = [
+            i for i, func in enumerate(self.reward_funcs) if getattr(func, "keywords", {}).get("judge") is not None
+        ]
         self._judge_counts = (0, 0)  # calls and failures of the judges until the last generation
         self._judge_failed_steps = 0  # consecutive generations whose every judge call failed
         self.judge_outage: str | None = None  # why the run stopped, once the judges are found down
@@ -661,6 +666,10 @@ class VideoGRPOTrainer(GRPOTrainer):
         rewards_per_func[left_out] = torch.nan  # unscorable: TRL gives such a row advantage 0, out of the baselines
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["data/undecodable"].append(left_out.sum().item())
+        if self._judged_rewards:  # a judge failure is no wrong answer: the row is unscorable too (`unscored.py`)
+            unscored = unscored_rows(rewards_per_func[:, self._judged_rewards], self.num_generations)
+            rewards_per_func[unscored] = torch.nan
+            self._metrics[mode]["judge/unscored_rows"].append(unscored.sum().item())
         self._watch_judges(mode)
         if self._accuracy_index is not None and mode == "train":
             accuracy = rewards_per_func[:, self._accuracy_index].clone()

@@ -224,3 +224,37 @@ def test_a_run_stops_with_a_checkpoint_when_every_judge_call_fails(tiny_world, s
     fractions = [entry["judge/failed_fraction"] for entry in state["log_history"] if "judge/failed_fraction" in entry]
     assert fractions == [1.0, 1.0]
     assert not (out / "model.safetensors").exists()  # not saved as a finished run: a relaunch resumes it
+
+
+def test_a_judge_failure_leaves_its_row_unscored_not_wrong(server, tiny_world, tmp_path, make_trainer):
+    """A judge that fails the calls about one completion of four (its observation's verdict, the reasoning from
+    it): `rewatch_reward` gives that
+    row None, not a total without `obs`; the trainer makes the row unscorable (every reward NaN, so TRL gives it
+    advantage 0 out of its group's baselines) and logs `judge/unscored_rows` 1. The control: the same completion
+    with an observation the judge answers is scored (a group none of whose rows a reward applies to: `unscored.py`)."""
+    import torch
+
+    captions = "[00:00-00:04] a red square\n[00:04-00:08] a blue square"
+    trace = "<action>[00:00-00:04]</action><observation>{}</observation><answer>A</answer>"
+    completions = [trace.format(text) for text in ("a red square", "a BAD square", "red", "a square")]
+    columns = dict(answer=["A"] * 4, problem=["What color?\nA: red\nB: blue"] * 4, multiple_choice=[True] * 4)
+    judge = make(server)
+    scored = R.rewatch_reward(completions, captions=[captions] * 4, judge=judge, **columns)
+    assert judge.failures == 2  # the observation's verdict and the reasoning from it
+    assert scored[1] is None and all(isinstance(value, float) for i, value in enumerate(scored) if i != 1)
+    fixed = R.rewatch_reward([trace.format("a fine square")], captions=[captions], judge=make(server), **{
+        key: value[:1] for key, value in columns.items()})  # fmt: skip
+    assert fixed == [scored[0]]  # the judge said yes to both: the same total
+
+    funcs = R.get_reward_funcs(["format", "rewatch_judge"], judge=judge)
+    trainer, dataset = make_trainer(tiny_world, tmp_path, __init__={"reward_funcs": funcs})
+    rows = [dataset[0]] * 2 + [dataset[1]] * 2
+    rows = [row | {"captions": captions if i < 2 else None} for i, row in enumerate(rows)]
+    rows = [row | {"answer": "A", "problem": columns["problem"][0], "multiple_choice": True} for row in rows]
+    trainer.model.train()
+    trainer._left_out = torch.zeros(4, dtype=torch.bool)
+    texts = [completions[0], completions[1], completions[0], completions[3]]
+    rewards = trainer._calculate_rewards(rows, [row["prompt"] for row in rows], texts, [[1]] * 4)
+    assert torch.isnan(rewards[1]).all()  # the failed row: unscorable in every column
+    assert not torch.isnan(rewards[0]).any()  # its group-mate: scored
+    assert trainer._metrics["train"]["judge/unscored_rows"] == [1]
