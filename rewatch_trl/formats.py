@@ -15,8 +15,8 @@ and LongVideo-Reason's (JSONL). `data.load_qa` validates the converted rows.
 A converted row also holds `solution` (LongVideo-Reason's `answer`, tags and all), which `video_r1_accuracy_reward`
 reads beside `problem_type`. LongVideo-Reason's released `problem_type` is a reasoning perspective (temporal, spatial,
 goal and purpose, plot and narrative), kept as `perspective` for per-perspective metrics; a row whose `problem_type`
-is one of Video-R1's kinds is read by its kind; a Video-R1 row with a `process` (the COT file) gets the SFT target Video-R1 trains on,
-`response = process + "\\n" + solution`.
+is one of Video-R1's kinds is read by its kind. A Video-R1 row with a `process` (the COT file) gets the SFT target
+Video-R1 trains on, `response = process + "\\n" + solution`.
 
 Example:
 ```python

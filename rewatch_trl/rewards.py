@@ -491,10 +491,12 @@ def rewatch_reward(
         rea = reasoning_reward(completions, problem, answer, multiple_choice, judge, problem_type)
     obs = observation_reward(completions, captions, judge)
     fmt = react_format_reward(completions, data_type)
-    captioned = [bool(parse_captions(caption)) for caption in _column({"c": captions}, "c", n)]
+    # `obs` is None on a row without captions (it counts 0 there) and on one whose verdict the judge failed to give
+    rows = zip(obs, _column({"c": captions}, "c", n), strict=True)
+    failed_obs = [o is None and bool(parse_captions(caption)) for o, caption in rows]
     return [
-        None if a is None or r is None or (o is None and has_captions) else a * (1.0 + (o or 0.0) + r) + f
-        for a, o, r, f, has_captions in zip(acc, obs, rea, fmt, captioned, strict=True)
+        None if a is None or r is None or failed else a * (1.0 + (o or 0.0) + r) + f
+        for a, o, r, f, failed in zip(acc, obs, rea, fmt, failed_obs, strict=True)
     ]
 
 

@@ -233,18 +233,11 @@ class VideoGRPOTrainer(GRPOTrainer):
         )
         self._old_pass_pending = False
         self._old_kept_mass: torch.Tensor | None = None  # the last generation batch's, (rows, completion tokens)
-        # the judges the reward functions ask (`get_reward_funcs` binds them): watched for an outage, `_watch_judges`
-        self._judges = list(
-            {
-                id(judge): judge
-                for func in self.reward_funcs
-                if (judge := getattr(func, "keywords", {}).get("judge")) is not None
-            }.values()
-        )
-        # the reward functions that ask a judge, by their column in the rewards
-        self._judged_rewards = [
-            i for i, func in enumerate(self.reward_funcs) if getattr(func, "keywords", {}).get("judge") is not None
-        ]
+        # the reward functions that ask a judge (`get_reward_funcs` binds it), by their column in the rewards, and
+        # the judges themselves: watched for an outage, `_watch_judges`
+        judges = [getattr(func, "keywords", {}).get("judge") for func in self.reward_funcs]
+        self._judged_rewards = [i for i, judge in enumerate(judges) if judge is not None]
+        self._judges = list({id(judges[i]): judges[i] for i in self._judged_rewards}.values())
         self._judge_counts = (0, 0)  # calls and failures of the judges until the last generation
         self._judge_failed_steps = 0  # consecutive generations whose every judge call failed
         self.judge_outage: str | None = None  # why the run stopped, once the judges are found down
