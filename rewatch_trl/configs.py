@@ -69,6 +69,14 @@ class ScriptArguments(trl.ScriptArguments):
     )
     judge_model: str | None = field(default=None, metadata={"help": "Judge model name (else REWATCH_JUDGE_MODEL)."})
     judge_max_concurrency: int = field(default=16, metadata={"help": "Judge requests in flight at once."})
+    judge_verdict_request: dict | None = field(
+        default=None,
+        metadata={
+            "help": "Fields added to the judge's yes/no requests (the OpenAI client's extra_body); behind vLLM, "
+            '`{structured_outputs: {choice: ["yes", "no"]}}` (quoted: YAML reads a bare yes as true) makes a small '
+            "judge's every verdict readable."
+        },
+    )
 
 
 @dataclass

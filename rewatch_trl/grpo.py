@@ -26,6 +26,7 @@ def judge_options(script_args: ScriptArguments) -> dict:
         "base_url": script_args.judge_base_url,
         "model": script_args.judge_model,
         "max_concurrency": script_args.judge_max_concurrency,
+        "verdict_request": script_args.judge_verdict_request,
     }
     return {key: value for key, value in options.items() if value is not None}
 

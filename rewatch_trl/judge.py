@@ -4,6 +4,10 @@ Configured by arguments or by the environment: `REWATCH_JUDGE_BASE_URL` (or `OPE
 `REWATCH_JUDGE_MODEL`, `REWATCH_JUDGE_API_KEY` (or `OPENAI_API_KEY`). A judge that stays down or answers
 garbage gives `None` for that prompt and a counted warning; it never raises into the trainer.
 
+A small judge may answer a yes/no question with anything; `verdict_request` adds fields to the verdict requests
+only (the free-text ones of the reasoning reward stay free). Behind vLLM's OpenAI server,
+`{"structured_outputs": {"choice": ["yes", "no"]}}` constrains every verdict to a word `parse_verdict` reads.
+
 Example:
 ```python
 >>> judge = JudgeClient(base_url="http://127.0.0.1:8000/v1", model="Qwen/Qwen3-30B-A3B-Instruct-2507")
@@ -64,6 +68,7 @@ class JudgeClient:
         timeout: float = 60.0,
         max_tokens: int = 512,
         temperature: float = 0.0,
+        verdict_request: dict | None = None,
     ):
         self.base_url = base_url or os.environ.get("REWATCH_JUDGE_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
         self.model = model or os.environ.get("REWATCH_JUDGE_MODEL")
@@ -80,6 +85,7 @@ class JudgeClient:
         self.timeout = timeout
         self.max_tokens = max_tokens
         self.temperature = temperature
+        self.verdict_request = dict(verdict_request or {})
         self.calls = 0  # requests asked
         self.failures = 0  # of them, those that failed every try or whose reply said no verdict
         self._lock = threading.Lock()
@@ -97,7 +103,7 @@ class JudgeClient:
             )
         return self._client
 
-    def _ask_one(self, prompt: str) -> str | None:
+    def _ask_one(self, prompt: str, extra_body: dict | None = None) -> str | None:
         with self._lock:
             self.calls += 1
         try:
@@ -106,6 +112,7 @@ class JudgeClient:
                 messages=[{"role": "user", "content": prompt}],
                 max_tokens=self.max_tokens,
                 temperature=self.temperature,
+                extra_body=extra_body or None,
             )
             return response.choices[0].message.content or ""
         except Exception as error:  # noqa: BLE001 - any endpoint failure becomes a counted None
@@ -114,17 +121,18 @@ class JudgeClient:
             logger.warning("judge request failed (%d failures so far): %s", self.failures, error)
             return None
 
-    def ask(self, prompts: list[str]) -> list[str | None]:
-        """Replies to each prompt, in order; None where the endpoint failed every try."""
+    def ask(self, prompts: list[str], extra_body: dict | None = None) -> list[str | None]:
+        """Replies to each prompt, in order; None where the endpoint failed every try. `extra_body`: fields added
+        to each request."""
         if not prompts:
             return []
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompts))) as pool:
-            return list(pool.map(self._ask_one, prompts))
+            return list(pool.map(self._ask_one, prompts, [extra_body] * len(prompts)))
 
     def score(self, prompts: list[str]) -> list[float | None]:
         """Verdicts in [0, 1] for each prompt; None (and a counted warning) where the reply cannot be parsed."""
         scores = []
-        for reply in self.ask(prompts):
+        for reply in self.ask(prompts, self.verdict_request):
             verdict = parse_verdict(reply)
             if reply is not None and verdict is None:
                 with self._lock:

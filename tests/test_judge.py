@@ -13,6 +13,7 @@ from rewatch_trl.judge import JudgeClient, parse_verdict
 
 class JudgeHandler(BaseHTTPRequestHandler):
     calls: dict = {}
+    requests: dict = {}  # each prompt's last request body
     lock = threading.Lock()
     barrier = threading.Barrier(8)
 
@@ -33,6 +34,7 @@ class JudgeHandler(BaseHTTPRequestHandler):
         with self.lock:
             self.calls[prompt] = self.calls.get(prompt, 0) + 1
             count = self.calls[prompt]
+            self.requests[prompt] = request
         if "SLOW" in prompt:
             time.sleep(1.0)
         if "TOGETHER" in prompt:
@@ -104,6 +106,27 @@ def test_down_endpoint_garbage_and_timeouts_give_none_and_count(server):
     assert scores == [None, None, None, None, 1.0]
     assert judge.failures == 4
     assert JudgeHandler.calls["DOWN"] == 2  # one try + one retry, bounded
+
+
+def test_verdict_requests_carry_their_fields_and_free_asks_do_not(server):
+    """`verdict_request` (the recipe's `judge_verdict_request`) reaches the server in the yes/no requests only: the
+    reasoning reward's free answers must stay free."""
+    judge = make(server, verdict_request={"structured_outputs": {"choice": ["yes", "no"]}})
+    assert judge.score(["a verdict"]) == [1.0]
+    assert judge.ask(["a free answer"]) == ["yes"]
+    assert JudgeHandler.requests["a verdict"]["structured_outputs"] == {"choice": ["yes", "no"]}
+    assert "structured_outputs" not in JudgeHandler.requests["a free answer"]
+
+
+def test_the_recipe_key_reaches_the_judge(tmp_path):
+    from rewatch_trl.grpo import judge_options, parse_args
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text('dataset_name: x\njudge_verdict_request:\n  structured_outputs:\n    choice: ["yes", "no"]\n')
+    cli = ["--config", str(recipe), "--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false"]
+    assert judge_options(parse_args(cli)[0])["verdict_request"] == {"structured_outputs": {"choice": ["yes", "no"]}}
+    recipe.write_text("dataset_name: x\n")
+    assert "verdict_request" not in judge_options(parse_args(cli)[0])
 
 
 def test_unreachable_endpoint_gives_none():
