@@ -81,7 +81,14 @@ def _summary(args) -> None:
 def _data(args) -> None:
     from pathlib import Path
 
-    from rewatch_trl.data import check_decode, drop_rows_of, load_qa, save_prepared
+    from rewatch_trl.data import (
+        check_decode,
+        drop_rows_of,
+        failures_by_container,
+        load_qa,
+        save_prepared,
+        variable_rate_videos,
+    )
     from rewatch_trl.video import write_undecodable
 
     if args.drop_undecodable and not args.check_decode:
@@ -95,10 +102,24 @@ def _data(args) -> None:
     failures = []
     if args.check_decode:
         paths = sorted({str(Path(args.video_root) / name) for name in dataset["videos"] if name is not None})
-        failures = check_decode(paths, _video_settings(args), args.num_proc)
+        settings = _video_settings(args)
+        failures = check_decode(paths, settings, args.num_proc)
         print(f"{len(failures)} of {len(paths)} videos do not decode")
         for failure in failures:
             print(f"  {failure['error']}")
+        by_container = failures_by_container(paths, failures)
+        if by_container:
+            shown = ", ".join(f"{suffix} {failed} of {total}" for suffix, (failed, total) in by_container.items())
+            print(f"{settings.video_backend} cannot decode, by container: {shown}")
+        drifting = variable_rate_videos(paths)
+        if drifting:
+            print(
+                f"{len(drifting)} video(s) have a variable frame rate: frames are placed at the average rate (as "
+                "qwen-vl-utils does), so their times, and their clips', are off by up to the drift shown; "
+                "re-encode at a constant rate to fix (ffmpeg -i IN -fps_mode cfr OUT)"
+            )
+            for path, drift in sorted(drifting.items()):
+                print(f"  {path}: {drift:.2f} s")
         if failures and args.drop_undecodable:
             rows = len(dataset)
             dataset = drop_rows_of(dataset, {failure["path"] for failure in failures}, args.video_root)

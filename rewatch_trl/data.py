@@ -462,6 +462,41 @@ def check_decode(paths: list[str], settings, num_proc: int = 1, progress: bool =
     ]
 
 
+def variable_rate_videos(paths: list[str], tolerance: float = 0.5, progress: bool = True) -> dict[str, float]:
+    """The videos of `paths` whose frames drift more than `tolerance` seconds from where the readers place them
+    (`video.frame_time_drift`; half a second: the prompts' times are whole seconds), with their drift: their clips'
+    times are off by as much. Unreadable files are left to `check_decode`."""
+    from tqdm.auto import tqdm
+
+    from rewatch_trl.video import VideoError, frame_time_drift
+
+    drifts = {}
+    for path in tqdm(paths, desc="reading frame times", unit="video", disable=not progress):
+        try:
+            drift = frame_time_drift(path)
+        except VideoError:
+            continue
+        if drift > tolerance:
+            drifts[path] = drift
+    return drifts
+
+
+def failures_by_container(paths: list[str], failures: list[dict]) -> dict[str, tuple[int, int]]:
+    """Per file extension among `paths`: (videos that do not decode, videos), for the extensions that have failures.
+
+    Example:
+    ```python
+    >>> failures_by_container(["a.mp4", "b.webm", "c.webm"], [{"path": "b.webm"}])
+    {'.webm': (1, 2)}
+    ```
+    """
+    from collections import Counter
+
+    total = Counter(Path(p).suffix.lower() for p in paths)
+    failed = Counter(Path(f["path"]).suffix.lower() for f in failures)
+    return {suffix: (failed[suffix], total[suffix]) for suffix in sorted(failed)}
+
+
 def drop_rows_of(dataset, paths: set[str], video_root):
     """`dataset` without the rows whose video is one of `paths` (as `video_root / videos`)."""
     return dataset.filter(

@@ -146,6 +146,33 @@ def video_duration(path) -> float:
         raise VideoError(f"cannot read video {path}: {error}") from error
 
 
+def frame_time_drift(path) -> float:
+    """How far, in seconds, a video's frames are from where a reader places them: both backends (as qwen-vl-utils)
+    place frame i at i / average rate, which is its own time only at a constant frame rate. 0.0 for a constant-rate
+    video; a variable-rate one (a phone's, a screen recording) drifts, and its clips' times with it. Reads packet
+    times only, decoding nothing; a corrupt file raises `VideoError`.
+
+    Example:
+    ```python
+    >>> frame_time_drift("videos/phone.mp4")  # doctest: +SKIP
+    0.75
+    ```
+    """
+    import av
+
+    path = _check_file(path)
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            times = sorted(float(p.pts * p.time_base) for p in container.demux(stream) if p.size and p.pts is not None)
+            rate = float(stream.average_rate or stream.guessed_rate or 0)
+    except (av.FFmpegError, IndexError, TypeError) as error:
+        raise VideoError(f"cannot read video {path}: {error}") from error
+    if len(times) < 2 or rate <= 0:
+        return 0.0
+    return max(abs(t - times[0] - i / rate) for i, t in enumerate(times))
+
+
 def _frame_count(container, stream) -> int:
     """A video stream's frames: the count its container keeps (mp4, mov, avi), else its packets counted, as decord
     counts them (WebM and Matroska keep no count, nor a duration of the stream: only the container's, which is its

@@ -243,6 +243,8 @@ def test_check_decode_finds_the_video_that_does_not_decode(tiny_world, tmp_path,
     assert cli([*arguments, "--check-decode", "--num-proc", "2"]) == 0
     out = capsys.readouterr().out
     assert "1 of 4 videos do not decode" in out and "synthetic_002.mp4" in out
+    assert "decord cannot decode, by container: .mp4 1 of 4" in out
+    assert "variable frame rate" not in out  # the control of the test below
 
     dropped = tmp_path / "dropped"
     assert cli([*arguments, "--check-decode", "--drop-undecodable", "--save-to-disk", str(dropped)]) == 0
@@ -253,6 +255,25 @@ def test_check_decode_finds_the_video_that_does_not_decode(tiny_world, tmp_path,
     (record,) = [json.loads(line) for line in (dropped / "undecodable.jsonl").read_text().splitlines()]
     assert record["path"] == str(videos / "synthetic_002.mp4") and record["backend"] == "decord"
     assert "cannot decode" in record["error"] and "read_video" not in record["error"]
+
+
+def test_check_decode_names_a_variable_rate_video_and_its_drift(tiny_world, tmp_path, capsys):
+    """A row's video replaced by a variable-rate one: it decodes, and the check names it with how far its frames'
+    times are from where the readers place them."""
+    import shutil
+
+    from test_video import write_variable_rate
+
+    videos = tmp_path / "videos"
+    shutil.copytree(tiny_world.video_dir, videos)
+    write_variable_rate(videos / "synthetic_001.mp4", slow=24)  # 8 s, as its rows say
+    arguments = ["data", "--qa", str(tiny_world.qa_path), "--video-root", str(videos), *TINY_VIDEO_FLAGS]
+    assert cli([*arguments, "--check-decode"]) == 0
+    out = capsys.readouterr().out
+    assert "0 of 4 videos do not decode" in out and "by container" not in out
+    assert "1 video(s) have a variable frame rate" in out
+    drift = 16 / (40 / 7.625) - 2.0  # frame 16: 2.0 s, placed at 3.05 s
+    assert f"  {videos / 'synthetic_001.mp4'}: {drift:.2f} s" in out
 
 
 def test_drop_undecodable_needs_check_decode(tiny_world, tmp_path, capsys):

@@ -198,6 +198,8 @@ def write_container(path, codec: str, audio: str | None = None, rotate_90: bool 
     with av.open(str(path), mode="w") as container:
         video = container.add_stream(codec, rate=8)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        if codec == "mpeg4":  # its default bit rate blurs an edge by 1.6 gray levels; a camera's AVI keeps more
+            video.bit_rate = 4_000_000
         if audio:
             sound = container.add_stream(audio, rate=48000)
             sound.layout = "mono"
@@ -220,12 +222,57 @@ def write_container(path, codec: str, audio: str | None = None, rotate_90: bool 
         path.write_bytes(bytes(data))
 
 
+def write_variable_rate(path, slow: int = 16):
+    """An H.264 MP4 of 16 frames 1/8 s apart, then `slow` frames 1/4 s apart (frame i: gray 16 + 6 i): with 16,
+    about 6 s, an average rate of 5.7 fps, frame 16 at 2.0 s where the average rate places it at 2.8 s."""
+    import fractions
+
+    import av
+    import numpy as np
+
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=8)
+        video.width, video.height, video.pix_fmt = 96, 64, "yuv420p"
+        video.time_base = fractions.Fraction(1, 1000)
+        time = 0
+        for i in range(16 + slow):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 96, 3), 16 + 6 * i, dtype=np.uint8), format="rgb24")
+            frame.pts, frame.time_base = time, video.time_base
+            container.mux(video.encode(frame))
+            time += 125 if i < 16 else 250
+        container.mux(video.encode())
+
+
+def test_a_variable_rate_video_reads_alike_on_every_backend_and_its_drift_is_measured(tmp_path):
+    """Both backends place a variable-rate video's frames at its average rate (qwen-vl-utils' rule): the same indices
+    and frames on each, whole and clipped. `frame_time_drift` says how far that is from the frames' own times; a
+    constant-rate video (the control) drifts by nothing."""
+    import dataclasses
+
+    from rewatch_trl.video import frame_time_drift
+
+    path, constant = tmp_path / "vfr.mp4", tmp_path / "cfr.mp4"
+    write_variable_rate(path)
+    write_container(constant, "libx264")
+    settings = VideoSettings(video_max_frames=16, video_min_pixels=28 * 28 * 4, video_max_pixels=56 * 84)
+    for clip in ((None, None), (1.0, 3.0), (4.0, 5.5)):
+        decord = decode_video(path, settings, *clip)
+        pyav = decode_video(path, dataclasses.replace(settings, video_backend="pyav"), *clip)
+        assert decord.frame_indices == pyav.frame_indices and decord.total_frames == pyav.total_frames
+        assert (decord.frames.float() - pyav.frames.float()).abs().mean() <= 0.5
+    assert decord.frame_indices == [23, 26, 28, 31]  # 4.0-5.5 s at 5.69 fps: frames 23-31, in truth 3.75-5.75 s
+    assert frame_time_drift(path) == pytest.approx(16 / (32 / 5.625) - 2.0, abs=0.02)  # frame 16: 2.0 s, not 2.81
+    assert frame_time_drift(constant) < 1e-6
+
+
 @pytest.mark.parametrize(
     "name, codec, audio, rotate_90",
     [
         ("vp9.webm", "libvpx-vp9", None, False),
         ("vp8.webm", "libvpx", None, False),
         ("h264.mkv", "libx264", None, False),
+        ("h264.mov", "libx264", None, False),
+        ("mpeg4.avi", "mpeg4", None, False),
         ("long_audio.webm", "libvpx-vp9", "libopus", False),
         ("long_audio.mkv", "libx264", "aac", False),
         ("phone.mp4", "libx264", None, True),
