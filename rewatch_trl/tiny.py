@@ -323,6 +323,26 @@ def write_synthetic_video(
     ]
 
 
+# The containers LongVideo-Reason ships besides MP4 (its evaluation split: 867 .mp4, 130 .webm, 3 .mkv), by the
+# codec each holds there
+CONTAINER_CODECS = {".webm": "libvpx-vp9", ".mkv": "libx264", ".mp4": "libx264"}
+
+
+def transcode(source, target) -> None:
+    """`source`'s frames, at its rate, written to `target` in the container its suffix names (`CONTAINER_CODECS`)."""
+    import av
+
+    codec = CONTAINER_CODECS[Path(target).suffix]
+    with av.open(str(source)) as reader, av.open(str(target), mode="w") as writer:
+        video = reader.streams.video[0]
+        stream = writer.add_stream(codec, rate=video.average_rate)
+        stream.width, stream.height, stream.pix_fmt = video.width, video.height, "yuv420p"
+        stream.options = {"crf": "18", "preset": "ultrafast"} if codec == "libx264" else {"crf": "10", "b": "0"}
+        for frame in reader.decode(video):
+            writer.mux(stream.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")))
+        writer.mux(stream.encode())
+
+
 def captions_text(captions: list[dict]) -> str:
     """Captions as the paper writes them: `[MM:SS-MM:SS] text`, one a line."""
     return "\n".join(
@@ -542,7 +562,12 @@ def other_format_rows(root: Path, video_dir: Path, caption_rows: list[dict], rng
                 }
             )
         # As LongVideo-Reason ships its rows: no id, the options inside the problem, `problem_type` the reasoning
-        # perspective; multiple-choice and open-ended rows alternate
+        # perspective; multiple-choice and open-ended rows alternate; some videos are WebM and Matroska
+        container = {1: ".webm", 3: ".mkv"}.get(i % 4)
+        if container:
+            mp4 = root / video
+            transcode(mp4, mp4.with_suffix(container))
+            video = str(Path(video).with_suffix(container))
         if i % 2 == 0:
             problem, answer = "What color is the square at the start?\n" + "\n".join(options), letter
         else:

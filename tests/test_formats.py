@@ -3,6 +3,7 @@ LongVideo-Reason's JSONL, as the tiny world writes them, become project rows tha
 is named by file, line and field."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -61,6 +62,7 @@ def test_longvideo_reason_rows_as_released_become_project_rows_scored_by_their_k
     source = [json.loads(line) for line in tiny_world.longvideo_reason_path.read_text().splitlines()]
     assert not any("problem_id" in row or "data_type" in row for row in source)
     assert {row["problem_type"] for row in source} == set(LONGVIDEO_REASON_PERSPECTIVES)
+    assert {Path(row["videos"]).suffix for row in source} == {".mp4", ".webm", ".mkv"}  # its containers
     dataset, report = load(tiny_world.longvideo_reason_path, tiny_world.root, format=format)
     assert report.kept == len(source)
     rows = dataset.to_list()
