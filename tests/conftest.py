@@ -176,6 +176,18 @@ def pytest_configure(config):
     )
 
 
+def failure_report(stderr: str, tail: int = 3000) -> str:
+    """What a failed launch said: each fatal error's block (faulthandler's thread stacks, `terminate called ...`),
+    which the other process's later output would push out of the tail, then the tail."""
+    lines = stderr.splitlines()
+    fatal = [
+        "\n".join(lines[i : i + 40])
+        for i, line in enumerate(lines)
+        if line.startswith(("Fatal Python error", "terminate called"))
+    ]
+    return "\n...\n".join([*fatal, stderr[-tail:]])
+
+
 class Launcher:
     """`accelerate launch` of the tiny recipes in subprocesses, as a user runs them."""
 
@@ -213,7 +225,14 @@ class Launcher:
 
     @staticmethod
     def environment():
-        return os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+        # faulthandler: a process that aborts (a C++ thread destroyed while joinable, a decoder's crash) prints every
+        # thread's Python stack, so a rare abort names where it happened
+        return os.environ | {
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONFAULTHANDLER": "1",
+        }
 
     def run(self, command, timeout=300, env: dict | None = None):
         result = subprocess.run(
@@ -224,7 +243,7 @@ class Launcher:
             env=self.environment() | (env or {}),
             cwd=self.root,
         )
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.returncode == 0, failure_report(result.stderr)
         return result
 
     def kill_after_checkpoint(self, command, output_dir, step: int = 2, timeout: float = 240) -> None:

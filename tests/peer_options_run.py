@@ -124,3 +124,6 @@ if __name__ == "__main__":
     record = recorded_dynamic_batch(trainer, process_rows(dataset, trainer.accelerator.process_index))
     record["temporal"] = recorded_temporal_batches(world, out)
     (out / f"process-{trainer.accelerator.process_index}.json").write_text(json.dumps(record))
+    # leave together: a process that exits while its peer still talks to it over gloo tears its threads down mid-call
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
