@@ -50,6 +50,7 @@ from rewatch_trl.collator import (
 from rewatch_trl.dynamic import refill_prompts, replace_groups, zero_variance_groups
 from rewatch_trl.families import family_of
 from rewatch_trl.generation_buffer import restore_generation_buffer, save_generation_buffer
+from rewatch_trl.judge_watch import JudgeWatch
 from rewatch_trl.positions import use_original_rope
 from rewatch_trl.prompts import VideoSettings
 from rewatch_trl.rewards import reward_func_name
@@ -69,7 +70,6 @@ from rewatch_trl.suppression import suppress_vision_tokens, suppressed_token_ids
 from rewatch_trl.temporal import frame_order, length_band_gate, shuffled, temporal_bonus
 from rewatch_trl.training import keep_used_weight_conversions
 from rewatch_trl.trl_surface import check_trl
-from rewatch_trl.unscored import unscored_rows
 from rewatch_trl.video import (
     SampledVideo,
     VideoCache,
@@ -81,17 +81,6 @@ from rewatch_trl.vllm_video import VideoLLM, awake_across_calls, engine_built_as
 
 
 logger = logging.getLogger(__name__)
-
-
-class StopOnJudgeOutage(TrainerCallback):
-    """Saves a checkpoint and stops training at the end of a step once the trainer has found its judge down."""
-
-    def __init__(self, trainer: "VideoGRPOTrainer"):
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.trainer.judge_outage is not None:
-            control.should_save = control.should_training_stop = True
 
 
 def prompt_key(prompt) -> str:
@@ -233,16 +222,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         )
         self._old_pass_pending = False
         self._old_kept_mass: torch.Tensor | None = None  # the last generation batch's, (rows, completion tokens)
-        # the reward functions that ask a judge (`get_reward_funcs` binds it), by their column in the rewards, and
-        # the judges themselves: watched for an outage, `_watch_judges`
-        judges = [getattr(func, "keywords", {}).get("judge") for func in self.reward_funcs]
-        self._judged_rewards = [i for i, judge in enumerate(judges) if judge is not None]
-        self._judges = list({id(judges[i]): judges[i] for i in self._judged_rewards}.values())
-        self._judge_counts = (0, 0)  # calls and failures of the judges until the last generation
-        self._judge_failed_steps = 0  # consecutive generations whose every judge call failed
-        self.judge_outage: str | None = None  # why the run stopped, once the judges are found down
-        if self._judges and getattr(self.args, "judge_max_failed_steps", 0):
-            self.add_callback(StopOnJudgeOutage(self))
+        self.judge_watch = JudgeWatch.attach(self)  # the judged rewards' failures: unscored rows, an outage
         self.rewatcher = None
         # our GRPOConfig holds the re-watch settings (a plain trl.GRPOConfig: the paper's mode)
         if isinstance(self.args, RewatchSettings) and self.args.agentic:
@@ -659,11 +639,16 @@ class VideoGRPOTrainer(GRPOTrainer):
         rewards_per_func[left_out] = torch.nan  # unscorable: TRL gives such a row advantage 0, out of the baselines
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["data/undecodable"].append(left_out.sum().item())
-        if self._judged_rewards:  # a judge failure is no wrong answer: the row is unscorable too (`unscored.py`)
-            unscored = unscored_rows(rewards_per_func[:, self._judged_rewards], self.num_generations)
-            rewards_per_func[unscored] = torch.nan
-            self._metrics[mode]["judge/unscored_rows"].append(unscored.sum().item())
-        self._watch_judges(mode)
+        if self.judge_watch is not None:  # a judge failure is no wrong answer: its row is unscorable too
+            self._metrics[mode]["judge/unscored_rows"].append(
+                self.judge_watch.unscore(rewards_per_func, self.num_generations)
+            )
+            new = self.judge_watch.new_counts().to(self.accelerator.device)
+            calls, failed = self.accelerator.gather(new[None]).sum(0).tolist()
+            step = self.state.global_step + 1
+            failed_fraction = self.judge_watch.record(calls, failed, step, self.args.output_dir, mode == "train")
+            if failed_fraction is not None:
+                self._metrics[mode]["judge/failed_fraction"].append(failed_fraction)
         if self._accuracy_index is not None and mode == "train":
             accuracy = rewards_per_func[:, self._accuracy_index].clone()
             if self._length_band_index is not None:  # Video-R1 pays the band to right answers of varied prompts
@@ -676,29 +661,6 @@ class VideoGRPOTrainer(GRPOTrainer):
         weighted = rewards_per_func * self.reward_weights.to(rewards_per_func.device)
         self._batch_rewards = weighted.nansum(dim=1).masked_fill(torch.isnan(rewards_per_func).all(dim=1), torch.nan)
         return rewards_per_func
-
-    def _watch_judges(self, mode: str) -> None:
-        """`judge/failed_fraction` of this generation's judge calls (all processes); after `judge_max_failed_steps`
-        generations in a row whose every call failed, `judge_outage` says so and `StopOnJudgeOutage` stops the run."""
-        if not self._judges:
-            return
-        counts = (sum(judge.calls for judge in self._judges), sum(judge.failures for judge in self._judges))
-        new = torch.tensor([now - before for now, before in zip(counts, self._judge_counts, strict=True)])
-        self._judge_counts = counts
-        calls, failed = self.accelerator.gather(new.to(self.accelerator.device)[None]).sum(0).tolist()
-        if not calls:  # no row asked the judge: says nothing of it
-            return
-        self._metrics[mode]["judge/failed_fraction"].append(failed / calls)
-        self._judge_failed_steps = self._judge_failed_steps + 1 if failed == calls else 0
-        limit = getattr(self.args, "judge_max_failed_steps", 0)
-        if mode == "train" and limit and self._judge_failed_steps >= limit:
-            step = self.state.global_step + 1  # the step at hand, whose end saves the checkpoint
-            endpoints = ", ".join(sorted({f"{judge.base_url} ({judge.model})" for judge in self._judges}))
-            self.judge_outage = (
-                f"the judge at {endpoints} failed every call of the last {self._judge_failed_steps} steps that asked "
-                f"it: training stopped at step {step}, saved in {self.args.output_dir}/checkpoint-{step}; bring the "
-                "judge back and launch the same command to resume (judge_max_failed_steps: 0 never stops)"
-            )
 
     def _agentic_rollout(self, prompts: list, trainer=None) -> dict:
         """`rollout_func` of agentic mode: the prompts encoded as in the paper's mode, then `Rewatcher.rollout`,

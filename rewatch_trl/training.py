@@ -236,8 +236,9 @@ def train_and_save(trainer, processor, script_args: ScriptArguments) -> None:
                 load_checkpoint_weights, trainer, trainer._load_from_checkpoint
             )
         result = trainer.train(resume_from_checkpoint=checkpoint)
-        if getattr(trainer, "judge_outage", None):  # its checkpoint is saved; the run is not done
-            raise RunStopped(trainer.judge_outage)
+        outage = getattr(getattr(trainer, "judge_watch", None), "outage", None)
+        if outage:  # its checkpoint is saved; the run is not done
+            raise RunStopped(outage)
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         # `_internal_call`: transformers' own save would push too; the run's one push is the last step below

@@ -254,7 +254,7 @@ def test_a_judge_failure_leaves_its_row_unscored_not_wrong(server, tiny_world, t
     it): `rewatch_reward` gives that
     row None, not a total without `obs`; the trainer makes the row unscorable (every reward NaN, so TRL gives it
     advantage 0 out of its group's baselines) and logs `judge/unscored_rows` 1. The control: the same completion
-    with an observation the judge answers is scored (a group none of whose rows a reward applies to: `unscored.py`)."""
+    with an observation the judge answers is scored (a group none of whose rows a reward applies to: `judge_watch.py`)."""
     import torch
 
     captions = "[00:00-00:04] a red square\n[00:04-00:08] a blue square"
