@@ -49,6 +49,7 @@ from rewatch_trl.collator import (
 )
 from rewatch_trl.dynamic import refill_prompts, replace_groups, zero_variance_groups
 from rewatch_trl.families import family_of
+from rewatch_trl.generation_batch import GenerationBatch
 from rewatch_trl.generation_buffer import restore_generation_buffer, save_generation_buffer
 from rewatch_trl.judge_watch import JudgeWatch
 from rewatch_trl.positions import use_original_rope
@@ -206,13 +207,9 @@ class VideoGRPOTrainer(GRPOTrainer):
             logger.info("ZeRO-3: %d of the policy's %d parameters are partitioned", partitioned, len(params))
         self.sharing_counter = SharingCounter(models, self.video_collator)
         self._steps_to_log = 0  # optimizer steps since the sharing counts were last logged
-        self._video_inputs: list[dict] | None = None  # per sample, for the log-prob passes of the batch at hand
-        self._clip_inputs: list[list[dict]] | None = None  # agentic mode: per sample, the clips of its completion
-        self._pending_videos: list[SampledVideo | list[SampledVideo]] | None = None  # per row, for vLLM
-        self._model_texts: list[str] | None = None  # agentic mode: what the model wrote, for the rewards
-        self._row_paths: list[str] | None = None  # per row of the generation at hand, its video
+        # what the generation (or loss pass) at hand knows of its rows; None between them (`generation_batch.py`)
+        self.generation: GenerationBatch | None = None
         self._undecodable: set[str] = set()  # videos that failed to decode on any process, the same on all
-        self._left_out: torch.Tensor | None = None  # per row of the generation at hand: its video is one of them
         # vLLM samples from a truncated distribution (top-k, top-p, min-p): the importance-sampling correction then
         # compares the trainer's log-probs on that support (`sampling.py`); the old-policy pass's kept mass
         self._sampler_truncates = (
@@ -220,8 +217,6 @@ class VideoGRPOTrainer(GRPOTrainer):
             and self.vllm_importance_sampling_correction
             and truncates(self.top_k, self.top_p, self.min_p)
         )
-        self._old_pass_pending = False
-        self._old_kept_mass: torch.Tensor | None = None  # the last generation batch's, (rows, completion tokens)
         self.judge_watch = JudgeWatch.attach(self)  # the judged rewards' failures: unscored rows, an outage
         self.rewatcher = None
         # our GRPOConfig holds the re-watch settings (a plain trl.GRPOConfig: the paper's mode)
@@ -242,8 +237,6 @@ class VideoGRPOTrainer(GRPOTrainer):
             self.rollout_writer = RolloutWriter(self.args.output_dir, self.video_collator, clips)
             self.add_callback(FlushRollouts(self.rollout_writer))
         self._check_peer_options()
-        self._shuffled: tuple[list[int], list[list[int]]] | None = None  # T-GRPO: the rows shuffled, their completions
-        self._batch_rewards: torch.Tensor | None = None  # the last scored batch's total rewards, all processes' rows
 
     def _check_peer_options(self) -> None:
         """The options from video-RL peers (T-GRPO, the length band's gate, dynamic sampling): what they need."""
@@ -297,9 +290,10 @@ class VideoGRPOTrainer(GRPOTrainer):
         mm = [row_mm[row].tolist() for row_mm, row in zip(batch["mm_token_type_ids"], keep, strict=True)]
         samples = [{key: value.to(device) for key, value in sample.items()} for sample in split_video_inputs(batch)]
         rows = [distinct.index(key) for key in keys]
-        self._video_inputs = [samples[i] for i in rows]
-        self._pending_videos = [videos[i] for i in rows]
-        self._row_paths = [videos[i].path for i in rows]
+        generation = self.generation
+        generation.samples = [samples[i] for i in rows]
+        generation.videos = [videos[i] for i in rows]
+        generation.paths = [videos[i].path for i in rows]
         return [ids[i] for i in rows], None, self._generation_fields([mm[i] for i in rows])
 
     def _generation_fields(self, types: list[list[int]]) -> dict:
@@ -308,7 +302,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         themselves (`VideoLLM.serving`) and ignores these: none are built, no pixels copied each round."""
         if self.use_vllm:
             return {}
-        fields = video_fields(self._video_inputs, bool(self._shared_features), self._clip_inputs)
+        generation = self.generation
+        fields = video_fields(generation.samples, bool(self._shared_features), generation.clips)
         # a per-token field: TRL left-pads lists of lists like the prompt ids
         return fields | {"mm_token_type_ids": types}
 
@@ -387,8 +382,9 @@ class VideoGRPOTrainer(GRPOTrainer):
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
         # the rows of this generation are the prompts `_tokenize_prompts` just encoded, with their videos
-        serving = self.vllm_generation.llm.serving(self._pending_videos) if self.use_vllm else contextlib.nullcontext()
-        with self.shared_rows(self._video_inputs, clips=self._clip_inputs), serving:
+        generation = self.generation
+        serving = self.vllm_generation.llm.serving(generation.videos) if self.use_vllm else contextlib.nullcontext()
+        with self.shared_rows(generation.samples, clips=generation.clips), serving:
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs
             )
@@ -411,27 +407,36 @@ class VideoGRPOTrainer(GRPOTrainer):
             self.train_dataset = dataset
 
     def _generate_and_score_completions(self, inputs):
-        output = self._scored_batch(inputs)
+        output, totals = self._scored_batch(inputs)
         if getattr(self.args, "dynamic_sampling", False) and self.model.training:
-            output = self._resample_zero_variance(output, len(inputs))
+            output = self._resample_zero_variance(output, totals, len(inputs))
         return output
 
-    def _resample_zero_variance(self, batch: dict, rows: int) -> dict:
+    @contextlib.contextmanager
+    def generating(self):
+        """Within the block, `self.generation` is a new `GenerationBatch` for the generation at hand."""
+        self.generation = GenerationBatch(mode="train" if self.model.training else "eval")
+        try:
+            yield self.generation
+        finally:
+            self.generation = None
+
+    def _resample_zero_variance(self, batch: dict, totals: torch.Tensor, rows: int) -> dict:
         """Dynamic sampling (`dynamic.py`): the batch's zero-variance groups replaced, on each process, by varied groups
         of refill batches; every process generates as many refill batches (until none is left anywhere, or
         `max_resample_rounds`)."""
         G, index = self.num_generations, self.accelerator.process_index
         mine = slice(index * rows // G, (index + 1) * rows // G)
-        zero = zero_variance_groups(self._batch_rewards, G)
+        zero = zero_variance_groups(totals, G)
         self._metrics["train"]["dynamic/zero_variance_groups"].append(zero.sum().item())
         waiting = zero[mine].clone()
         rounds = 0
         logged, moves = [self._logged_rows(zero.numel() * G)], []
         while zero.any() and rounds < self.args.max_resample_rounds:
             rounds += 1
-            refill = self._scored_batch(self._refill_rows(rows, rounds))
+            refill, refill_totals = self._scored_batch(self._refill_rows(rows, rounds))
             logged.append(self._logged_rows(zero.numel() * G))
-            varied = (~zero_variance_groups(self._batch_rewards, G)[mine]).nonzero().flatten().tolist()
+            varied = (~zero_variance_groups(refill_totals, G)[mine]).nonzero().flatten().tolist()
             pairs = list(zip(waiting.nonzero().flatten().tolist(), varied, strict=False))  # as many as both have
             batch = replace_groups(batch, refill, pairs, G, self._tokenizer.pad_token_id)
             moves += [(mine.start + slot, rounds, mine.start + source) for slot, source in pairs]
@@ -481,48 +486,45 @@ class VideoGRPOTrainer(GRPOTrainer):
         every = [i for i in drawn for _ in range(G)]
         return [self.train_dataset[i] for i in every[index * rows : (index + 1) * rows]]
 
-    def _scored_batch(self, inputs):
+    def _scored_batch(self, inputs) -> tuple[dict, torch.Tensor]:
+        """TRL's generation and scoring of `inputs` within a `GenerationBatch`: its output, and the weighted total
+        reward of every process's rows."""
         # frames a DataLoader worker decoded: into this process's cache (and out of the reward functions' columns)
         self.video_collator.keep([row.pop("sampled_video") for row in inputs if "sampled_video" in row])
-        # TRL's first pass over the policy after generation is the old-policy pass that its correction reads
-        self._old_pass_pending, self._old_kept_mass = self._sampler_truncates, None
-        try:
+        with self.generating() as generation:
+            # TRL's first pass over the policy after generation is the old-policy pass that its correction reads
+            generation.old_pass_pending = self._sampler_truncates
             output = super()._generate_and_score_completions(inputs)
-            if self._old_kept_mass is not None:
+            if generation.old_kept_mass is not None:
                 # the correction compared the sampler's support on both sides; the loss's old policy is the whole
                 # distribution, as its policy pass is
-                output["old_per_token_logps"] = output["old_per_token_logps"] + self._old_kept_mass
-            output["video_inputs"] = self._video_inputs
+                output["old_per_token_logps"] = output["old_per_token_logps"] + generation.old_kept_mass
+            output["video_inputs"] = generation.samples
             # what the batch held: its rows whose prompt shows an image (Video-R1's image rows), on all processes
-            images = sum(modality(sample) == "image" for sample in self._video_inputs)
+            images = sum(modality(sample) == "image" for sample in generation.samples)
             images = self.accelerator.gather(torch.tensor(float(images), device=self.accelerator.device)).sum()
-            self._metrics["train" if self.model.training else "eval"]["data/image_rows"].append(images.item())
-            if self._clip_inputs is not None:
-                output["clip_inputs"] = self._clip_inputs
-        finally:
-            self._video_inputs, self._clip_inputs, self._pending_videos = None, None, None
-            self._model_texts = None
-            self._row_paths, self._left_out = None, None
-            self._old_pass_pending = False
-            self._shuffled = None
-        return output
+            self._metrics[generation.mode]["data/image_rows"].append(images.item())
+            if generation.clips is not None:
+                output["clip_inputs"] = generation.clips
+        return output, generation.totals
 
     def _compute_loss(self, model, inputs):
-        self._video_inputs, self._clip_inputs = inputs.get("video_inputs"), inputs.get("clip_inputs")
+        self.generation = GenerationBatch.for_loss(inputs)
         try:
             return super()._compute_loss(model, inputs)
         finally:
-            self._video_inputs, self._clip_inputs = None, None
+            self.generation = None
 
     def _generate(self, prompts: list):
         output = self._leave_out_undecodable(super()._generate(prompts))
+        generation = self.generation
         if self._temporal_rollouts and self.model.training:
-            self._shuffled = self._shuffled_rollouts(prompts)
-        if self._model_texts is None:
+            generation.shuffled = self._shuffled_rollouts(prompts)
+        if generation.model_texts is None:
             return output
         # the rewards read what the model wrote: the clips' tokens and the replies to failed actions left out
         completions = output[3]
-        texts = self._model_texts
+        texts = generation.model_texts
         if completions and isinstance(completions[0], list):
             texts = [[{"role": "assistant", "content": text}] for text in texts]
         return (*output[:3], texts, *output[4:])
@@ -533,13 +535,14 @@ class VideoGRPOTrainer(GRPOTrainer):
         prompt's shuffled rows share one order of its frames, one processor call and one vision pass. They are only
         scored: this returns the rows shuffled and their completions, and nothing of them reaches the loss."""
         G, offset = self.num_generations, self.accelerator.process_index * len(prompts)
-        videos, samples = self._pending_videos, self._video_inputs
+        generation = self.generation
+        videos, samples = generation.videos, generation.samples
         picked = [
             i
             for i in range(len(prompts))
             if (offset + i) % G < self._temporal_rollouts
             and isinstance(videos[i], SampledVideo)
-            and not self._left_out[i]
+            and not generation.left_out[i]
         ]
         counts = self.accelerator.gather(torch.tensor([len(picked)], device=self.accelerator.device))
         if not counts.any():
@@ -562,21 +565,21 @@ class VideoGRPOTrainer(GRPOTrainer):
         device = self.accelerator.device
         encoded = [{key: value.to(device) for key, value in sample.items()} for sample in split_video_inputs(batch)]
         which = [[id(samples[j]) for j in distinct].index(id(samples[i])) for i in rows]
-        ordered = self._video_inputs, self._pending_videos
-        self._video_inputs = [encoded[d] for d in which]  # one dict a prompt: its rows share one vision pass
-        self._pending_videos = [shown[d] for d in which]
+        ordered = generation.samples, generation.videos
+        generation.samples = [encoded[d] for d in which]  # one dict a prompt: its rows share one vision pass
+        generation.videos = [shown[d] for d in which]
         try:
             fields = self._generation_fields([types[d] for d in which])
             completion_ids, _ = self._generate_single_turn([ids[d] for d in which], None, fields, 1)
         finally:
-            self._video_inputs, self._pending_videos = ordered
+            generation.samples, generation.videos = ordered
         return picked, completion_ids[: len(picked)]
 
     def _temporal_contrast(self, inputs, prompts, rewards_per_func: torch.Tensor, mode: str) -> None:
         """T-GRPO's bonus added to the accuracy column of `rewards_per_func` (all processes' rows), by each prompt's
         ordered and shuffled accuracies (`temporal.temporal_bonus`)."""
         G, a = self.num_generations, self._accuracy_index
-        picked, completion_ids = self._shuffled or ([], [])
+        picked, completion_ids = self.generation.shuffled or ([], [])
         texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
         completions = [[{"role": "assistant", "content": text}] for text in texts]
         rows = [inputs[i] for i in picked]
@@ -624,8 +627,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         if self.accelerator.is_main_process:
             write_undecodable(self.args.output_dir, records)
         # rows a custom `rollout_func` made hold no video of ours
-        left_out = [path in self._undecodable for path in self._row_paths or [None] * len(output[1])]
-        self._left_out = torch.tensor(left_out, device=self.accelerator.device)
+        left_out = [path in self._undecodable for path in self.generation.paths or [None] * len(output[1])]
+        self.generation.left_out = torch.tensor(left_out, device=self.accelerator.device)
         if not any(left_out):
             return output
         completion_ids, tool_mask = output[1], output[2]
@@ -635,9 +638,10 @@ class VideoGRPOTrainer(GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        left_out = self.accelerator.gather(self._left_out)
+        generation = self.generation
+        left_out = self.accelerator.gather(generation.left_out)
         rewards_per_func[left_out] = torch.nan  # unscorable: TRL gives such a row advantage 0, out of the baselines
-        mode = "train" if self.model.training else "eval"
+        mode = generation.mode
         self._metrics[mode]["data/undecodable"].append(left_out.sum().item())
         if self.judge_watch is not None:  # a judge failure is no wrong answer: its row is unscorable too
             self._metrics[mode]["judge/unscored_rows"].append(
@@ -659,14 +663,15 @@ class VideoGRPOTrainer(GRPOTrainer):
                 self._temporal_contrast(inputs, prompts, rewards_per_func, mode)
         # the total rewards TRL's advantages are made of, for dynamic sampling
         weighted = rewards_per_func * self.reward_weights.to(rewards_per_func.device)
-        self._batch_rewards = weighted.nansum(dim=1).masked_fill(torch.isnan(rewards_per_func).all(dim=1), torch.nan)
+        generation.totals = weighted.nansum(dim=1).masked_fill(torch.isnan(rewards_per_func).all(dim=1), torch.nan)
         return rewards_per_func
 
     def _agentic_rollout(self, prompts: list, trainer=None) -> dict:
         """`rollout_func` of agentic mode: the prompts encoded as in the paper's mode, then `Rewatcher.rollout`,
         whose generation rounds go through TRL's generation (transformers or colocated vLLM)."""
         prompt_ids, _, _ = self._tokenize_prompts(prompts)
-        samples, videos = self._video_inputs, self._pending_videos
+        generation = self.generation
+        samples, videos = generation.samples, generation.videos
         # one weight sync a step however many rounds a process needs: under ZeRO-3 each sync is a collective
         engine = (
             awake_across_calls(self.vllm_generation, self._sync_weights) if self.use_vllm else contextlib.nullcontext()
@@ -680,9 +685,9 @@ class VideoGRPOTrainer(GRPOTrainer):
                 self.max_completion_length,
                 self.accelerator.device,
             )
-        self._video_inputs, self._pending_videos = samples, None
-        self._clip_inputs = [completion.clips for completion in completions]
-        self._model_texts = self.processing_class.batch_decode(
+        generation.samples, generation.videos = samples, None
+        generation.clips = [completion.clips for completion in completions]
+        generation.model_texts = self.processing_class.batch_decode(
             [completion.model_ids() for completion in completions], skip_special_tokens=True
         )
         mode = "train" if self.model.training else "eval"
@@ -707,9 +712,10 @@ class VideoGRPOTrainer(GRPOTrainer):
 
     def _generation_round(self, sequences, videos, samples, stop, max_tokens):
         """One generation round of an agentic rollout (`rewatch.Generate`), through `_generate_single_turn`."""
-        self._video_inputs = [row[0] for row in samples]
-        self._clip_inputs = [row[1:] for row in samples]
-        self._pending_videos = videos
+        generation = self.generation
+        generation.samples = [row[0] for row in samples]
+        generation.clips = [row[1:] for row in samples]
+        generation.videos = videos
         fields = self._generation_fields(
             [token_types(torch.tensor(ids), self._vision_config).tolist() for ids in sequences]
         )
@@ -717,7 +723,7 @@ class VideoGRPOTrainer(GRPOTrainer):
             with self._round_limits(stop, max_tokens):
                 completion_ids, logprobs = self._generate_single_turn(sequences, None, fields, 1)
         finally:
-            self._clip_inputs = None
+            generation.clips = None
         return list(zip(completion_ids, logprobs or [None] * len(completion_ids), strict=True))
 
     @contextlib.contextmanager
@@ -740,15 +746,21 @@ class VideoGRPOTrainer(GRPOTrainer):
     def _get_per_token_logps_and_entropies(
         self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, **kwargs
     ):
-        if self._old_pass_pending and model is self.model and not torch.is_grad_enabled():
+        generation = self.generation
+        if (
+            generation is not None
+            and generation.old_pass_pending
+            and model is self.model
+            and not torch.is_grad_enabled()
+        ):
             # the old-policy pass: its log-probs put on the sampler's support, `log p - log S`, for the correction
-            self._old_pass_pending = False
+            generation.old_pass_pending = False
             with self._kept_mass(model, logits_to_keep) as masses:
                 logps, entropies, aux_loss = self._video_logps_and_entropies(
                     model, input_ids, attention_mask, logits_to_keep, batch_size, **kwargs
                 )
-            self._old_kept_mass = torch.cat(masses)
-            return logps - self._old_kept_mass, entropies, aux_loss
+            generation.old_kept_mass = torch.cat(masses)
+            return logps - generation.old_kept_mass, entropies, aux_loss
         return self._video_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size, **kwargs)
 
     @contextlib.contextmanager
@@ -770,7 +782,7 @@ class VideoGRPOTrainer(GRPOTrainer):
             handle.remove()
 
     def _video_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, **kwargs):
-        samples = self._video_inputs
+        samples = self.generation.samples if self.generation is not None else None
         if samples is None:
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size, **kwargs
@@ -782,7 +794,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         for start in range(0, input_ids.size(0), batch_size):
             rows = slice(start, start + batch_size)
             # TRL's pass runs `model(**its_inputs)`: bind this chunk's videos to the call.
-            clips = None if self._clip_inputs is None else self._clip_inputs[rows]
+            clips = None if self.generation.clips is None else self.generation.clips[rows]
             video_model = functools.partial(
                 model,
                 **video_forward_kwargs(

@@ -48,11 +48,11 @@ def recorded_dynamic_batch(trainer, rows) -> dict:
     score = trainer._scored_batch
 
     def recording(inputs):
-        batch = score(inputs)
-        zero = zero_variance_groups(trainer._batch_rewards, G)
+        batch, totals = score(inputs)
+        zero = zero_variance_groups(totals, G)
         index, local = trainer.accelerator.process_index, len(inputs) // G
         scored.append({"groups": groups(batch), "zero": zero[index * local : (index + 1) * local].tolist()})
-        return batch
+        return batch, totals
 
     trainer._scored_batch = recording
     trainer.model.train()

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from rewatch_trl.families import FAMILIES
+from rewatch_trl.generation_batch import GenerationBatch
 
 
 def test_an_unknown_family_is_an_error_naming_the_known(tmp_path):
@@ -160,8 +161,9 @@ def test_qwen3_on_colocated_vllm_renders_the_trainer_ids_and_samples_its_log_pro
     engine_dtype = FAMILIES[family].vllm_dtype or "float32"
     assert llm.llm_engine.model_config.dtype == getattr(torch, engine_dtype)
     rows = [dataset[0], dataset[0], dataset[1], dataset[1]]
+    generation = trainer.generation = GenerationBatch()
     ids, _, _ = trainer._tokenize_prompts([row["prompt"] for row in rows])
-    videos = trainer._pending_videos
+    videos = generation.videos
     vllm_positions.clear()
     with llm.serving(videos):
         outputs = llm.generate([{"prompt_token_ids": row} for row in ids], SamplingParams(max_tokens=1))
@@ -173,7 +175,7 @@ def test_qwen3_on_colocated_vllm_renders_the_trainer_ids_and_samples_its_log_pro
         expected, _ = trainer.model.model.get_rope_index(
             prompt,
             token_types(prompt, trainer.model.config),
-            video_grid_thw=trainer._video_inputs[row]["video_grid_thw"],
+            video_grid_thw=generation.samples[row]["video_grid_thw"],
         )
         assert torch.equal(positions, expected[:, 0]), row
         assert not torch.equal(positions[0], torch.arange(len(tokens)))  # the video's positions are not the text's

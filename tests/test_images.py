@@ -9,6 +9,7 @@ import torch
 
 from rewatch_trl.collator import VideoCollator
 from rewatch_trl.data import DataError, load_qa
+from rewatch_trl.generation_batch import GenerationBatch
 from rewatch_trl.tiny import write_synthetic_image
 
 
@@ -224,8 +225,9 @@ def test_colocated_vllm_renders_an_image_prompt_as_the_trainer_and_samples_its_l
     )
     llm = trainer.vllm_generation.llm
     batch = [dataset[0], dataset[0], dataset[1], dataset[1]]
+    generation = trainer.generation = GenerationBatch()
     ids, _, _ = trainer._tokenize_prompts([row["prompt"] for row in batch])
-    samples, media = trainer._video_inputs, trainer._pending_videos
+    samples, media = generation.samples, generation.videos
     assert [modality(sample) for sample in samples] == ["image", "image", "video", "video"]
     vllm_positions.clear()
     with llm.serving(media):

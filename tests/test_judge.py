@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from rewatch_trl import rewards as R
+from rewatch_trl.generation_batch import GenerationBatch
 from rewatch_trl.judge import JudgeClient, parse_verdict
 
 
@@ -275,7 +276,7 @@ def test_a_judge_failure_leaves_its_row_unscored_not_wrong(server, tiny_world, t
     rows = [row | {"captions": captions if i < 2 else None} for i, row in enumerate(rows)]
     rows = [row | {"answer": "A", "problem": columns["problem"][0], "multiple_choice": True} for row in rows]
     trainer.model.train()
-    trainer._left_out = torch.zeros(4, dtype=torch.bool)
+    trainer.generation = GenerationBatch(left_out=torch.zeros(4, dtype=torch.bool))
     texts = [completions[0], completions[1], completions[0], completions[3]]
     rewards = trainer._calculate_rewards(rows, [row["prompt"] for row in rows], texts, [[1]] * 4)
     assert torch.isnan(rewards[1]).all()  # the failed row: unscorable in every column

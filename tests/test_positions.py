@@ -9,6 +9,7 @@ import transformers
 from packaging.version import Version
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
 
+from rewatch_trl.generation_batch import GenerationBatch
 from rewatch_trl.positions import rope_index
 
 
@@ -189,7 +190,7 @@ def test_log_prob_passes_receive_the_rule(tiny_world, tmp_path, received, sharin
     received.clear()
     ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
     mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
-    trainer._video_inputs = output["video_inputs"]
+    trainer.generation = GenerationBatch.for_loss(output)
     with torch.no_grad():
         trainer._get_per_token_logps_and_entropies(scored, ids, mask, output["completion_ids"].size(1))
     positions, _ = expected_positions(trainer.model.config, ids, mask, output["video_inputs"])

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from rewatch_trl.generation_batch import GenerationBatch
 from rewatch_trl.positions import rope_index
 from rewatch_trl.rewatch import CLIP_TEXT, RewatchSettings, requested_clip
 from rewatch_trl.tiny import TINY_VIDEO_SETTINGS
@@ -295,14 +296,14 @@ def agentic_pass(trainer, output, **kwargs):
     bound: the rows' ids and attention mask, and what the pass returns (log-probs, entropies, aux loss)."""
     ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
     mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
-    trainer._video_inputs, trainer._clip_inputs = output["video_inputs"], output["clip_inputs"]
+    trainer.generation = GenerationBatch.for_loss(output)
     try:
         with torch.no_grad():
             result = trainer._get_per_token_logps_and_entropies(
                 trainer.model, ids, mask, output["completion_ids"].size(1), **kwargs
             )
     finally:
-        trainer._video_inputs, trainer._clip_inputs = None, None
+        trainer.generation = None
     return ids, mask, result
 
 
@@ -855,7 +856,7 @@ def test_a_shared_pass_calls_the_vision_tower_once_with_or_without_clips(tiny_wo
     length = output["completion_ids"].size(1)
     try:
         for clips in (output["clip_inputs"], [[], []]):
-            trainer._video_inputs, trainer._clip_inputs = output["video_inputs"], clips
+            trainer.generation = GenerationBatch(samples=output["video_inputs"], clips=clips)
             if not clips[0]:  # the same rows with no clip shown: text where the clip was
                 ids = ids.masked_fill(ids == trainer.model.config.video_token_id, 10)
                 ids[:, : output["prompt_ids"].size(1)] = output["prompt_ids"]
@@ -865,7 +866,7 @@ def test_a_shared_pass_calls_the_vision_tower_once_with_or_without_clips(tiny_wo
             assert len(calls) == 1, (len(clips[0]), len(calls))
     finally:
         handle.remove()
-        trainer._video_inputs, trainer._clip_inputs = None, None
+        trainer.generation = None
 
 
 def eval_command(world, out, *extra):

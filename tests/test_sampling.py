@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from rewatch_trl.generation_batch import GenerationBatch
 from rewatch_trl.sampling import completion_kept_log_mass, kept_log_mass, truncates
 
 
@@ -62,6 +63,7 @@ def test_old_policy_pass_is_put_on_the_samplers_support(tiny_world, tmp_path, ma
     trainer, dataset = make_trainer(tiny_world, tmp_path, top_p=0.8, temperature=0.7)
     trainer._sampler_truncates = True  # as with use_vllm and TRL's correction (the vLLM tier runs the engine)
     rows = [dataset[0], dataset[0], dataset[1], dataset[1]]
+    generation = trainer.generation = GenerationBatch()
     prompt_ids, _, _ = trainer._tokenize_prompts([row["prompt"] for row in rows])
     completion = [[10, 11, 12], [13, 14, 15], [16, 17, 18], [19, 20, 21]]
     longest = max(len(p) for p in prompt_ids)
@@ -70,10 +72,10 @@ def test_old_policy_pass_is_put_on_the_samplers_support(tiny_world, tmp_path, ma
     mask = torch.tensor([[0] * (longest - len(p)) + [1] * (len(p) + 3) for p in prompt_ids])
     with torch.no_grad():
         full, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, 3)
-        trainer._old_pass_pending = True
+        generation.old_pass_pending = True
         truncated, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, 3)
         again, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, 3)
-    kept = trainer._old_kept_mass
+    kept = generation.old_kept_mass
     assert kept.shape == (4, 3) and (kept < -1e-3).all() and (kept <= 0).all()
     assert torch.allclose(truncated, full - kept, atol=1e-6)
     assert torch.equal(again, full)  # only the first pass after generation
@@ -82,7 +84,7 @@ def test_old_policy_pass_is_put_on_the_samplers_support(tiny_world, tmp_path, ma
         logits = trainer.model(
             input_ids=ids,
             attention_mask=mask,
-            **video_forward_kwargs(trainer._video_inputs, ids, trainer.model.config),
+            **video_forward_kwargs(generation.samples, ids, trainer.model.config),
         ).logits[:, -4:-1]
     assert torch.allclose(kept, kept_log_mass(logits / 0.7, top_p=0.8), atol=1e-5)
     # a control: one position off

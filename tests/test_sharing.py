@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from rewatch_trl.generation_batch import GenerationBatch
+
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -32,14 +34,14 @@ def logps(trainer, inputs, sharing: bool):
     with Sharing(trainer, sharing):
         ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
         mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
-        trainer._video_inputs = inputs["video_inputs"]
+        trainer.generation = GenerationBatch.for_loss(inputs)
         try:
             with torch.no_grad():
                 return trainer._get_per_token_logps_and_entropies(
                     trainer.model, ids, mask, inputs["completion_ids"].size(1)
                 )[0]
         finally:
-            trainer._video_inputs = None
+            trainer.generation = None
 
 
 def loss_grads(trainer, inputs, sharing: bool):
@@ -346,6 +348,7 @@ def test_shared_log_prob_pass_makes_no_copy_of_the_prompts_states(tiny_world, tm
 
     trainer, dataset = make_trainer(tiny_world, tmp_path, num_generations=4)
     rows = [dataset[2]] * 4
+    trainer.generation = GenerationBatch()
     prompt_ids, _, _ = trainer._tokenize_prompts([row["prompt"] for row in rows])
     ids = torch.tensor([p + [10, 11, 12, 13, 14] for p in prompt_ids])
     prompt, width = len(prompt_ids[0]), trainer.model.config.text_config.hidden_size
@@ -357,7 +360,7 @@ def test_shared_log_prob_pass_makes_no_copy_of_the_prompts_states(tiny_world, tm
     assert (1, prompt, width) in recorder.shapes  # the one prefill of the prompt
     assert not recorder.shapes & copies
     control = Shapes()
-    samples = trainer._video_inputs
+    samples = trainer.generation.samples
     with control, trainer.shared_rows(samples, 5):
         trainer.model(input_ids=ids, **video_forward_kwargs(samples, ids, trainer.model.config))
     assert control.shapes & copies

@@ -75,7 +75,8 @@ def recorded_generations(trainer):
     generate = trainer._generate_single_turn
 
     def recording(prompt_ids, *args, **kwargs):
-        calls.append({"ids": prompt_ids, "videos": trainer._pending_videos, "samples": trainer._video_inputs})
+        generation = trainer.generation
+        calls.append({"ids": prompt_ids, "videos": generation.videos, "samples": generation.samples})
         output = generate(prompt_ids, *args, **kwargs)
         calls[-1]["completion_ids"] = output[0]
         return output

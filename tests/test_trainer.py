@@ -6,6 +6,7 @@ from trl import GRPOTrainer
 
 from rewatch_trl.collator import split_video_inputs, video_forward_kwargs
 from rewatch_trl.families import FAMILIES
+from rewatch_trl.generation_batch import GenerationBatch
 from rewatch_trl.tiny import TINY_VIDEO_SETTINGS
 from rewatch_trl.video import sample_video
 from rewatch_trl.vllm_video import VideoLLM, collapse_placeholders, vllm_video_requests
@@ -138,12 +139,11 @@ def test_video_tokens_are_never_generated(tiny_world, tmp_path, make_trainer):
 def test_vllm_requests_carry_the_loss_pass_frames(tiny_world, tmp_path, make_trainer):
     trainer, dataset = make_trainer(tiny_world, tmp_path)
     rows = [dataset[0], dataset[0], dataset[2], dataset[2]]
+    generation = trainer.generation = GenerationBatch()
     prompt_ids, _, fields = trainer._tokenize_prompts([row["prompt"] for row in rows])
     video_token = trainer.model.config.video_token_id
-    requests = vllm_video_requests(
-        [{"prompt_token_ids": ids} for ids in prompt_ids], trainer._pending_videos, video_token
-    )
-    loss_inputs = trainer._video_inputs
+    requests = vllm_video_requests([{"prompt_token_ids": ids} for ids in prompt_ids], generation.videos, video_token)
+    loss_inputs = generation.samples
     processor = trainer.processing_class
     for request, ids, loss_video in zip(requests, prompt_ids, loss_inputs, strict=True):
         # one placeholder a video: vLLM expands it to the video's 16 tokens itself
@@ -167,7 +167,7 @@ def test_vllm_requests_carry_the_loss_pass_frames(tiny_world, tmp_path, make_tra
             loss_video["second_per_grid_ts"].item()
         )
     with pytest.raises(ValueError, match="2 vLLM requests for 4 videos"):
-        vllm_video_requests(requests[:2], trainer._pending_videos, video_token)
+        vllm_video_requests(requests[:2], generation.videos, video_token)
 
 
 def test_vllm_gets_one_request_per_prompt_for_its_g_completions(tiny_world, tmp_path, make_trainer):
@@ -191,10 +191,11 @@ def test_vllm_gets_one_request_per_prompt_for_its_g_completions(tiny_world, tmp_
 
     trainer, dataset = make_trainer(tiny_world, tmp_path)
     rows = [dataset[0], dataset[2], dataset[0], dataset[0], dataset[2], dataset[1]]
+    generation = trainer.generation = GenerationBatch()
     prompt_ids, _, _ = trainer._tokenize_prompts([row["prompt"] for row in rows])
     llm = VideoLLM(FakeLLM(), trainer.model.config)
     params = Params(n=1, logit_bias=None)
-    with llm.serving(trainer._pending_videos):
+    with llm.serving(generation.videos):
         outputs = llm.generate(
             [{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=params, use_tqdm=False
         )
@@ -298,6 +299,7 @@ def test_chat_template_kwargs_reach_the_prompts(tiny_world, tmp_path, make_train
     trainer, dataset = make_trainer(tiny_world, tmp_path, chat_template_kwargs={"reasoning": "brief"})
     processor = trainer.processing_class
     processor.chat_template = processor.chat_template + "{% if reasoning %}reasoning: {{ reasoning }}{% endif %}"
+    trainer.generation = GenerationBatch()
     ids, _, _ = trainer._tokenize_prompts([dataset[0]["prompt"]])
     assert processor.tokenizer.decode(ids[0]).endswith("reasoning: brief")
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from rewatch_trl import trainer as trainer_module
+from rewatch_trl.generation_batch import GenerationBatch
 from rewatch_trl.positions import rope_index
 
 
@@ -58,8 +59,9 @@ def engine(tiny_world, tmp_path_factory, make_trainer):
 
 
 def prompt_batch(trainer, rows):
+    generation = trainer.generation = GenerationBatch()
     ids, _, _ = trainer._tokenize_prompts([row["prompt"] for row in rows])
-    return ids, trainer._pending_videos, trainer._video_inputs
+    return ids, generation.videos, generation.samples
 
 
 def test_vllm_renders_the_trainer_prompt_ids_and_positions(engine):
@@ -122,8 +124,9 @@ def test_a_blank_stand_in_goes_through_the_engine(engine):
             if block.get("type") == "video":
                 block["video"] = broken
     try:
+        generation = trainer.generation = GenerationBatch()
         ids, _, _ = trainer._tokenize_prompts([prompt, prompt])
-        videos = trainer._pending_videos
+        videos = generation.videos
         assert {video.path for video in videos} == {broken} and videos[0].frames.abs().sum() == 0
         llm = trainer.vllm_generation.llm
         with llm.serving(videos):
@@ -286,14 +289,14 @@ def test_truncated_sampling_keeps_the_importance_weight_at_one(engine, monkeypat
     assert (ratio - 1).abs().max() <= 1e-3, ratio
     ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
     mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-    trainer._video_inputs = output["video_inputs"]
+    trainer.generation = GenerationBatch.for_loss(output)
     try:
         with torch.no_grad():
             full, _, _ = trainer._get_per_token_logps_and_entropies(
                 trainer.model, ids, mask, output["completion_ids"].size(1)
             )
     finally:
-        trainer._video_inputs = None
+        trainer.generation = None
     kept = output["completion_mask"].bool()
     assert (output["old_per_token_logps"] - full)[kept].abs().max() <= 1e-5
     monkeypatch.setattr(trainer, "_sampler_truncates", False)  # the control
