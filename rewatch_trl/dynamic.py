@@ -11,10 +11,13 @@ Example:
 ```
 """
 
+import datasets
 import torch
 import torch.nn.functional as F
+from accelerate.utils import gather_object
 from trl.trainer.utils import nanstd
 
+from rewatch_trl.features import Feature
 from rewatch_trl.temporal import keyed_generator
 
 
@@ -86,3 +89,92 @@ def replace_groups(batch: dict, refill: dict, pairs: list[tuple[int, int]], num_
         mine[into.to(mine.device)] = theirs[taken.to(theirs.device)]
         merged[key] = mine
     return merged
+
+
+class DynamicSampling(Feature):
+    """`dynamic_sampling`: in training, a batch's zero-variance groups replaced, on each process, by varied groups of
+    refill batches; every process generates as many refill batches (until none is left anywhere, or
+    `max_resample_rounds`). TRL's completion logs (its table, the rollout page) then hold the rows trained on."""
+
+    @classmethod
+    def attach(cls, trainer) -> "DynamicSampling | None":
+        args = trainer.args
+        if not getattr(args, "dynamic_sampling", False):
+            return None
+        rows = args.per_device_train_batch_size * args.steps_per_generation
+        if rows % trainer.num_generations:
+            raise ValueError(
+                f"dynamic_sampling replaces whole prompts on each process: per_device_train_batch_size × "
+                f"steps_per_generation ({rows}) must be a multiple of num_generations ({trainer.num_generations})"
+            )
+        if not isinstance(trainer.train_dataset, datasets.Dataset):
+            raise ValueError("dynamic_sampling draws refill prompts by index: it needs a map-style dataset")
+        return cls()
+
+    def scored(self, trainer, batch, totals, rows):
+        if not trainer.model.training:
+            return batch
+        G, accelerator = trainer.num_generations, trainer.accelerator
+        index, metrics = accelerator.process_index, trainer._metrics["train"]
+        mine = slice(index * rows // G, (index + 1) * rows // G)
+        zero = zero_variance_groups(totals, G)
+        metrics["dynamic/zero_variance_groups"].append(zero.sum().item())
+        waiting = zero[mine].clone()
+        rounds = 0
+        logged, moves = [logged_rows(trainer._logs, zero.numel() * G)], []
+        while zero.any() and rounds < trainer.args.max_resample_rounds:
+            rounds += 1
+            refill, refill_totals = trainer._scored_batch(refill_rows(trainer, rows, rounds))
+            logged.append(logged_rows(trainer._logs, zero.numel() * G))
+            varied = (~zero_variance_groups(refill_totals, G)[mine]).nonzero().flatten().tolist()
+            pairs = list(zip(waiting.nonzero().flatten().tolist(), varied, strict=False))  # as many as both have
+            batch = replace_groups(batch, refill, pairs, G, trainer._tokenizer.pad_token_id)
+            moves += [(mine.start + slot, rounds, mine.start + source) for slot, source in pairs]
+            for slot, _ in pairs:
+                waiting[slot] = False
+            zero = accelerator.gather(waiting.int()).bool()
+        if rounds:
+            loss_mask = batch["completion_mask"] * batch.get("tool_mask", 1)
+            batch["num_items_in_batch"] = accelerator.gather(loss_mask.sum()).sum()
+            log_trained_rows(trainer._logs, logged, gather_object(moves), G)
+        metrics["dynamic/resample_rounds"].append(rounds)
+        metrics["dynamic/kept_zero_variance_groups"].append(zero.sum().item())
+        return batch
+
+
+def refill_rows(trainer, rows: int, round_: int) -> list[dict]:
+    """This process's `rows` of refill round `round_`: newly drawn prompts, each G times (TRL's layout)."""
+    G, accelerator = trainer.num_generations, trainer.accelerator
+    prompts = rows * accelerator.num_processes // G
+    drawn = refill_prompts(len(trainer.train_dataset), prompts, trainer.state.global_step, round_, trainer.args.seed)
+    every = [i for i in drawn for _ in range(G)]
+    index = accelerator.process_index
+    return [trainer.train_dataset[i] for i in every[index * rows : (index + 1) * rows]]
+
+
+def logged_rows(logs: dict, rows: int) -> dict:
+    """The last `rows` rows of what TRL logs of the completions (`_logs`: every process's rows, in order)."""
+    plain = {key: list(logs[key])[-rows:] for key in ("prompt", "completion", "advantages", "images")}
+    return plain | {key: {name: list(v)[-rows:] for name, v in logs[key].items()} for key in ("rewards", "extra")}
+
+
+def log_trained_rows(logs: dict, logged: list[dict], moves: list[tuple[int, int, int]], num_generations: int) -> None:
+    """TRL's completion `logs` made to hold the rows trained on: the first batch's, each group moved in from a refill
+    batch (`moves`: slot, round, the refill's group, over all processes)."""
+    G = num_generations
+    groups = len(logged[0]["prompt"]) // G
+    source = {slot: (round_, group) for slot, round_, group in moves}
+    rows = [(r, g * G + i) for slot in range(groups) for r, g in [source.get(slot, (0, slot))] for i in range(G)]
+
+    def merged(column: list[list]) -> list:
+        return [column[r][row] for r, row in rows] if all(len(c) == groups * G for c in column) else column[0]
+
+    for key in ("prompt", "completion", "advantages", "images"):
+        values = merged([entry[key] for entry in logged])
+        logs[key].clear()
+        logs[key].extend(values)
+    for key in ("rewards", "extra"):
+        for name in logged[0][key]:
+            values = merged([entry[key].get(name, []) for entry in logged])
+            logs[key][name].clear()
+            logs[key][name].extend(values)

@@ -24,6 +24,8 @@ Example:
 import torch
 from transformers import TrainerCallback
 
+from rewatch_trl.features import Feature
+
 
 def unscored_rows(judged: torch.Tensor, num_generations: int) -> torch.Tensor:
     """Per row of `judged` (rows × judged reward functions, a prompt's G rows contiguous, NaN where a reward gave
@@ -33,7 +35,7 @@ def unscored_rows(judged: torch.Tensor, num_generations: int) -> torch.Tensor:
     return (missing & some_scored).any(dim=2).view(-1)
 
 
-class JudgeWatch(TrainerCallback):
+class JudgeWatch(Feature, TrainerCallback):
     """The judges of a trainer's reward functions (those `get_reward_funcs` bound a `judge` to), watched.
 
     Args:
@@ -58,6 +60,16 @@ class JudgeWatch(TrainerCallback):
             return None
         trainer.add_callback(watch)
         return watch
+
+    def rewarded(self, trainer, generation, inputs, prompts, rewards):
+        # a judge failure is no wrong answer: its row is unscorable too
+        metrics = trainer._metrics[generation.mode]
+        metrics["judge/unscored_rows"].append(self.unscore(rewards, trainer.num_generations))
+        calls, failed = trainer.accelerator.gather(self.new_counts().to(trainer.accelerator.device)[None]).sum(0)
+        step, output_dir = trainer.state.global_step + 1, trainer.args.output_dir
+        failed_fraction = self.record(int(calls), int(failed), step, output_dir, generation.mode == "train")
+        if failed_fraction is not None:
+            metrics["judge/failed_fraction"].append(failed_fraction)
 
     def unscore(self, rewards_per_func: torch.Tensor, num_generations: int) -> int:
         """Make the rows a judge failed beside scored group-mates unscorable (NaN) in place; how many."""

@@ -28,13 +28,11 @@ Example:
 
 import contextlib
 import functools
-import json
 import logging
 import os
 
 import datasets
 import torch
-from accelerate.utils import gather_object
 from transformers import AutoConfig, TrainerCallback
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -47,14 +45,14 @@ from rewatch_trl.collator import (
     video_fields,
     video_forward_kwargs,
 )
-from rewatch_trl.dynamic import refill_prompts, replace_groups, zero_variance_groups
+from rewatch_trl.dynamic import DynamicSampling
 from rewatch_trl.families import family_of
+from rewatch_trl.features import accuracy_column
 from rewatch_trl.generation_batch import GenerationBatch
 from rewatch_trl.generation_buffer import restore_generation_buffer, save_generation_buffer
 from rewatch_trl.judge_watch import JudgeWatch
 from rewatch_trl.positions import use_original_rope
 from rewatch_trl.prompts import VideoSettings
-from rewatch_trl.rewards import reward_func_name
 from rewatch_trl.rewatch import Rewatcher, RewatchSettings
 from rewatch_trl.rollouts import RolloutWriter
 from rewatch_trl.sampling import completion_kept_log_mass, truncates
@@ -68,25 +66,19 @@ from rewatch_trl.sharing import (
     modality,
 )
 from rewatch_trl.suppression import suppress_vision_tokens, suppressed_token_ids
-from rewatch_trl.temporal import frame_order, length_band_gate, shuffled, temporal_bonus
+from rewatch_trl.temporal import LengthBand, TemporalContrast, prompt_key
 from rewatch_trl.training import keep_used_weight_conversions
 from rewatch_trl.trl_surface import check_trl
+from rewatch_trl.undecodable import LeaveOutUndecodable
 from rewatch_trl.video import (
-    SampledVideo,
     VideoCache,
     check_shared_memory,
     decoded_video_bytes,
-    write_undecodable,
 )
 from rewatch_trl.vllm_video import VideoLLM, awake_across_calls, engine_built_as, engine_dtype, reload_weights
 
 
 logger = logging.getLogger(__name__)
-
-
-def prompt_key(prompt) -> str:
-    """A chat prompt as a string, the same for the G copies of a prompt on every process."""
-    return json.dumps(prompt, sort_keys=True, default=str)
 
 
 class FlushRollouts(TrainerCallback):
@@ -111,6 +103,8 @@ class VideoGRPOTrainer(GRPOTrainer):
     """
 
     _tag_names = ["trl", "grpo", "rewatch-trl", "video"]
+    # what a run may do beside wiring videos through TRL, in the order each acts at a generation's points
+    FEATURES = (LeaveOutUndecodable, JudgeWatch, LengthBand, TemporalContrast, DynamicSampling)
 
     def __init__(
         self,
@@ -156,7 +150,7 @@ class VideoGRPOTrainer(GRPOTrainer):
             if getattr(self.args, switch, False) and not family.supports(switch):
                 logger.warning("%s is off: %s", switch, family.why_not(switch))
                 setattr(self.args, switch, False)
-        # a video that fails to decode mid-run costs its rows (`_leave_out_undecodable`), not the run
+        # a video that fails to decode mid-run costs its rows (`undecodable.py`), not the run
         self.video_collator = VideoCollator(
             self.processing_class,
             video_settings,
@@ -209,7 +203,6 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._steps_to_log = 0  # optimizer steps since the sharing counts were last logged
         # what the generation (or loss pass) at hand knows of its rows; None between them (`generation_batch.py`)
         self.generation: GenerationBatch | None = None
-        self._undecodable: set[str] = set()  # videos that failed to decode on any process, the same on all
         # vLLM samples from a truncated distribution (top-k, top-p, min-p): the importance-sampling correction then
         # compares the trainer's log-probs on that support (`sampling.py`); the old-policy pass's kept mass
         self._sampler_truncates = (
@@ -217,7 +210,6 @@ class VideoGRPOTrainer(GRPOTrainer):
             and self.vllm_importance_sampling_correction
             and truncates(self.top_k, self.top_p, self.min_p)
         )
-        self.judge_watch = JudgeWatch.attach(self)  # the judged rewards' failures: unscored rows, an outage
         self.rewatcher = None
         # our GRPOConfig holds the re-watch settings (a plain trl.GRPOConfig: the paper's mode)
         if isinstance(self.args, RewatchSettings) and self.args.agentic:
@@ -236,44 +228,12 @@ class VideoGRPOTrainer(GRPOTrainer):
             clips = self.args.clip_settings(self.video_collator.settings) if self.rewatcher is not None else None
             self.rollout_writer = RolloutWriter(self.args.output_dir, self.video_collator, clips)
             self.add_callback(FlushRollouts(self.rollout_writer))
-        self._check_peer_options()
+        # the features this run's settings ask for, in the order they act (`features.py`)
+        self.features = [f for f in (feature.attach(self) for feature in self.FEATURES) if f is not None]
 
-    def _check_peer_options(self) -> None:
-        """The options from video-RL peers (T-GRPO, the length band's gate, dynamic sampling): what they need."""
-        args = self.args
-        names = self.reward_func_names
-        self._accuracy_index = None
-        if getattr(args, "accuracy_reward", None):
-            wanted = reward_func_name(args.accuracy_reward)
-            if wanted not in names:
-                raise ValueError(f"accuracy_reward {args.accuracy_reward!r} is not among the rewards {names}")
-            self._accuracy_index = names.index(wanted)
-        self._length_band_index = names.index("length_band_reward") if "length_band_reward" in names else None
-        self._temporal_rollouts = 0
-        if getattr(args, "temporal_contrast", False):
-            if self._accuracy_index is None:
-                raise ValueError("temporal_contrast adds its bonus to the accuracy reward: name it in accuracy_reward")
-            if isinstance(self.reward_funcs[self._accuracy_index], torch.nn.Module):
-                raise ValueError("temporal_contrast scores the shuffled rollouts with accuracy_reward: a function")
-            if self.rewatcher is not None:
-                # a clip is decoded from the file at the times an action names: a shuffled rollout would be shown
-                # the video's true order again, which is what the contrast takes away
-                raise NotImplementedError(
-                    "temporal_contrast with rewatch_mode='agentic': the clips a shuffled rollout "
-                    "names would come from the ordered video; use the paper's mode"
-                )
-            self._temporal_rollouts = args.temporal_rollouts or self.num_generations // 2
-            if not 1 <= self._temporal_rollouts <= self.num_generations:
-                raise ValueError(f"temporal_rollouts must be 1 to num_generations ({self.num_generations})")
-        if getattr(args, "dynamic_sampling", False):
-            rows = args.per_device_train_batch_size * args.steps_per_generation
-            if rows % self.num_generations:
-                raise ValueError(
-                    f"dynamic_sampling replaces whole prompts on each process: per_device_train_batch_size × "
-                    f"steps_per_generation ({rows}) must be a multiple of num_generations ({self.num_generations})"
-                )
-            if not isinstance(self.train_dataset, datasets.Dataset):
-                raise ValueError("dynamic_sampling draws refill prompts by index: it needs a map-style dataset")
+    def feature(self, kind: type):
+        """The attached feature of class `kind` (`FEATURES`), or None when this run's settings left it off."""
+        return next((feature for feature in self.features if isinstance(feature, kind)), None)
 
     def _tokenize_prompts(self, prompts: list):
         # The G copies of a prompt are encoded once and share one sample dict: that is how the later passes
@@ -355,7 +315,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         if self.num_completions_to_print:
             rows = min(rows, -(-self.num_completions_to_print // G) * G)
         names = self.reward_func_names
-        accuracy = names[self._accuracy_index] if self._accuracy_index is not None else None
+        column = accuracy_column(self)
+        accuracy = names[column] if column is not None else None
         accuracy = accuracy or next((name for name in names if "accuracy" in name), None)
         logs = self._logs
         self.rollout_writer.submit(
@@ -408,8 +369,8 @@ class VideoGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         output, totals = self._scored_batch(inputs)
-        if getattr(self.args, "dynamic_sampling", False) and self.model.training:
-            output = self._resample_zero_variance(output, totals, len(inputs))
+        for feature in self.features:
+            output = feature.scored(self, output, totals, len(inputs))
         return output
 
     @contextlib.contextmanager
@@ -420,71 +381,6 @@ class VideoGRPOTrainer(GRPOTrainer):
             yield self.generation
         finally:
             self.generation = None
-
-    def _resample_zero_variance(self, batch: dict, totals: torch.Tensor, rows: int) -> dict:
-        """Dynamic sampling (`dynamic.py`): the batch's zero-variance groups replaced, on each process, by varied groups
-        of refill batches; every process generates as many refill batches (until none is left anywhere, or
-        `max_resample_rounds`)."""
-        G, index = self.num_generations, self.accelerator.process_index
-        mine = slice(index * rows // G, (index + 1) * rows // G)
-        zero = zero_variance_groups(totals, G)
-        self._metrics["train"]["dynamic/zero_variance_groups"].append(zero.sum().item())
-        waiting = zero[mine].clone()
-        rounds = 0
-        logged, moves = [self._logged_rows(zero.numel() * G)], []
-        while zero.any() and rounds < self.args.max_resample_rounds:
-            rounds += 1
-            refill, refill_totals = self._scored_batch(self._refill_rows(rows, rounds))
-            logged.append(self._logged_rows(zero.numel() * G))
-            varied = (~zero_variance_groups(refill_totals, G)[mine]).nonzero().flatten().tolist()
-            pairs = list(zip(waiting.nonzero().flatten().tolist(), varied, strict=False))  # as many as both have
-            batch = replace_groups(batch, refill, pairs, G, self._tokenizer.pad_token_id)
-            moves += [(mine.start + slot, rounds, mine.start + source) for slot, source in pairs]
-            for slot, _ in pairs:
-                waiting[slot] = False
-            zero = self.accelerator.gather(waiting.int()).bool()
-        if rounds:
-            loss_mask = batch["completion_mask"] * batch.get("tool_mask", 1)
-            batch["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
-            self._log_trained_rows(logged, gather_object(moves))
-        self._metrics["train"]["dynamic/resample_rounds"].append(rounds)
-        self._metrics["train"]["dynamic/kept_zero_variance_groups"].append(zero.sum().item())
-        return batch
-
-    def _logged_rows(self, rows: int) -> dict:
-        """The last `rows` rows of what TRL logs of the completions (`_logs`: every process's rows, in order)."""
-        logs = self._logs
-        plain = {key: list(logs[key])[-rows:] for key in ("prompt", "completion", "advantages", "images")}
-        return plain | {key: {name: list(v)[-rows:] for name, v in logs[key].items()} for key in ("rewards", "extra")}
-
-    def _log_trained_rows(self, logged: list[dict], moves: list[tuple[int, int, int]]) -> None:
-        """TRL's completion logs (the table, the rollout page) made to hold the rows trained on: the first batch's,
-        each group moved in from a refill batch (`moves`: slot, round, the refill's group, over all processes)."""
-        G = self.num_generations
-        groups = len(logged[0]["prompt"]) // G
-        source = {slot: (round_, group) for slot, round_, group in moves}
-        rows = [(r, g * G + i) for slot in range(groups) for r, g in [source.get(slot, (0, slot))] for i in range(G)]
-
-        def merged(column: list[list]) -> list:
-            return [column[r][row] for r, row in rows] if all(len(c) == groups * G for c in column) else column[0]
-
-        for key in ("prompt", "completion", "advantages", "images"):
-            values = merged([entry[key] for entry in logged])
-            self._logs[key].clear()
-            self._logs[key].extend(values)
-        for key in ("rewards", "extra"):
-            for name in logged[0][key]:
-                values = merged([entry[key].get(name, []) for entry in logged])
-                self._logs[key][name].clear()
-                self._logs[key][name].extend(values)
-
-    def _refill_rows(self, rows: int, round_: int) -> list[dict]:
-        """This process's `rows` of refill round `round_`: newly drawn prompts, each G times (TRL's layout)."""
-        G, index = self.num_generations, self.accelerator.process_index
-        prompts = rows * self.accelerator.num_processes // G
-        drawn = refill_prompts(len(self.train_dataset), prompts, self.state.global_step, round_, self.args.seed)
-        every = [i for i in drawn for _ in range(G)]
-        return [self.train_dataset[i] for i in every[index * rows : (index + 1) * rows]]
 
     def _scored_batch(self, inputs) -> tuple[dict, torch.Tensor]:
         """TRL's generation and scoring of `inputs` within a `GenerationBatch`: its output, and the weighted total
@@ -516,10 +412,10 @@ class VideoGRPOTrainer(GRPOTrainer):
             self.generation = None
 
     def _generate(self, prompts: list):
-        output = self._leave_out_undecodable(super()._generate(prompts))
+        output = super()._generate(prompts)
         generation = self.generation
-        if self._temporal_rollouts and self.model.training:
-            generation.shuffled = self._shuffled_rollouts(prompts)
+        for feature in self.features:
+            output = feature.generated(self, generation, prompts, output)
         if generation.model_texts is None:
             return output
         # the rewards read what the model wrote: the clips' tokens and the replies to failed actions left out
@@ -529,138 +425,11 @@ class VideoGRPOTrainer(GRPOTrainer):
             texts = [[{"role": "assistant", "content": text}] for text in texts]
         return (*output[:3], texts, *output[4:])
 
-    def _shuffled_rollouts(self, prompts: list) -> tuple[list[int], list[list[int]]]:
-        """T-GRPO's rollouts of the rows at hand with their video's frames shuffled (`temporal.py`): the rows at
-        positions 0 to `temporal_rollouts` - 1 of their prompt's G (counted over all processes) each sample one; a
-        prompt's shuffled rows share one order of its frames, one processor call and one vision pass. They are only
-        scored: this returns the rows shuffled and their completions, and nothing of them reaches the loss."""
-        G, offset = self.num_generations, self.accelerator.process_index * len(prompts)
-        generation = self.generation
-        videos, samples = generation.videos, generation.samples
-        picked = [
-            i
-            for i in range(len(prompts))
-            if (offset + i) % G < self._temporal_rollouts
-            and isinstance(videos[i], SampledVideo)
-            and not generation.left_out[i]
-        ]
-        counts = self.accelerator.gather(torch.tensor([len(picked)], device=self.accelerator.device))
-        if not counts.any():
-            return [], []
-        # every process generates (under ZeRO-3 generation gathers the weights, a collective): one with no video row
-        # to shuffle samples its first row, unshuffled, and drops it
-        rows = picked or [0]
-        distinct = list({id(samples[i]): i for i in rows}.values())
-        step, seed = self.state.global_step, self.args.seed
-        keyed = [prompt_key(prompts[i]) for i in distinct]
-        shown = [
-            shuffled(videos[i], frame_order(len(videos[i].frames), key, step, seed)) if picked else videos[i]
-            for i, key in zip(distinct, keyed, strict=True)
-        ]
-        texts = [self.video_collator.prompt_text(prompts[i]) for i in distinct]
-        batch = self.video_collator.encode(texts, shown, device=self.accelerator.device)
-        keep = batch["attention_mask"].bool()
-        ids = [row_ids[row].tolist() for row_ids, row in zip(batch["input_ids"], keep, strict=True)]
-        types = [row_types[row].tolist() for row_types, row in zip(batch["mm_token_type_ids"], keep, strict=True)]
-        device = self.accelerator.device
-        encoded = [{key: value.to(device) for key, value in sample.items()} for sample in split_video_inputs(batch)]
-        which = [[id(samples[j]) for j in distinct].index(id(samples[i])) for i in rows]
-        ordered = generation.samples, generation.videos
-        generation.samples = [encoded[d] for d in which]  # one dict a prompt: its rows share one vision pass
-        generation.videos = [shown[d] for d in which]
-        try:
-            fields = self._generation_fields([types[d] for d in which])
-            completion_ids, _ = self._generate_single_turn([ids[d] for d in which], None, fields, 1)
-        finally:
-            generation.samples, generation.videos = ordered
-        return picked, completion_ids[: len(picked)]
-
-    def _temporal_contrast(self, inputs, prompts, rewards_per_func: torch.Tensor, mode: str) -> None:
-        """T-GRPO's bonus added to the accuracy column of `rewards_per_func` (all processes' rows), by each prompt's
-        ordered and shuffled accuracies (`temporal.temporal_bonus`)."""
-        G, a = self.num_generations, self._accuracy_index
-        picked, completion_ids = self.generation.shuffled or ([], [])
-        texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
-        completions = [[{"role": "assistant", "content": text}] for text in texts]
-        rows = [inputs[i] for i in picked]
-        scores = self._scored_by(self.reward_funcs[a], rows, [prompts[i] for i in picked], completions, completion_ids)
-        offset = self.accelerator.process_index * len(prompts)
-        groups = rewards_per_func.size(0) // G
-        total, count = torch.zeros(groups), torch.zeros(groups)
-        for i, score in gather_object([((offset + i) // G, s) for i, s in zip(picked, scores, strict=True)]):
-            if score is not None:
-                total[i], count[i] = total[i] + score, count[i] + 1
-        shuffled_accuracy = (total / count).to(rewards_per_func.device)  # NaN: no scored shuffled rollout
-        accuracy = rewards_per_func[:, a].clone()
-        bonus = temporal_bonus(accuracy, shuffled_accuracy, G, self.args.temporal_alpha, self.args.temporal_ratio)
-        rewards_per_func[:, a] = accuracy + bonus
-        contrasted = ~torch.isnan(shuffled_accuracy)
-        ordered = torch.nanmean(accuracy.view(-1, G), dim=1)
-        metrics = self._metrics[mode]
-        metrics["temporal/ordered_accuracy"].append(torch.nanmean(ordered[contrasted]).item())
-        metrics["temporal/shuffled_accuracy"].append(torch.nanmean(shuffled_accuracy[contrasted]).item())
-        video_rows = contrasted.repeat_interleave(G)
-        metrics["temporal/bonus_fraction"].append(((bonus > 0).sum() / video_rows.sum().clamp(min=1)).item())
-
-    def _scored_by(self, func, rows: list[dict], prompts, completions, completion_ids) -> list[float | None]:
-        """`func`'s rewards of completions that are not the batch's (T-GRPO's shuffled rollouts), with their rows'
-        columns as TRL hands them; what it logs through TRL's hooks is dropped (it would not match the batch's rows)."""
-        if not rows:
-            return []
-        columns = {key: [row[key] for row in rows] for key in rows[0] if key not in ("prompt", "completion")}
-        hooks = {"trainer_state": self.state, "log_extra": lambda *a: None, "log_metric": lambda *a: None}
-        return func(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns, **hooks)
-
-    def _leave_out_undecodable(self, output: tuple) -> tuple:
-        """The rows whose video (or a clip of it) failed to decode, on any process so far, leave the loss: TRL's
-        `tool_mask` (the mask of the tokens the model wrote) is 0 over them, and `_calculate_rewards` makes them
-        unscorable (advantage 0). Every process learns of every failure here (the G copies of a prompt may sit on
-        several), and the main process writes each file once to `<output_dir>/undecodable.jsonl`."""
-        step = self.state.global_step
-        new = [
-            video.record(step)
-            for path, video in self.video_collator.undecodable.items()
-            if path not in self._undecodable
-        ]
-        records = list({record["path"]: record for record in gather_object(new)}.values())
-        self._undecodable |= {record["path"] for record in records}
-        if self.accelerator.is_main_process:
-            write_undecodable(self.args.output_dir, records)
-        # rows a custom `rollout_func` made hold no video of ours
-        left_out = [path in self._undecodable for path in self.generation.paths or [None] * len(output[1])]
-        self.generation.left_out = torch.tensor(left_out, device=self.accelerator.device)
-        if not any(left_out):
-            return output
-        completion_ids, tool_mask = output[1], output[2]
-        tool_mask = tool_mask or [[1] * len(ids) for ids in completion_ids]
-        tool_mask = [[0] * len(mask) if out else mask for mask, out in zip(tool_mask, left_out, strict=True)]
-        return (*output[:2], tool_mask, *output[3:])
-
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         generation = self.generation
-        left_out = self.accelerator.gather(generation.left_out)
-        rewards_per_func[left_out] = torch.nan  # unscorable: TRL gives such a row advantage 0, out of the baselines
-        mode = generation.mode
-        self._metrics[mode]["data/undecodable"].append(left_out.sum().item())
-        if self.judge_watch is not None:  # a judge failure is no wrong answer: its row is unscorable too
-            self._metrics[mode]["judge/unscored_rows"].append(
-                self.judge_watch.unscore(rewards_per_func, self.num_generations)
-            )
-            new = self.judge_watch.new_counts().to(self.accelerator.device)
-            calls, failed = self.accelerator.gather(new[None]).sum(0).tolist()
-            step = self.state.global_step + 1
-            failed_fraction = self.judge_watch.record(calls, failed, step, self.args.output_dir, mode == "train")
-            if failed_fraction is not None:
-                self._metrics[mode]["judge/failed_fraction"].append(failed_fraction)
-        if self._accuracy_index is not None and mode == "train":
-            accuracy = rewards_per_func[:, self._accuracy_index].clone()
-            if self._length_band_index is not None:  # Video-R1 pays the band to right answers of varied prompts
-                band = rewards_per_func[:, self._length_band_index]
-                gate = length_band_gate(accuracy, self.num_generations) | torch.isnan(band)
-                rewards_per_func[:, self._length_band_index] = torch.where(gate, band, 0.0)
-            if self._temporal_rollouts:
-                self._temporal_contrast(inputs, prompts, rewards_per_func, mode)
+        for feature in self.features:
+            feature.rewarded(self, generation, inputs, prompts, rewards_per_func)
         # the total rewards TRL's advantages are made of, for dynamic sampling
         weighted = rewards_per_func * self.reward_weights.to(rewards_per_func.device)
         generation.totals = weighted.nansum(dim=1).masked_fill(torch.isnan(rewards_per_func).all(dim=1), torch.nan)

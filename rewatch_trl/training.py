@@ -236,7 +236,7 @@ def train_and_save(trainer, processor, script_args: ScriptArguments) -> None:
                 load_checkpoint_weights, trainer, trainer._load_from_checkpoint
             )
         result = trainer.train(resume_from_checkpoint=checkpoint)
-        outage = getattr(getattr(trainer, "judge_watch", None), "outage", None)
+        outage = next((f.outage for f in getattr(trainer, "features", []) if getattr(f, "outage", None)), None)
         if outage:  # its checkpoint is saved; the run is not done
             raise RunStopped(outage)
         trainer.log_metrics("train", result.metrics)

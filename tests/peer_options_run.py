@@ -13,6 +13,7 @@ from test_temporal import Scripted, recorded_generations
 from varied_reward import characters_but_on_the_first_video
 
 from rewatch_trl.dynamic import zero_variance_groups
+from rewatch_trl.temporal import TemporalContrast
 
 
 G = 2
@@ -100,7 +101,7 @@ def recorded_temporal_batches(world, out) -> dict:
     rows = [dataset[0]] * 2
     record = {}
     for rollouts in (3, 2):
-        trainer._temporal_rollouts = rollouts
+        trainer.feature(TemporalContrast).rollouts = rollouts
         start = len(calls)
         scored_batch(trainer, rows)
         ordered, shuffled = calls[start:]

@@ -96,7 +96,9 @@ def test_dynamic_sampling_replaces_exactly_the_zero_variance_groups(tiny_world, 
     assert record["logged_advantages"] == pytest.approx(record["advantages"])  # the logs hold the rows trained on
     assert all(a != 0 for a in record["advantages"])  # every group now teaches
     # the control: without dynamic sampling the group on synthetic_000.mp4 stays, advantage 0
-    trainer.args.dynamic_sampling = False
+    from rewatch_trl.dynamic import DynamicSampling
+
+    trainer.features = [feature for feature in trainer.features if not isinstance(feature, DynamicSampling)]
     plain = recorded_dynamic_batch(trainer, process_rows(dataset, 0))
     assert len(plain["scored"]) == 1 and plain["advantages"][:2] == [0.0, 0.0]
 
@@ -204,7 +206,10 @@ def test_the_tiny_peers_recipe_trains_with_t_grpo_the_band_and_dynamic_sampling(
     arguments = tiny_mix_arguments("grpo_peers", tiny_world, sft_model, tmp_path, launcher)
     trainer = main(*parse_args(arguments + ["--max_steps", "2", "--num_generations", "2"]))
     assert trainer.reward_funcs[-1].keywords == {"low": 16, "high": 48, "bonus": 0.2}
-    assert trainer._temporal_rollouts == 1 and trainer._accuracy_index == 1
+    from rewatch_trl.temporal import TemporalContrast
+
+    contrast = trainer.feature(TemporalContrast)
+    assert contrast.rollouts == 1 and contrast.accuracy == 1
     steps = [entry for entry in trainer.state.log_history if "reward" in entry]
     assert len(steps) == 2
     for entry in steps:

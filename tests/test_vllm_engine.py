@@ -343,17 +343,16 @@ def test_t_grpo_and_dynamic_sampling_on_the_colocated_engine(engine, monkeypatch
     from test_sharing import scored_batch
     from varied_reward import characters_but_on_the_first_video
 
-    from rewatch_trl.temporal import frame_order
-    from rewatch_trl.trainer import prompt_key
+    from rewatch_trl.dynamic import DynamicSampling
+    from rewatch_trl.temporal import TemporalContrast, frame_order, prompt_key
 
     trainer, dataset = engine.trainer, engine.dataset
     trainer.vllm_generation.sync_weights()
     flat = [characters_but_on_the_first_video, *trainer.reward_funcs[1:]]  # flat on synthetic_000.mp4
     monkeypatch.setattr(trainer, "reward_funcs", flat)
-    monkeypatch.setattr(trainer, "_accuracy_index", 0)
-    monkeypatch.setattr(trainer, "_temporal_rollouts", 2)  # G = 2: both rollouts of a prompt also shuffled
-    monkeypatch.setattr(trainer.args, "temporal_contrast", True)
-    monkeypatch.setattr(trainer.args, "dynamic_sampling", True)
+    # T-GRPO on the accuracy (column 0), G = 2: both rollouts of a prompt also shuffled; and dynamic sampling
+    features = [*trainer.features, TemporalContrast(accuracy=0, rollouts=2), DynamicSampling()]
+    monkeypatch.setattr(trainer, "features", features)
     monkeypatch.setattr(trainer.args, "max_resample_rounds", 1)
     llm = trainer.vllm_generation.llm.llm
     requests = []
