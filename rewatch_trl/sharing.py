@@ -472,43 +472,6 @@ def _reentrant(layers) -> bool:
     return False
 
 
-class SharingCounter:
-    """What a run's model calls did, counted at the modules themselves (so with sharing on or off): videos through
-    the vision tower (`videos_encoded`), rows through the language model that hold a prompt (`prompt_rows`: a
-    forward with no cached prompt before it; decoding steps and the completions that read a shared prefix are not
-    counted), and videos decoded or received from DataLoader workers (`videos_decoded`, from the collator).
-    `take()` gives the counts since the last `take()`."""
-
-    def __init__(self, models, collator=None):
-        self.collator = collator
-        self.counts = {"videos_decoded": 0, "videos_encoded": 0, "prompt_rows": 0}
-        self._decoded = self._decoded_so_far()
-        for model in models:
-            inner = backbone(model)
-            inner.visual.register_forward_pre_hook(self._vision, with_kwargs=True)
-            inner.language_model.register_forward_pre_hook(self._language, with_kwargs=True)
-
-    def _decoded_so_far(self) -> int:
-        return 0 if self.collator is None else self.collator.cache.decodes + self.collator.received
-
-    def _vision(self, module, args, kwargs):
-        grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
-        self.counts["videos_encoded"] += len(grid)
-
-    def _language(self, module, args, kwargs):
-        cache = cache_given(kwargs)
-        if cache is None or cache.get_seq_length() == 0:
-            rows = kwargs.get("inputs_embeds")
-            rows = rows if rows is not None else kwargs.get("input_ids", args[0] if args else None)
-            self.counts["prompt_rows"] += rows.size(0)
-
-    def take(self) -> dict[str, int]:
-        decoded = self._decoded_so_far()
-        self.counts["videos_decoded"], self._decoded = decoded - self._decoded, decoded
-        taken, self.counts = self.counts, dict.fromkeys(self.counts, 0)
-        return taken
-
-
 def base_model(model):
     """A PEFT-wrapped model's base model; any other model itself."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model

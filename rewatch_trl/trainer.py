@@ -33,7 +33,7 @@ import os
 
 import datasets
 import torch
-from transformers import AutoConfig, TrainerCallback
+from transformers import AutoConfig
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
@@ -47,24 +47,23 @@ from rewatch_trl.collator import (
 )
 from rewatch_trl.dynamic import DynamicSampling
 from rewatch_trl.families import family_of
-from rewatch_trl.features import accuracy_column
 from rewatch_trl.generation_batch import GenerationBatch
 from rewatch_trl.generation_buffer import restore_generation_buffer, save_generation_buffer
 from rewatch_trl.judge_watch import JudgeWatch
 from rewatch_trl.positions import use_original_rope
 from rewatch_trl.prompts import VideoSettings
 from rewatch_trl.rewatch import Rewatcher, RewatchSettings
-from rewatch_trl.rollouts import RolloutWriter
+from rewatch_trl.rollout_recorder import RolloutRecorder
 from rewatch_trl.sampling import completion_kept_log_mass, truncates
 from rewatch_trl.sharing import (
     SharedRows,
-    SharingCounter,
     backbone,
     base_model,
     install_shared_prefix,
     install_shared_video_features,
     modality,
 )
+from rewatch_trl.sharing_counts import SharingCounter, SharingCounts
 from rewatch_trl.suppression import suppress_vision_tokens, suppressed_token_ids
 from rewatch_trl.temporal import LengthBand, TemporalContrast, prompt_key
 from rewatch_trl.training import keep_used_weight_conversions
@@ -79,16 +78,6 @@ from rewatch_trl.vllm_video import VideoLLM, awake_across_calls, engine_built_as
 
 
 logger = logging.getLogger(__name__)
-
-
-class FlushRollouts(TrainerCallback):
-    """Waits, at the end of training, until the rollouts logged are written (`rollouts.RolloutWriter`)."""
-
-    def __init__(self, writer: RolloutWriter):
-        self.writer = writer
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.writer.flush()
 
 
 class VideoGRPOTrainer(GRPOTrainer):
@@ -200,7 +189,7 @@ class VideoGRPOTrainer(GRPOTrainer):
             partitioned = sum(1 for p in params if hasattr(p, "ds_numel") and p.numel() < p.ds_numel)
             logger.info("ZeRO-3: %d of the policy's %d parameters are partitioned", partitioned, len(params))
         self.sharing_counter = SharingCounter(models, self.video_collator)
-        self._steps_to_log = 0  # optimizer steps since the sharing counts were last logged
+        self.add_callback(SharingCounts(self.sharing_counter, self._metrics))
         # what the generation (or loss pass) at hand knows of its rows; None between them (`generation_batch.py`)
         self.generation: GenerationBatch | None = None
         # vLLM samples from a truncated distribution (top-k, top-p, min-p): the importance-sampling correction then
@@ -223,11 +212,8 @@ class VideoGRPOTrainer(GRPOTrainer):
             # TRL's hook for custom rollouts: its `env_mask` keeps the inserted clips out of the loss
             self.rollout_func = self._agentic_rollout
             self._policy = models[0]
-        self.rollout_writer = None
-        if self.log_completions and getattr(self.args, "log_rollouts", False) and self.accelerator.is_main_process:
-            clips = self.args.clip_settings(self.video_collator.settings) if self.rewatcher is not None else None
-            self.rollout_writer = RolloutWriter(self.args.output_dir, self.video_collator, clips)
-            self.add_callback(FlushRollouts(self.rollout_writer))
+        clips = self.args.clip_settings(self.video_collator.settings) if self.rewatcher is not None else None
+        self.rollout_recorder = RolloutRecorder.attach(self, clips)
         # the features this run's settings ask for, in the order they act (`features.py`)
         self.features = [f for f in (feature.attach(self) for feature in self.FEATURES) if f is not None]
 
@@ -290,45 +276,6 @@ class VideoGRPOTrainer(GRPOTrainer):
         finally:
             for shared in [*self._shared_features, *self._shared_prefixes]:
                 shared.rows = None
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        if self._step % self.current_gradient_accumulation_steps == 0:  # TRL's count of micro-steps
-            self._steps_to_log += 1
-        return loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # what sharing did, per optimizer step since the last log, beside TRL's metrics (`sharing/...`)
-        if self.model.training and self._steps_to_log:
-            for key, count in self.sharing_counter.take().items():
-                self._metrics["train"][f"sharing/{key}"] = [count / self._steps_to_log]
-            self._steps_to_log = 0
-        super().log(logs, start_time)
-        if self.rollout_writer is not None and self.model.training:
-            self._record_rollouts()
-
-    def _record_rollouts(self) -> None:
-        """The completions TRL just logged, to `<output_dir>/rollouts/` (written in the background): the first
-        `num_completions_to_print` of the last generation batch (all by default), in whole prompt groups."""
-        G = self.num_generations
-        rows = len(self._logs["prompt"])
-        if self.num_completions_to_print:
-            rows = min(rows, -(-self.num_completions_to_print // G) * G)
-        names = self.reward_func_names
-        column = accuracy_column(self)
-        accuracy = names[column] if column is not None else None
-        accuracy = accuracy or next((name for name in names if "accuracy" in name), None)
-        logs = self._logs
-        self.rollout_writer.submit(
-            self.state.global_step,
-            list(logs["prompt"])[:rows],
-            list(logs["completion"])[:rows],
-            {name: list(logs["rewards"][name])[:rows] for name in names},
-            list(logs["advantages"])[:rows],
-            num_generations=G,
-            weights=dict(zip(names, self.reward_weights.tolist(), strict=True)),
-            accuracy=accuracy,
-        )
 
     def _save_checkpoint(self, model, trial):
         # the generation buffer first: the trainer state, written last, marks a checkpoint whole (`training.py`)
