@@ -62,21 +62,23 @@ SURFACE = (
         "GRPOTrainer",
         "_generate",
         "overridden",
-        "rows whose video failed to decode are left out; T-GRPO's shuffled rollouts",
-        "broken videos stop the run; T-GRPO",
+        "the features' `generated` point (`features.py`): broken videos' rows out of the loss, T-GRPO's shuffled "
+        "rollouts; agentic mode's texts for the rewards",
+        "broken videos stop the run; T-GRPO; agentic rewards",
     ),
     Piece(
         "GRPOTrainer",
         "_generate_and_score_completions",
         "overridden",
-        "the video inputs ride through TRL's shuffle and split; dynamic sampling replaces flat groups",
+        "one `GenerationBatch` a generation; the video inputs ride through TRL's shuffle and split; the features' "
+        "`scored` point (dynamic sampling replaces flat groups)",
         "the loss pass without the video",
     ),
     Piece(
         "GRPOTrainer",
         "_calculate_rewards",
         "overridden",
-        "left-out rows, the length band, T-GRPO's bonus, the judges watched",
+        "the features' `rewarded` point: left-out rows, the judges watched, the length band, T-GRPO's bonus",
         "those features",
     ),
     Piece(
@@ -116,6 +118,14 @@ SURFACE = (
         "resuming inside a generation",
         instance=True,
     ),
+    Piece(
+        "GRPOTrainer",
+        "_step",
+        "written",
+        "the micro-step count a checkpoint inside a generation saves and a resume restores",
+        "resuming inside a generation",
+        instance=True,
+    ),
     Piece("GRPOTrainer", "_metrics", "written", "every feature's logged metrics", "their logs", instance=True),
     Piece(
         "GRPOTrainer",
@@ -123,14 +133,6 @@ SURFACE = (
         "read",
         "the rollout pages and dynamic sampling's rows trained on",
         "the rollout viewer",
-        instance=True,
-    ),
-    Piece(
-        "GRPOTrainer",
-        "_step",
-        "read",
-        "the micro-step count: sharing counts logged per optimizer step",
-        "the sharing/* metrics",
         instance=True,
     ),
     Piece(
