@@ -127,7 +127,7 @@ class TemporalContrast(Feature):
             raise ValueError("temporal_contrast adds its bonus to the accuracy reward: name it in accuracy_reward")
         if isinstance(trainer.reward_funcs[accuracy], torch.nn.Module):
             raise ValueError("temporal_contrast scores the shuffled rollouts with accuracy_reward: a function")
-        if trainer.rewatcher is not None:
+        if getattr(args, "agentic", False):
             # a clip is decoded from the file at the times an action names: a shuffled rollout would be shown
             # the video's true order again, which is what the contrast takes away
             raise NotImplementedError(

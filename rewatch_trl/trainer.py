@@ -38,10 +38,10 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
+from rewatch_trl.agentic import AgenticRollouts
 from rewatch_trl.collator import (
     VideoCollator,
     split_video_inputs,
-    token_types,
     video_fields,
     video_forward_kwargs,
 )
@@ -52,7 +52,7 @@ from rewatch_trl.generation_buffer import restore_generation_buffer, save_genera
 from rewatch_trl.judge_watch import JudgeWatch
 from rewatch_trl.positions import use_original_rope
 from rewatch_trl.prompts import VideoSettings
-from rewatch_trl.rewatch import Rewatcher, RewatchSettings
+from rewatch_trl.rewatch import RewatchSettings
 from rewatch_trl.rollout_recorder import RolloutRecorder
 from rewatch_trl.sampling import completion_kept_log_mass, truncates
 from rewatch_trl.sharing import (
@@ -74,7 +74,7 @@ from rewatch_trl.video import (
     check_shared_memory,
     decoded_video_bytes,
 )
-from rewatch_trl.vllm_video import VideoLLM, awake_across_calls, engine_built_as, engine_dtype, reload_weights
+from rewatch_trl.vllm_video import VideoLLM, engine_built_as, engine_dtype, reload_weights
 
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class VideoGRPOTrainer(GRPOTrainer):
 
     _tag_names = ["trl", "grpo", "rewatch-trl", "video"]
     # what a run may do beside wiring videos through TRL, in the order each acts at a generation's points
-    FEATURES = (LeaveOutUndecodable, JudgeWatch, LengthBand, TemporalContrast, DynamicSampling)
+    FEATURES = (LeaveOutUndecodable, AgenticRollouts, JudgeWatch, LengthBand, TemporalContrast, DynamicSampling)
 
     def __init__(
         self,
@@ -199,23 +199,10 @@ class VideoGRPOTrainer(GRPOTrainer):
             and self.vllm_importance_sampling_correction
             and truncates(self.top_k, self.top_p, self.min_p)
         )
-        self.rewatcher = None
-        # our GRPOConfig holds the re-watch settings (a plain trl.GRPOConfig: the paper's mode)
-        if isinstance(self.args, RewatchSettings) and self.args.agentic:
-            if self.rollout_func is not None:
-                raise ValueError("rewatch_mode='agentic' runs its own rollouts: it takes no `rollout_func`")
-            if is_deepspeed_zero3_enabled() and not self.use_vllm:
-                # each transformers generation round gathers the ZeRO-3 shards, a collective; processes whose
-                # completions need different numbers of rounds would wait on each other forever
-                raise NotImplementedError("rewatch_mode='agentic' under ZeRO-3 needs use_vllm (colocate)")
-            self.rewatcher = Rewatcher(self.video_collator, self.args, self.eos_token_ids)
-            # TRL's hook for custom rollouts: its `env_mask` keeps the inserted clips out of the loss
-            self.rollout_func = self._agentic_rollout
-            self._policy = models[0]
-        clips = self.args.clip_settings(self.video_collator.settings) if self.rewatcher is not None else None
-        self.rollout_recorder = RolloutRecorder.attach(self, clips)
         # the features this run's settings ask for, in the order they act (`features.py`)
         self.features = [f for f in (feature.attach(self) for feature in self.FEATURES) if f is not None]
+        agentic = self.feature(AgenticRollouts)
+        self.rollout_recorder = RolloutRecorder.attach(self, agentic.clip_settings() if agentic else None)
 
     def feature(self, kind: type):
         """The attached feature of class `kind` (`FEATURES`), or None when this run's settings left it off."""
@@ -360,17 +347,9 @@ class VideoGRPOTrainer(GRPOTrainer):
 
     def _generate(self, prompts: list):
         output = super()._generate(prompts)
-        generation = self.generation
         for feature in self.features:
-            output = feature.generated(self, generation, prompts, output)
-        if generation.model_texts is None:
-            return output
-        # the rewards read what the model wrote: the clips' tokens and the replies to failed actions left out
-        completions = output[3]
-        texts = generation.model_texts
-        if completions and isinstance(completions[0], list):
-            texts = [[{"role": "assistant", "content": text}] for text in texts]
-        return (*output[:3], texts, *output[4:])
+            output = feature.generated(self, self.generation, prompts, output)
+        return output
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -381,83 +360,6 @@ class VideoGRPOTrainer(GRPOTrainer):
         weighted = rewards_per_func * self.reward_weights.to(rewards_per_func.device)
         generation.totals = weighted.nansum(dim=1).masked_fill(torch.isnan(rewards_per_func).all(dim=1), torch.nan)
         return rewards_per_func
-
-    def _agentic_rollout(self, prompts: list, trainer=None) -> dict:
-        """`rollout_func` of agentic mode: the prompts encoded as in the paper's mode, then `Rewatcher.rollout`,
-        whose generation rounds go through TRL's generation (transformers or colocated vLLM)."""
-        prompt_ids, _, _ = self._tokenize_prompts(prompts)
-        generation = self.generation
-        samples, videos = generation.samples, generation.videos
-        # one weight sync a step however many rounds a process needs: under ZeRO-3 each sync is a collective
-        engine = (
-            awake_across_calls(self.vllm_generation, self._sync_weights) if self.use_vllm else contextlib.nullcontext()
-        )
-        with engine:
-            completions = self.rewatcher.rollout(
-                prompt_ids,
-                videos,
-                samples,
-                self._generation_round,
-                self.max_completion_length,
-                self.accelerator.device,
-            )
-        generation.samples, generation.videos = samples, None
-        generation.clips = [completion.clips for completion in completions]
-        generation.model_texts = self.processing_class.batch_decode(
-            [completion.model_ids() for completion in completions], skip_special_tokens=True
-        )
-        mode = "train" if self.model.training else "eval"
-        clips = torch.tensor([len(c.clips) for c in completions], dtype=torch.float, device=self.accelerator.device)
-        frames = sum(sum(clip["frames"] for clip in c.rewatched) for c in completions)
-        frames = torch.tensor(float(frames), device=self.accelerator.device)
-        clips, frames = self.accelerator.gather(clips), self.accelerator.gather(frames).sum()
-        self._metrics[mode]["rewatch/clips_per_completion"].append(clips.mean().item())
-        self._metrics[mode]["rewatch/clip_frames"].append((frames / clips.sum().clamp(min=1)).item())
-        self._metrics[mode]["rewatch/rewatched_fraction"].append((clips > 0).float().mean().item())
-        return {
-            "prompt_ids": prompt_ids,
-            "completion_ids": [completion.ids for completion in completions],
-            "logprobs": [completion.logprobs for completion in completions] if self.use_vllm else None,
-            "env_mask": [completion.model_mask for completion in completions],
-        }
-
-    def _sync_weights(self) -> None:
-        """The policy's weights into the colocated engine, as TRL's `_generate_single_turn` syncs them."""
-        self.vllm_generation.sync_weights()
-        self._last_loaded_step = self.state.global_step
-
-    def _generation_round(self, sequences, videos, samples, stop, max_tokens):
-        """One generation round of an agentic rollout (`rewatch.Generate`), through `_generate_single_turn`."""
-        generation = self.generation
-        generation.samples = [row[0] for row in samples]
-        generation.clips = [row[1:] for row in samples]
-        generation.videos = videos
-        fields = self._generation_fields(
-            [token_types(torch.tensor(ids), self._vision_config).tolist() for ids in sequences]
-        )
-        try:
-            with self._round_limits(stop, max_tokens):
-                completion_ids, logprobs = self._generate_single_turn(sequences, None, fields, 1)
-        finally:
-            generation.clips = None
-        return list(zip(completion_ids, logprobs or [None] * len(completion_ids), strict=True))
-
-    @contextlib.contextmanager
-    def _round_limits(self, stop: list[str] | None, max_tokens: int):
-        """A generation round ends at a stop string and after `max_tokens`: vLLM's sampling parameters, or the
-        policy's `generate` (TRL calls it with the generation config alone; stop strings need the tokenizer)."""
-        if self.use_vllm:
-            with self.vllm_generation.llm.limits(stop, max_tokens):
-                yield
-            return
-        limits = {"max_new_tokens": max_tokens}
-        if stop:
-            limits |= {"stop_strings": stop, "tokenizer": self._tokenizer}
-        self._policy.generate = functools.partial(type(self._policy).generate, self._policy, **limits)
-        try:
-            yield
-        finally:
-            del self._policy.generate
 
     def _get_per_token_logps_and_entropies(
         self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, **kwargs

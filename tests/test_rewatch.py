@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from rewatch_trl.agentic import AgenticRollouts
 from rewatch_trl.generation_batch import GenerationBatch
 from rewatch_trl.positions import rope_index
 from rewatch_trl.rewatch import CLIP_TEXT, RewatchSettings, requested_clip
@@ -130,7 +131,8 @@ def scripted_rollout(trainer, rows, script=SCRIPT):
     engine is not asked); every later round is the model's. `script` may also be a list of rounds, each a text per
     completion (TRL's row order): those rounds are written, the rest are the model's. Also returns the completions
     the rewards received."""
-    real_round = trainer._generation_round
+    agentic = trainer.feature(AgenticRollouts)
+    real_round = agentic.generation_round
     rounds, rewarded = [], []
     scripts = [[script] * len(rows)] if isinstance(script, str) else script
     tokenize = trainer.processing_class.tokenizer
@@ -149,12 +151,12 @@ def scripted_rollout(trainer, rows, script=SCRIPT):
         rewarded.extend(completions)
         return calculate(inputs, prompts, completions, completion_ids_list)
 
-    trainer._generation_round = generation_round
+    agentic.generation_round = generation_round
     trainer._calculate_rewards = calculate_rewards
     try:
         return trainer._generate_and_score_completions(rows), rounds, rewarded
     finally:
-        del trainer._generation_round, trainer._calculate_rewards
+        del agentic.generation_round, trainer._calculate_rewards
 
 
 def direct_logps(model, config, ids, videos):
@@ -189,7 +191,11 @@ def test_scripted_rewatch_is_shown_masked_and_scored_exactly(tiny_world, tmp_pat
 
     # the clip shown is exactly `sample_clip`'s frames of 00:02-00:04, encoded by the processor
     clip = sample_clip(
-        str(tiny_world.video_dir / row["videos"]), 2.0, 4.0, trainer.rewatcher.clip_video_settings, VideoCacheless()
+        str(tiny_world.video_dir / row["videos"]),
+        2.0,
+        4.0,
+        trainer.feature(AgenticRollouts).rewatcher.clip_video_settings,
+        VideoCacheless(),
     )
     assert clip.frame_indices[0] / clip.video_fps >= 2.0 and clip.frame_indices[-1] / clip.video_fps <= 4.0
     assert len(clip.frame_indices) == 8  # 4 fps over 2 s: denser than the whole video's 1 frame a second
@@ -409,7 +415,8 @@ def test_agentic_training_logs_its_rewatches(tiny_world, tmp_path, make_trainer)
         max_steps=2,
     )
     script_ids = trainer.processing_class.tokenizer(SCRIPT, add_special_tokens=False)["input_ids"]
-    real_round, first = trainer._generation_round, []
+    agentic = trainer.feature(AgenticRollouts)
+    real_round, first = agentic.generation_round, []
 
     def generation_round(sequences, videos, samples, stop, max_tokens):
         if all(len(v) == 1 for v in videos):  # a rollout's first round
@@ -417,7 +424,7 @@ def test_agentic_training_logs_its_rewatches(tiny_world, tmp_path, make_trainer)
             return [(list(script_ids), None) for _ in sequences]
         return real_round(sequences, videos, samples, stop, max_tokens)
 
-    trainer._generation_round = generation_round
+    agentic.generation_round = generation_round
     seen = []
     compute_loss = trainer._compute_loss
 
@@ -649,10 +656,10 @@ def test_agentic_transformers_generation_is_refused_under_zero3(tiny_world, tmp_
     """Under ZeRO-3 each transformers generation round gathers the shards, a collective: processes whose completions
     need different numbers of rounds would wait on each other, so agentic mode there needs vLLM. The control: the
     same trainer without ZeRO-3 is built."""
-    import rewatch_trl.trainer
+    import rewatch_trl.agentic
 
-    assert agentic_trainer(make_trainer, tiny_world, tmp_path / "ddp")[0].rewatcher is not None
-    monkeypatch.setattr(rewatch_trl.trainer, "is_deepspeed_zero3_enabled", lambda: True)
+    assert agentic_trainer(make_trainer, tiny_world, tmp_path / "ddp")[0].feature(AgenticRollouts) is not None
+    monkeypatch.setattr(rewatch_trl.agentic, "is_deepspeed_zero3_enabled", lambda: True)
     with pytest.raises(NotImplementedError, match="under ZeRO-3 needs use_vllm"):
         agentic_trainer(make_trainer, tiny_world, tmp_path / "zero3")
 
@@ -830,9 +837,11 @@ def test_agentic_rounds_keep_a_sleeping_engine_awake(tiny_world, tmp_path, monke
                 completion.add(list(ids), by_model=True, logprobs=logprobs)
         return completions
 
-    monkeypatch.setattr(trainer.rewatcher, "rollout", rollout)
+    agentic = trainer.feature(AgenticRollouts)
+    monkeypatch.setattr(agentic.rewatcher, "rollout", rollout)
     trainer.state.global_step = 1  # a step after the engine was built: its weights must be synced
-    trainer._agentic_rollout([dataset[0]["prompt"]] * 2)
+    with trainer.generating():
+        agentic.rollout([dataset[0]["prompt"]] * 2)
     if awake:
         assert engine.events == ["sleep", "sync", "generate", "generate", "generate", "sleep"]
         # the first round's G = 2 samples share one prefill; later rounds find the prompt cached for both rows
@@ -948,7 +957,7 @@ def test_each_completion_is_shown_its_own_clips(tiny_world, tmp_path, received, 
         assert len(clips) == 2, i
         for clip, (start, end) in zip(clips, TWO_CLIPS[i], strict=True):
             frames = sample_clip(
-                str(tiny_world.video_dir / row["videos"]), start, end, trainer.rewatcher.clip_video_settings,
+                str(tiny_world.video_dir / row["videos"]), start, end, trainer.feature(AgenticRollouts).rewatcher.clip_video_settings,
                 VideoCacheless(),
             )  # fmt: skip
             expected = trainer.video_collator.encode([CLIP_TEXT], [frames])
