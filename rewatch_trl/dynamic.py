@@ -67,6 +67,11 @@ def replace_groups(batch: dict, refill: dict, pairs: list[tuple[int, int]], num_
         for slot, source in pairs
         for i in range(num_generations)
     ]
+    # TRL sets `tool_mask` only on a batch with a masked row (a broken video's, a clip's); absent, it is all ones
+    if ("tool_mask" in batch) != ("tool_mask" in refill):
+        batch, refill = (
+            {**b, "tool_mask": b.get("tool_mask", torch.ones_like(b["completion_mask"]))} for b in (batch, refill)
+        )
     into = torch.tensor([row for row, _ in rows], dtype=torch.long)
     taken = torch.tensor([row for _, row in rows], dtype=torch.long)
     unknown = set(batch) - set(PROMPT_KEYS) - set(COMPLETION_KEYS) - ROW_KEYS - {"num_items_in_batch"}

@@ -169,7 +169,8 @@ def _group(group: dict, images: _Images) -> str:
     if group.get("answer") is not None:
         parts.append(f"<div>reference answer: <b>{html.escape(str(group['answer']))}</b></div>")
     if media:
-        parts.append(f'<div class="media">{html.escape(media["path"])}</div>' + _strip(media, images))
+        note = f" <em>{html.escape(media['error'])}</em>" if media.get("error") else ""
+        parts.append(f'<div class="media">{html.escape(media["path"])}{note}</div>' + _strip(media, images))
     parts += [_rollout(rollout, media, names, images) for rollout in group["rollouts"]]
     return "".join(parts) + "</div>"
 

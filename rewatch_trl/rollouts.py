@@ -80,9 +80,10 @@ def _thumbs(folder: Path, root: Path) -> list[str]:
 
 def media_record(block: dict, settings, root: Path, cache=None) -> dict:
     """What a prompt's video (or image) block gave the model, as the page shows it: its kind, path, duration, and
-    each sampled frame's time and thumbnail (written under `root/frames/` once a video)."""
+    each sampled frame's time and thumbnail (written under `root/frames/` once a video); a video that does not
+    decode has no frames and its decoder's `error`."""
     from rewatch_trl.image import load_image
-    from rewatch_trl.video import sample_video
+    from rewatch_trl.video import VideoError, sample_video
 
     if block["type"] == "image":
         folder = root / "frames" / _key(block["image"], settings.image_min_pixels, settings.image_max_pixels)
@@ -97,7 +98,10 @@ def media_record(block: dict, settings, root: Path, cache=None) -> dict:
     path = block["video"]
     folder = root / "frames" / _key(path, settings)
     if not folder.is_dir():
-        video = sample_video(path, settings, cache)
+        try:
+            video = sample_video(path, settings, cache)
+        except VideoError as error:  # its rows were left out of the step; the page says why, the step is kept
+            return {"kind": "video", "path": path, "duration": None, "frames": [], "error": str(error)}
         times = [index / video.video_fps if video.video_fps else 0.0 for index in video.frame_indices]
         _save_thumbnails(_frames_as_images(video), folder)
         (folder / "times.json").write_text(json.dumps({"duration": video.duration, "times": times}))
@@ -160,17 +164,23 @@ class RolloutWriter:
         """Record one logged step (TRL's `_logs` lists, all processes' rows in order, the G of a prompt together);
         `fields`: `num_generations`, `weights` (per reward), `accuracy` (the reward telling right answers, or None)."""
         copied = (list(prompts), list(completions), {k: list(v) for k, v in rewards.items()}, list(advantages))
+        done = [future for future in self._pending if future.done()]
         self._pending = [future for future in self._pending if not future.done()]
+        self._report(done)
         self._pending.append(self._executor.submit(self._write, step, *copied, **fields))
 
     def flush(self) -> None:
         """Wait until every submitted step is written; an error of the writer is logged, not raised."""
-        for future in self._pending:
+        pending, self._pending = self._pending, []
+        self._report(pending)
+
+    @staticmethod
+    def _report(futures) -> None:
+        for future in futures:
             try:
                 future.result()
             except Exception as error:  # a viewer's file must never stop a run
-                logger.warning("rollouts: a logged step was not written: %s", error)
-        self._pending = []
+                logger.warning("rollouts: a logged step was not written: %r", error)
 
     def _media(self, block: dict) -> dict:
         key = json.dumps(block, sort_keys=True, default=str)

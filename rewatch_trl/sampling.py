@@ -26,6 +26,8 @@ Example:
 ```
 """
 
+import contextlib
+
 import torch
 
 
@@ -81,3 +83,30 @@ def completion_kept_log_mass(
             logits = torch.nn.functional.linear(chunk.to(head.weight.dtype), head.weight, head.bias)
             masses.append(kept_log_mass(logits.float() / temperature, top_k, top_p, min_p))
     return torch.cat(masses).view(hidden.shape[:-1])
+
+
+@contextlib.contextmanager
+def kept_mass_recorded(
+    backbone: torch.nn.Module,
+    model: torch.nn.Module,
+    logits_to_keep: int,
+    temperature: float,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+):
+    """Within the block, each call of the language `backbone` appends to the list yielded the log of the mass the
+    sampler's truncation keeps of the next-token distribution (through `model`'s output embeddings) at each of the
+    last `logits_to_keep` tokens: the old-policy pass's share of the sampler's support, for TRL's correction."""
+    head = model.get_output_embeddings()
+    masses = []
+
+    def hook(module, args, output):
+        hidden = output.last_hidden_state[:, -(logits_to_keep + 1) : -1]
+        masses.append(completion_kept_log_mass(hidden, head, temperature, top_k, top_p, min_p))
+
+    handle = backbone.register_forward_hook(hook)
+    try:
+        yield masses
+    finally:
+        handle.remove()

@@ -15,9 +15,13 @@ multimodal path collects images only). Four small overrides wire the video throu
 The G completions of a prompt share its video: one decode, one processor call, one vision-tower run per pass,
 and one prompt prefill in the log-prob passes (`sharing.py`, switched by the config's `share_*` options).
 
-With `rewatch_mode: agentic` the rollouts re-watch for real (`rewatch.py`): TRL's `rollout_func` hook runs them,
-each generation round through `_generate_single_turn` (stopped at `</action>`), and its `env_mask` keeps the clips
-shown out of the loss; the log-prob passes take each sequence's clips after its prompt's video.
+What lives for one generation lives in one `GenerationBatch` (`generation_batch.py`), opened when the generation
+starts and gone once it is scored; a loss pass opens its own from TRL's batch. Everything else a run may do is a
+`Feature` (`features.py`), attached at start by its config key and called at three points of each generation
+(`generated`, `rewarded`, `scored`), in `FEATURES` order: rows of broken videos (`undecodable.py`), agentic
+re-watching (`agentic.py`), the judge watch (`judge_watch.py`), the length band and T-GRPO (`temporal.py`), dynamic
+sampling (`dynamic.py`). Step and log ends are `TrainerCallback`s (`sharing_counts.py`, `rollout_recorder.py`).
+The private TRL this class overrides and reads is listed, with why, in `trl_surface.py`.
 
 Example:
 ```python
@@ -54,7 +58,7 @@ from rewatch_trl.positions import use_original_rope
 from rewatch_trl.prompts import VideoSettings
 from rewatch_trl.rewatch import RewatchSettings
 from rewatch_trl.rollout_recorder import RolloutRecorder
-from rewatch_trl.sampling import completion_kept_log_mass, truncates
+from rewatch_trl.sampling import kept_mass_recorded, truncates
 from rewatch_trl.sharing import (
     SharedRows,
     backbone,
@@ -373,31 +377,15 @@ class VideoGRPOTrainer(GRPOTrainer):
         ):
             # the old-policy pass: its log-probs put on the sampler's support, `log p - log S`, for the correction
             generation.old_pass_pending = False
-            with self._kept_mass(model, logits_to_keep) as masses:
+            unwrapped = self.accelerator.unwrap_model(model)
+            sampler = (self.temperature, self.top_k, self.top_p, self.min_p)
+            with kept_mass_recorded(backbone(unwrapped), base_model(unwrapped), logits_to_keep, *sampler) as masses:
                 logps, entropies, aux_loss = self._video_logps_and_entropies(
                     model, input_ids, attention_mask, logits_to_keep, batch_size, **kwargs
                 )
             generation.old_kept_mass = torch.cat(masses)
             return logps - generation.old_kept_mass, entropies, aux_loss
         return self._video_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size, **kwargs)
-
-    @contextlib.contextmanager
-    def _kept_mass(self, model, logits_to_keep: int):
-        """Within the block, each call of `model` appends to the list yielded the log of the mass that the sampler's
-        truncation keeps of the next-token distribution at each of the last `logits_to_keep` tokens (`sampling.py`)."""
-        unwrapped = self.accelerator.unwrap_model(model)
-        head = base_model(unwrapped).get_output_embeddings()
-        masses = []
-
-        def hook(module, args, output):
-            hidden = output.last_hidden_state[:, -(logits_to_keep + 1) : -1]
-            masses.append(completion_kept_log_mass(hidden, head, self.temperature, self.top_k, self.top_p, self.min_p))
-
-        handle = backbone(unwrapped).register_forward_hook(hook)
-        try:
-            yield masses
-        finally:
-            handle.remove()
 
     def _video_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, **kwargs):
         samples = self.generation.samples if self.generation is not None else None

@@ -54,6 +54,25 @@ def test_replacing_a_group_pads_prompts_left_and_completions_right():
         replace_groups(batch | {"pixel_values": torch.zeros(1)}, refill, [(0, 0)], 2, pad_id=0)
 
 
+def test_a_tool_mask_on_one_side_only_is_merged_with_the_others_ones():
+    """TRL sets `tool_mask` only on a batch with a masked row (a broken video's, an agentic clip's): a refill group
+    moved in keeps its masked rows masked, and a batch's masked rows stay masked beside a refill without one."""
+    batch = {
+        "prompt_ids": torch.tensor([[5], [5], [6], [6]]),
+        "prompt_mask": torch.ones(4, 1, dtype=torch.long),
+        "completion_ids": torch.tensor([[1, 2], [3, 4], [5, 6], [7, 8]]),
+        "completion_mask": torch.ones(4, 2, dtype=torch.long),
+        "advantages": torch.zeros(4),
+    }
+    refill = {key: value[:2].clone() for key, value in batch.items()}
+    masked = torch.tensor([[0, 0], [0, 0]])
+    merged = replace_groups(batch, refill | {"tool_mask": masked}, [(0, 0)], 2, pad_id=0)
+    assert merged["tool_mask"].tolist() == [[0, 0], [0, 0], [1, 1], [1, 1]]  # the refill's masked rows moved in
+    own = torch.tensor([[1, 1], [1, 1], [0, 0], [0, 0]])
+    merged = replace_groups(batch | {"tool_mask": own}, refill, [(0, 0)], 2, pad_id=0)
+    assert merged["tool_mask"].tolist() == [[1, 1], [1, 1], [0, 0], [0, 0]]  # the batch's stay masked
+
+
 def expected_groups(record: dict) -> list:
     """The groups the batch must end with: each zero-variance group of the first batch, in order, takes the next
     varied group of the refill batch at hand; what a refill has left over goes."""
