@@ -55,16 +55,21 @@ class SharingCounter:
 
 
 class SharingCounts(TrainerCallback):
-    """At each optimizer step that logs, `sharing/<count>` per optimizer step since the last log, in the trainer's
-    `metrics` (TRL's `_metrics`, which its `log` averages and clears)."""
+    """At each optimizer step's end, `sharing/<count>` per optimizer step since the last log, in the trainer's
+    `metrics` (TRL's `_metrics`, which its `log` averages and clears): every log sees them, the step logs and the
+    summary at the end of training alike."""
 
     def __init__(self, counter: SharingCounter, metrics: dict):
-        self.counter, self.metrics, self.steps = counter, metrics, 0
+        self.counter, self.metrics = counter, metrics
+        self.totals: dict[str, int] = {}
+        self.steps = 0
 
     def on_step_end(self, args, state, control, **kwargs):
-        # transformers' flow callback, first in the list, has decided whether this step logs
+        train = self.metrics["train"]
+        if not any(key.startswith("sharing/") for key in train):  # a log took the last ones: count anew
+            self.totals, self.steps = {}, 0
+        for key, count in self.counter.take().items():
+            self.totals[key] = self.totals.get(key, 0) + count
         self.steps += 1
-        if control.should_log:
-            for key, count in self.counter.take().items():
-                self.metrics["train"][f"sharing/{key}"] = [count / self.steps]
-            self.steps = 0
+        for key, total in self.totals.items():
+            train[f"sharing/{key}"] = [total / self.steps]
