@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from trl.rewards import think_format_reward  # noqa: E402
 
 from rewatch_trl import rewards as R  # noqa: E402
+from rewatch_trl.rewards import parsed  # noqa: E402
 
 
 WORDS = [
@@ -57,7 +58,7 @@ def make_completion(rng: random.Random) -> str:
 
 def clear_caches() -> None:
     """Every memo of the rewards, emptied: each timed call starts cold, as a new GRPO step's completions do."""
-    for cached in (R._trace, R.parse_options, R._right_choice):
+    for cached in (parsed._trace, parsed.parse_options, parsed._right_choice):
         cached.cache_clear()
 
 

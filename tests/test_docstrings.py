@@ -9,12 +9,24 @@ import pytest
 MODULES = [
     "rewatch_trl.prompts",
     "rewatch_trl.react",
-    "rewatch_trl.rewards",
+    "rewatch_trl.rewards.parsed",
+    "rewatch_trl.rewards.judged",
+    "rewatch_trl.rewards.registry",
     "rewatch_trl.judge",
     "rewatch_trl.sharing",
     "rewatch_trl.vllm_video",
     "rewatch_trl.sampling",
     "rewatch_trl.video",
+    "rewatch_trl.features",
+    "rewatch_trl.generation_batch",
+    "rewatch_trl.undecodable",
+    "rewatch_trl.judge_watch",
+    "rewatch_trl.temporal",
+    "rewatch_trl.dynamic",
+    "rewatch_trl.agentic",
+    "rewatch_trl.sharing_counts",
+    "rewatch_trl.rollout_recorder",
+    "rewatch_trl.data",
 ]
 
 
