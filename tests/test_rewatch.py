@@ -795,12 +795,12 @@ def test_agentic_rounds_keep_a_sleeping_engine_awake(tiny_world, tmp_path, monke
     import trl.generation.vllm_generation as generation
     from sleeping_vllm import SleepingLLM
 
-    import rewatch_trl.trainer as trainer_module
+    import rewatch_trl.agentic as agentic_module
     from rewatch_trl.rewatch import Completion
 
     monkeypatch.setattr(generation, "LLM", SleepingLLM)
     if not awake:
-        monkeypatch.setattr(trainer_module, "awake_across_calls", lambda *args: contextlib.nullcontext())
+        monkeypatch.setattr(agentic_module, "awake_across_calls", lambda *args: contextlib.nullcontext())
     trainer, dataset = agentic_trainer(
         make_trainer,
         tiny_world,

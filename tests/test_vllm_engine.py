@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rewatch_trl import trainer as trainer_module
+from rewatch_trl import dynamic as dynamic_module
 from rewatch_trl.generation_batch import GenerationBatch
 from rewatch_trl.positions import rope_index
 
@@ -364,13 +364,13 @@ def test_t_grpo_and_dynamic_sampling_on_the_colocated_engine(engine, monkeypatch
 
     monkeypatch.setattr(llm, "generate", recording)
     merged = {}
-    replace = trainer_module.replace_groups
+    replace = dynamic_module.replace_groups
 
     def kept(batch, refill, pairs, *args):
         merged.update(refill=refill, pairs=pairs)
         return replace(batch, refill, pairs, *args)
 
-    monkeypatch.setattr(trainer_module, "replace_groups", kept)
+    monkeypatch.setattr(dynamic_module, "replace_groups", kept)
     rows = [dataset[i] for i in (0, 0, 2, 2)]
     output = scored_batch(trainer, rows)
     # ordered (2 prompts, n = 2 each), shuffled (the same 2 prompts, n = 2 each), then the refill's two calls
