@@ -111,7 +111,7 @@ def _data(args) -> None:
         if by_container:
             shown = ", ".join(f"{suffix} {failed} of {total}" for suffix, (failed, total) in by_container.items())
             print(f"{settings.video_backend} cannot decode, by container: {shown}")
-        drifting = variable_rate_videos(paths)
+        drifting = variable_rate_videos(paths, num_proc=args.num_proc)
         if drifting:
             print(
                 f"{len(drifting)} video(s) have a variable frame rate: frames are placed at the average rate (as "

@@ -12,6 +12,7 @@ Example:
 """
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -268,6 +269,12 @@ def within_vision_blocks(input_ids: torch.Tensor, start: int, end: int) -> torch
     """
     depth = ((input_ids == start).long() - (input_ids == end).long()).cumsum(-1)
     return (depth > 0) | (input_ids == end)
+
+
+def prompt_key(prompt) -> str:
+    """A chat prompt as a string, the same for the G copies of a prompt on every process: rows with the same key hold
+    the same prompt and video."""
+    return json.dumps(prompt, sort_keys=True, default=str)
 
 
 def split_video_inputs(batch) -> list[dict[str, torch.Tensor]]:

@@ -13,6 +13,7 @@ Example:
 """
 
 import contextlib
+import functools
 import json
 import logging
 import shutil
@@ -428,6 +429,21 @@ def _decode_error(path: str, settings) -> str | None:
     return None
 
 
+def _per_video(func, paths: list[str], num_proc: int, desc: str, progress: bool) -> list:
+    """`func(path)` of each of `paths`, in order, in `num_proc` worker processes, with a progress bar."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    bar = functools.partial(tqdm, total=len(paths), desc=desc, unit="video", disable=not progress)
+    if num_proc <= 1:
+        return list(bar(map(func, paths)))
+    # spawned, not forked: a decoder's or torch's threads in this process would not survive a fork
+    with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(bar(pool.map(func, paths)))
+
+
 def check_decode(paths: list[str], settings, num_proc: int = 1, progress: bool = True) -> list[dict]:
     """Decode each video of `paths` once, as a run with `settings` samples it, in `num_proc` worker processes: the
     records (`undecodable.jsonl`'s) of those that do not decode, with their decoder's error. Row validation reads
@@ -439,22 +455,10 @@ def check_decode(paths: list[str], settings, num_proc: int = 1, progress: bool =
     [{'path': 'videos/b.mp4', 'backend': 'decord', 'error': 'cannot decode video videos/b.mp4 with decord: ...', 'step': None}]
     ```
     """
-    import functools
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from tqdm.auto import tqdm
-
-    decode = functools.partial(_decode_error, settings=settings)
-    bar = functools.partial(tqdm, total=len(paths), desc="decoding videos", unit="video", disable=not progress)
-    if num_proc <= 1:
-        errors = list(bar(map(decode, paths)))
-    else:
-        # spawned, not forked: a decoder's or torch's threads in this process would not survive a fork
-        with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn")) as pool:
-            errors = list(bar(pool.map(decode, paths)))
     from rewatch_trl.video import undecodable_record
 
+    decode = functools.partial(_decode_error, settings=settings)
+    errors = _per_video(decode, paths, num_proc, "decoding videos", progress)
     return [
         undecodable_record(path, settings.video_backend, error)
         for path, error in zip(paths, errors, strict=True)
@@ -462,23 +466,23 @@ def check_decode(paths: list[str], settings, num_proc: int = 1, progress: bool =
     ]
 
 
-def variable_rate_videos(paths: list[str], tolerance: float = 0.5, progress: bool = True) -> dict[str, float]:
-    """The videos of `paths` whose frames drift more than `tolerance` seconds from where the readers place them
-    (`video.frame_time_drift`; half a second: the prompts' times are whole seconds), with their drift: their clips'
-    times are off by as much. Unreadable files are left to `check_decode`."""
-    from tqdm.auto import tqdm
-
+def _drift(path: str) -> float | None:
     from rewatch_trl.video import VideoError, frame_time_drift
 
-    drifts = {}
-    for path in tqdm(paths, desc="reading frame times", unit="video", disable=not progress):
-        try:
-            drift = frame_time_drift(path)
-        except VideoError:
-            continue
-        if drift > tolerance:
-            drifts[path] = drift
-    return drifts
+    try:
+        return frame_time_drift(path)
+    except VideoError:  # unreadable: `check_decode` says so
+        return None
+
+
+def variable_rate_videos(
+    paths: list[str], tolerance: float = 0.5, num_proc: int = 1, progress: bool = True
+) -> dict[str, float]:
+    """The videos of `paths` whose frames drift more than `tolerance` seconds from where the readers place them
+    (`video.frame_time_drift`, packet times only; half a second: the prompts' times are whole seconds), with their
+    drift, read in `num_proc` worker processes: their clips' times are off by as much."""
+    drifts = _per_video(_drift, paths, num_proc, "reading frame times", progress)
+    return {path: drift for path, drift in zip(paths, drifts, strict=True) if drift is not None and drift > tolerance}
 
 
 def failures_by_container(paths: list[str], failures: list[dict]) -> dict[str, tuple[int, int]]:

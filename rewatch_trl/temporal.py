@@ -16,20 +16,14 @@ Example:
 
 import dataclasses
 import hashlib
-import json
 
 import torch
 from accelerate.utils import gather_object
 
-from rewatch_trl.collator import split_video_inputs
+from rewatch_trl.collator import prompt_key, split_video_inputs
 from rewatch_trl.features import Feature, accuracy_column
 from rewatch_trl.rewards import RIGHT
 from rewatch_trl.video import SampledVideo
-
-
-def prompt_key(prompt) -> str:
-    """A chat prompt as a string, the same for the G copies of a prompt on every process."""
-    return json.dumps(prompt, sort_keys=True, default=str)
 
 
 def keyed_generator(*key) -> torch.Generator:

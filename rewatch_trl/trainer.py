@@ -45,6 +45,7 @@ from trl import GRPOTrainer
 from rewatch_trl.agentic import AgenticRollouts
 from rewatch_trl.collator import (
     VideoCollator,
+    prompt_key,
     split_video_inputs,
     video_fields,
     video_forward_kwargs,
@@ -69,7 +70,7 @@ from rewatch_trl.sharing import (
 )
 from rewatch_trl.sharing_counts import SharingCounter, SharingCounts
 from rewatch_trl.suppression import suppress_vision_tokens, suppressed_token_ids
-from rewatch_trl.temporal import LengthBand, TemporalContrast, prompt_key
+from rewatch_trl.temporal import LengthBand, TemporalContrast
 from rewatch_trl.training import keep_used_weight_conversions
 from rewatch_trl.trl_surface import check_trl
 from rewatch_trl.undecodable import LeaveOutUndecodable

@@ -6,9 +6,10 @@ import functools
 import pytest
 import torch
 
+from rewatch_trl.collator import prompt_key
 from rewatch_trl.rewards import get_reward_funcs, length_band_reward
 from rewatch_trl.rewatch import CLIP_TEXT
-from rewatch_trl.temporal import frame_order, length_band_gate, prompt_key, temporal_bonus
+from rewatch_trl.temporal import frame_order, length_band_gate, temporal_bonus
 
 
 NAN = float("nan")

@@ -343,8 +343,9 @@ def test_t_grpo_and_dynamic_sampling_on_the_colocated_engine(engine, monkeypatch
     from test_sharing import scored_batch
     from varied_reward import characters_but_on_the_first_video
 
+    from rewatch_trl.collator import prompt_key
     from rewatch_trl.dynamic import DynamicSampling
-    from rewatch_trl.temporal import TemporalContrast, frame_order, prompt_key
+    from rewatch_trl.temporal import TemporalContrast, frame_order
 
     trainer, dataset = engine.trainer, engine.dataset
     trainer.vllm_generation.sync_weights()
