@@ -156,6 +156,51 @@ class GRPOConfig(RewatchSettings, trl.GRPOConfig):
             "batch and reused by every pass."
         },
     )
+    sequence_parallel_size: int = field(
+        default=1,
+        metadata={
+            "help": "Processes that hold the same prompts and split each prompt's sequence (its frames in the vision "
+            "tower, its tokens in the language model) in every log-prob pass: for videos longer than one GPU holds "
+            "(rewatch_trl/sequence_parallel.py). Must divide the number of processes."
+        },
+    )
+    sequence_parallel_generation: str = field(
+        default="split",
+        metadata={
+            "help": "With sequence_parallel_size > 1: `split` samples a group's completions once, a share on each "
+            "process, gathered; `whole` has every process of the group sample all of them as one process would.",
+            "choices": ["split", "whole"],
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        size = self.sequence_parallel_size
+        if size < 1:
+            raise ValueError(f"sequence_parallel_size must be at least 1, got {size}")
+        if self.sequence_parallel_generation not in ("split", "whole"):
+            raise ValueError(
+                f"sequence_parallel_generation must be 'split' or 'whole', got {self.sequence_parallel_generation!r}"
+            )
+        if size == 1:
+            return
+        if self.world_size % size:
+            raise ValueError(
+                f"sequence_parallel_size ({size}) must divide the number of processes ({self.world_size})"
+            )
+        # TRL sized the generation batch for world_size data-parallel processes; the groups are world_size / size
+        self.generation_batch_size //= size
+        rows = self.per_device_train_batch_size * self.steps_per_generation
+        if rows % self.num_generations:
+            raise ValueError(
+                f"sequence_parallel_size > 1 needs whole prompt groups on each process: per_device_train_batch_size "
+                f"* steps_per_generation ({rows}) must be a multiple of num_generations ({self.num_generations})"
+            )
+        if self.sequence_parallel_generation == "split" and self.num_generations % size:
+            raise ValueError(
+                f"sequence_parallel_generation 'split' samples num_generations / sequence_parallel_size completions "
+                f"a process: num_generations ({self.num_generations}) must be a multiple of {size}"
+            )
 
 
 @dataclass

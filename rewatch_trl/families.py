@@ -114,6 +114,7 @@ PATHS = {
     "agentic": "rewatch_mode='agentic'",
     "share_video_features": "share_video_features",
     "share_prompt_prefix": "share_prompt_prefix",
+    "sequence_parallel": "sequence_parallel_size > 1",
 }
 
 
@@ -197,6 +198,10 @@ FAMILIES = {
             # 4 experts, 2 a token; an expert's width and the hidden size multiples of 32 (vLLM-CPU's alignment: it
             # pads others at load, and its in-place reload then fails)
             tiny_text=_QWEN3_TEXT | {"moe_intermediate_size": 128, "num_local_experts": 4, "num_experts_per_tok": 2},
+            not_yet={
+                "sequence_parallel": "its load-balancing loss reads every token's router logits, of which a shard "
+                "holds its own",
+            },
         ),
         Family(
             "qwen3_5",
@@ -205,6 +210,8 @@ FAMILIES = {
             not_yet={
                 "share_prompt_prefix": "its Gated DeltaNet layers' prompt state is a recurrent and convolution "
                 "state, not keys and values (the vision sharing is kept)",
+                "sequence_parallel": "its Gated DeltaNet layers carry a recurrent state along the sequence, which a "
+                "shard cannot start from without the shards before it",
             },
             # vLLM's CPU kernels of its Gated DeltaNet layers take bf16 only (fp32: `causal_conv1d_fwd_kernel_impl not
             # implemented for 'Float'`); the GPU recipes are bf16 anyway

@@ -37,7 +37,7 @@ import os
 
 import datasets
 import torch
-from transformers import AutoConfig
+from transformers import AutoConfig, set_seed
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
@@ -60,6 +60,7 @@ from rewatch_trl.prompts import VideoSettings
 from rewatch_trl.rewatch import RewatchSettings
 from rewatch_trl.rollout_recorder import RolloutRecorder
 from rewatch_trl.sampling import kept_mass_recorded, truncates
+from rewatch_trl.sequence_parallel import GroupSampler, SequenceGroup, SequenceParallel
 from rewatch_trl.sharing import (
     SharedRows,
     backbone,
@@ -188,6 +189,14 @@ class VideoGRPOTrainer(GRPOTrainer):
         if getattr(self.args, "share_prompt_prefix", False):
             features = self._shared_features or [None] * len(models)
             self._shared_prefixes = [install_shared_prefix(m, f) for m, f in zip(models, features, strict=True)]
+        # sequence parallelism (`sequence_parallel.py`): the log-prob passes split across each group's processes
+        self.sequence_group = SequenceGroup.build(getattr(self.args, "sequence_parallel_size", 1))
+        self._sequence_parallel = []
+        if self.sequence_group.size > 1:
+            family.check("sequence_parallel")
+            self._sequence_parallel = [SequenceParallel(m, self.sequence_group) for m in models]
+            # the processes of a group sample alike: one seed a data-parallel group (TRL's is one a process)
+            set_seed(self.args.seed + self.sequence_group.data_rank)
         if is_deepspeed_zero3_enabled():
             params = list(self.model.parameters())
             # a parameter ZeRO-3 partitions at load keeps an empty placeholder here
@@ -288,6 +297,13 @@ class VideoGRPOTrainer(GRPOTrainer):
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs
             )
+
+    def _get_train_sampler(self, dataset=None):
+        sampler = super()._get_train_sampler(dataset)
+        if self.sequence_group.size == 1:
+            return sampler
+        # each group's processes get the same rows: every process's batch of TRL's stream, once for each of them
+        return GroupSampler(sampler, self._train_batch_size * self.args.steps_per_generation, self.sequence_group.size)
 
     def get_train_dataloader(self):
         # With DataLoader workers, the training set's videos are decoded in them, ahead of the steps that need them.
@@ -398,33 +414,44 @@ class VideoGRPOTrainer(GRPOTrainer):
             raise RuntimeError(f"{len(samples)} videos for {input_ids.size(0)} sequences")
         batch_size = batch_size or input_ids.size(0)
         logps, entropies, aux_losses = [], [], []
-        for start in range(0, input_ids.size(0), batch_size):
-            rows = slice(start, start + batch_size)
-            # TRL's pass runs `model(**its_inputs)`: bind this chunk's videos to the call.
-            clips = None if self.generation.clips is None else self.generation.clips[rows]
-            video_model = functools.partial(
-                model,
-                **video_forward_kwargs(
-                    samples[rows], input_ids[rows], self._vision_config, bool(self._shared_features), clips
-                ),
-            )
-            ids, mask = input_ids[rows], attention_mask[rows]
-            # TRL's head reads the hidden states of the last prompt token and the completion alone: with the prefix
-            # shared, the model is handed those ends, and the G copies of each prompt's states are never made; but a
-            # mixture of experts' load-balancing loss (TRL's `compute_aux_loss`) counts every token of every row
-            ends_only = self._shared_prefixes and not kwargs.get("compute_aux_loss")
-            whole_rows = (ids, mask) if ends_only and logits_to_keep + 1 < ids.size(1) else None
-            if whole_rows is not None:
-                ids, mask = ids[:, -(logits_to_keep + 1) :], mask[:, -(logits_to_keep + 1) :]
-            with self.shared_rows(samples[rows], logits_to_keep, clips, whole_rows):
-                chunk = super()._get_per_token_logps_and_entropies(
-                    video_model, ids, mask, logits_to_keep, batch_size, **kwargs
+        splitting = contextlib.ExitStack()
+        for parallel in self._sequence_parallel:
+            splitting.enter_context(parallel.splitting())
+        with splitting:
+            for start in range(0, input_ids.size(0), batch_size):
+                chunk = self._video_chunk(
+                    model, input_ids, attention_mask, logits_to_keep, batch_size, start, **kwargs
                 )
-            logps.append(chunk[0])
-            entropies.append(chunk[1])
-            aux_losses.append(chunk[2])
+                logps.append(chunk[0])
+                entropies.append(chunk[1])
+                aux_losses.append(chunk[2])
         return (
             torch.cat(logps),
             None if entropies[0] is None else torch.cat(entropies),
             None if aux_losses[0] is None else torch.stack(aux_losses).mean(),
         )
+
+    def _video_chunk(self, model, input_ids, attention_mask, logits_to_keep, batch_size, start, **kwargs):
+        """TRL's log-prob pass over the rows `[start, start + batch_size)`, with their videos."""
+        samples = self.generation.samples
+        rows = slice(start, start + batch_size)
+        # TRL's pass runs `model(**its_inputs)`: bind this chunk's videos to the call.
+        clips = None if self.generation.clips is None else self.generation.clips[rows]
+        video_model = functools.partial(
+            model,
+            **video_forward_kwargs(
+                samples[rows], input_ids[rows], self._vision_config, bool(self._shared_features), clips
+            ),
+        )
+        ids, mask = input_ids[rows], attention_mask[rows]
+        # TRL's head reads the hidden states of the last prompt token and the completion alone: with the prefix
+        # shared, the model is handed those ends, and the G copies of each prompt's states are never made; but a
+        # mixture of experts' load-balancing loss (TRL's `compute_aux_loss`) counts every token of every row
+        ends_only = self._shared_prefixes and not kwargs.get("compute_aux_loss")
+        whole_rows = (ids, mask) if ends_only and logits_to_keep + 1 < ids.size(1) else None
+        if whole_rows is not None:
+            ids, mask = ids[:, -(logits_to_keep + 1) :], mask[:, -(logits_to_keep + 1) :]
+        with self.shared_rows(samples[rows], logits_to_keep, clips, whole_rows):
+            return super()._get_per_token_logps_and_entropies(
+                video_model, ids, mask, logits_to_keep, batch_size, **kwargs
+            )
