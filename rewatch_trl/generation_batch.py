@@ -14,7 +14,7 @@ Example:
 ```
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -54,3 +54,13 @@ class GenerationBatch:
     def for_loss(cls, inputs: dict, mode: str = "train") -> "GenerationBatch":
         """The loss pass's view of a scored batch TRL hands back: its rows' model inputs and clips."""
         return cls(mode=mode, samples=inputs.get("video_inputs"), clips=inputs.get("clip_inputs"))
+
+    def rows(self, indices: list[int]) -> "GenerationBatch":
+        """The batch of the rows `indices` alone (what their generation reads: samples, videos, clips, paths)."""
+
+        def of(values):
+            return None if values is None else [values[i] for i in indices]
+
+        return replace(
+            self, samples=of(self.samples), videos=of(self.videos), clips=of(self.clips), paths=of(self.paths)
+        )

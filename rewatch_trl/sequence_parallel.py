@@ -103,6 +103,48 @@ class SequenceGroup:
         return _Gather.apply(tensor, dim, sizes, self.group, self.rank)
 
 
+# What sequence parallelism does not run with yet, by config key: the value that switches it on, and why.
+NOT_YET = {
+    "use_vllm": (True, "vLLM's engines would sample the group's rows apart; generate with transformers"),
+    "rewatch_mode": ("agentic", "the clip rounds are not split across the group yet"),
+    "temporal_contrast": (True, "its shuffled rollouts are not split across the group yet"),
+    "dynamic_sampling": (True, "its refill batches count the group's processes as data-parallel ones"),
+}
+
+
+def check_sequence_parallel(args) -> None:
+    """An error naming each setting of `args` that sequence parallelism does not run with yet (`NOT_YET`)."""
+    found = [f"{key}={value!r} ({why})" for key, (value, why) in NOT_YET.items() if getattr(args, key, None) == value]
+    if found:
+        raise NotImplementedError(f"sequence_parallel_size > 1 does not run with {'; '.join(found)} yet")
+
+
+def split_generation(group: SequenceGroup, rows: int, generate) -> tuple[list, list | None]:
+    """`sequence_parallel_generation: split`: of a generation's `rows` (a prompt's G copies in a row, the same rows
+    on every process of the group), this process samples every N-th from its rank on, `generate(indices)` giving
+    their completion ids and log-probs (or None); the group's completions are gathered back into row order, so every
+    process of the group holds all of them.
+
+    Example (a group of one):
+    ```python
+    >>> split_generation(SequenceGroup(), 3, lambda rows: ([[r] for r in rows], None))
+    ([[0], [1], [2]], None)
+    ```
+    """
+    mine = list(range(group.rank, rows, group.size))
+    completions, logprobs = generate(mine)
+    if group.size == 1:
+        return completions, logprobs
+    shares = [None] * group.size
+    dist.all_gather_object(shares, (mine, completions, logprobs), group=group.group)
+    ordered_ids, ordered_logprobs = [None] * rows, [None] * rows
+    for indices, ids, logps in shares:
+        for position, row in enumerate(indices):
+            ordered_ids[row] = ids[position]
+            ordered_logprobs[row] = None if logps is None else logps[position]
+    return ordered_ids, None if shares[0][2] is None else ordered_logprobs
+
+
 class GroupSampler(torch.utils.data.Sampler):
     """TRL's index stream with each run of `rows` indices (one process's batch) repeated `times` over in a row:
     accelerate deals batch k to process k mod W, so the `times` consecutive ranks of a group get the same rows.
@@ -196,6 +238,9 @@ class SequenceParallel:
         language_model.rotary_emb.register_forward_hook(self._rotary)
         for index, layer in enumerate(language_model.layers):
             layer.register_forward_pre_hook(functools.partial(self._layer, index), with_kwargs=True)
+            # a checkpointed layer keeps the cache it is handed (the gathering one): replayed in the backward, it
+            # gathers its keys again, as every process of the group replays it alike
+            layer._can_checkpoint_with_cache = True
         language_model.norm.register_forward_hook(self._gathered)
         if hasattr(language_model, "_deepstack_process"):
             language_model._deepstack_process = self._deepstack(language_model._deepstack_process)

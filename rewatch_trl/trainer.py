@@ -60,7 +60,13 @@ from rewatch_trl.prompts import VideoSettings
 from rewatch_trl.rewatch import RewatchSettings
 from rewatch_trl.rollout_recorder import RolloutRecorder
 from rewatch_trl.sampling import kept_mass_recorded, truncates
-from rewatch_trl.sequence_parallel import GroupSampler, SequenceGroup, SequenceParallel
+from rewatch_trl.sequence_parallel import (
+    GroupSampler,
+    SequenceGroup,
+    SequenceParallel,
+    check_sequence_parallel,
+    split_generation,
+)
 from rewatch_trl.sharing import (
     SharedRows,
     backbone,
@@ -120,6 +126,9 @@ class VideoGRPOTrainer(GRPOTrainer):
                     "rendered by the VideoCollator (tool calls and environments would need multi-turn video)"
                 )
         family = family_of(AutoConfig.from_pretrained(model) if isinstance(model, str) else model)
+        if getattr(args, "sequence_parallel_size", 1) > 1:
+            family.check("sequence_parallel")
+            check_sequence_parallel(args)
         engine = contextlib.nullcontext()
         if getattr(args, "use_vllm", False):
             family.check("vllm")
@@ -193,7 +202,6 @@ class VideoGRPOTrainer(GRPOTrainer):
         self.sequence_group = SequenceGroup.build(getattr(self.args, "sequence_parallel_size", 1))
         self._sequence_parallel = []
         if self.sequence_group.size > 1:
-            family.check("sequence_parallel")
             self._sequence_parallel = [SequenceParallel(m, self.sequence_group) for m in models]
             # the processes of a group sample alike: one seed a data-parallel group (TRL's is one a process)
             set_seed(self.args.seed + self.sequence_group.data_rank)
@@ -290,6 +298,28 @@ class VideoGRPOTrainer(GRPOTrainer):
             restore_generation_buffer(self, checkpoint)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
+        group = self.sequence_group
+        if group.size == 1 or self.args.sequence_parallel_generation == "whole":
+            return self._generate_rows(prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs)
+        # a share of the rows on each process of the group (`split_generation`), with their videos
+        generation = self.generation
+
+        def generate(rows: list[int]):
+            self.generation = generation.rows(rows)
+            try:
+                fields = (
+                    self._generation_fields([multimodal_fields["mm_token_type_ids"][i] for i in rows])
+                    if (multimodal_fields)
+                    else multimodal_fields
+                )
+                share = [prompt_ids[i] for i in rows]
+                return self._generate_rows(share, images, fields, num_generations // group.size, *args, **kwargs)
+            finally:
+                self.generation = generation
+
+        return split_generation(group, len(prompt_ids), generate)
+
+    def _generate_rows(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
         # the rows of this generation are the prompts `_tokenize_prompts` just encoded, with their videos
         generation = self.generation
         serving = self.vllm_generation.llm.serving(generation.videos) if self.use_vllm else contextlib.nullcontext()
@@ -345,7 +375,13 @@ class VideoGRPOTrainer(GRPOTrainer):
         with self.generating() as generation:
             # TRL's first pass over the policy after generation is the old-policy pass that its correction reads
             generation.old_pass_pending = self._sampler_truncates
+            seen = self.state.num_input_tokens_seen
             output = super()._generate_and_score_completions(inputs)
+            if self.sequence_group.size > 1:
+                # TRL counted every process's tokens: the processes of a group hold the same ones
+                counted = (self.state.num_input_tokens_seen - seen) // self.sequence_group.size
+                self.state.num_input_tokens_seen = seen + counted
+                self._metrics[generation.mode]["num_tokens"] = [self.state.num_input_tokens_seen]
             if generation.old_kept_mass is not None:
                 # the correction compared the sampler's support on both sides; the loss's old policy is the whole
                 # distribution, as its policy pass is

@@ -5,7 +5,9 @@ Both processes build the same trainer (`sequence_parallel_size` 2) and score the
 Each then computes, on its own, the log-probs and gradients of the whole model (the reference), and with the group
 splitting each row (its gradients averaged over the group, as DDP does). Two controls plant what the checks must
 catch: rank 1's rotary positions one token late, and the vision features of the other process's frames left out.
-Each process writes `OUT_DIR/process-<i>.json`: the largest differences, the shards' and frames' sizes."""
+Then `sequence_parallel_generation: split`, each process sampling its half of the rows from its own seed.
+Each process writes `OUT_DIR/process-<i>.json`: the largest differences, the shards' and frames' sizes, what split
+generation sampled where."""
 
 import json
 import sys
@@ -108,6 +110,9 @@ def main(world_file: Path, out: Path, share_prefix: bool):
     rows = [dataset[i] for i in (0, 2) for _ in range(G)]
     inputs = scored_batch(trainer, rows)
     result = {"exact": record(trainer, inputs), "shards": shards[:4], "frames": frames[:2]}
+    # as `train()` runs it: the layers checkpointed, replayed in the backward
+    trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    result["checkpointed"] = record(trainer, inputs)
     # the controls: rank 1's positions one token late; the other process's frames' features left out
     positions = parallel._positions
     if rank == 1:
@@ -124,6 +129,27 @@ def main(world_file: Path, out: Path, share_prefix: bool):
     result["no_visual_gather"] = record(trainer, inputs)
     del parallel._visual_gather
     result["prefix_rows"] = sum(shared.prefix_rows for shared in trainer._shared_prefixes)
+    # `split`: each process samples half of each prompt's completions, from its own seed; the group's gathered
+    trainer.args.sequence_parallel_generation = "split"
+    generated, generate_rows = [], trainer._generate_rows
+
+    def counted(prompt_ids, *args, **kwargs):
+        generated.append(len(prompt_ids))
+        return generate_rows(prompt_ids, *args, **kwargs)
+
+    trainer._generate_rows = counted
+    torch.manual_seed(1 + rank)
+    split_inputs = scored_batch(trainer, rows)
+    ids = split_inputs["completion_ids"].tolist()
+    both = [None, None]
+    dist.all_gather_object(both, ids, group=trainer.sequence_group.group)
+    result["split"] = {
+        "generated_rows": generated,
+        "rows": len(ids),
+        "same_on_both": both[0] == both[1],
+        "copies_differ": ids[0] != ids[1],
+        "exact": record(trainer, split_inputs),
+    }
     (out / f"process-{trainer.accelerator.process_index}.json").write_text(json.dumps(result))
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()

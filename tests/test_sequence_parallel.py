@@ -45,11 +45,54 @@ def test_split_rows_equal_the_whole_model(family, share_prefix, family_world, tm
     launcher.run(command + [str(world_file(world, tmp_path / "world.json")), str(tmp_path), str(int(share_prefix))])
     for rank in range(2):
         result = json.loads((tmp_path / f"process-{rank}.json").read_text())
-        exact = result["exact"]
-        assert exact["logps"] <= 1e-5 and exact["old_logps"] <= 1e-5, exact
-        assert exact["grads"] <= 1e-4 and exact["visual_grads"], exact
+        for exact in (result["exact"], result["checkpointed"]):
+            assert exact["logps"] <= 1e-5 and exact["old_logps"] <= 1e-5, exact
+            assert exact["grads"] <= 1e-4 and exact["visual_grads"], exact
         for control in ("late_positions", "no_visual_gather"):
             assert result[control]["logps"] > 1e-4 and result[control]["grads"] > 1e-2, (control, result[control])
         start, end, length = result["shards"][0]
         assert (start, end) == ((0, length // 2) if rank == 0 else (length // 2, length))
         assert result["frames"][0] >= 4  # the frame pairs of the pass's videos, half of them encoded here
+        split = result["split"]
+        assert split["generated_rows"] == [2] and split["rows"] == 4  # 2 prompts, G = 2: half of the rows sampled here
+        assert split["same_on_both"] and split["copies_differ"]  # gathered alike; the G copies sampled apart
+        assert split["exact"]["logps"] <= 1e-5 and split["exact"]["grads"] <= 1e-4
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_the_tiny_recipe_on_a_group_of_two_ends_where_one_process_ends(share_prefix, tiny_world, tmp_path, launcher):
+    """`--sequence_parallel_size 2 --sequence_parallel_generation whole` on 2 processes against the same recipe on 1
+    (a reference model too, beta 0.04; a reward that varies on the untrained model): the logged loss and grad norm
+    of each step within 1e-4 (relative), the tokens counted once, the saved weights within 1e-5."""
+    settings = dict(
+        max_steps=3,
+        save_strategy="no",
+        share_prompt_prefix=str(share_prefix).lower(),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=16,
+        beta=0.04,
+        reward_funcs="varied_reward.characters",
+        reward_weights="1.0",
+    )
+    tests = {"PYTHONPATH": str(launcher.root / "tests")}
+    one, two = tmp_path / "one", tmp_path / "two"
+    launcher.run(launcher.command(tiny_world, one, 1, **settings), env=tests)
+    launcher.run(
+        launcher.command(
+            tiny_world, two, 2, sequence_parallel_size=2, sequence_parallel_generation="whole", **settings
+        ),
+        env=tests,
+    )
+    steps = [[entry for entry in launcher.state(run)["log_history"] if "loss" in entry] for run in (one, two)]
+    assert len(steps[0]) == len(steps[1]) == 3
+    for alone, split in zip(*steps, strict=True):
+        assert alone["grad_norm"] > 0
+        for key in ("loss", "grad_norm"):
+            assert split[key] == pytest.approx(alone[key], rel=1e-4, abs=1e-9), key
+        assert split["num_tokens"] == alone["num_tokens"]
+    from safetensors.torch import load_file
+
+    alone, split = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert alone.keys() == split.keys()
+    assert max(float((alone[k] - split[k]).abs().max()) for k in alone) <= 1e-5
