@@ -182,7 +182,7 @@ class GRPOConfig(RewatchSettings, trl.GRPOConfig):
             raise ValueError(
                 f"sequence_parallel_generation must be 'split' or 'whole', got {self.sequence_parallel_generation!r}"
             )
-        if size == 1:
+        if size == 1 or self.world_size == 1:  # a single process (a recipe checked, not launched): the trainer refuses
             return
         if self.world_size % size:
             raise ValueError(

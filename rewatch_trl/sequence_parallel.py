@@ -295,7 +295,10 @@ class SequenceParallel:
         hidden = args[0] if args else kwargs["hidden_states"]
         kwargs["position_embeddings"] = self._positions(shard, embeddings)
         if isinstance(kwargs.get("position_ids"), torch.Tensor):
-            kwargs["position_ids"] = shard.take(kwargs["position_ids"], -1)
+            # the text positions reach attention only for flash kernels, which would read a shard's (not starting
+            # at 0) as packed sequences; the rotary cos and sin carry the positions
+            flash = self.attention.startswith("flash")
+            kwargs["position_ids"] = None if flash else shard.take(kwargs["position_ids"], -1)
         kwargs["attention_mask"] = self._mask_rows(kwargs.get("attention_mask"), shard, hidden)
         given = [kwargs.pop(name, None) for name in CACHE_KEYWORDS]
         given = next((cache for cache in given if cache is not None), None)
@@ -307,24 +310,29 @@ class SequenceParallel:
         return tuple(shard.take(part, -2) for part in embeddings)
 
     def _mask_rows(self, mask, shard: Shard, hidden: torch.Tensor):
-        """The mask of this shard's queries over the keys up to its end: the model's own, cut; where the model
-        relies on the kernel's causal flag (no mask), the causal rows written out, except for flash kernels, whose
-        causal mask of fewer queries than keys is already the bottom-right one."""
+        """The mask of this shard's queries over the keys up to its end: the model's own, cut. Where the model relies
+        on the kernel's causal flag (no mask): none for flash kernels, whose causal mask of fewer queries than keys is
+        the bottom-right one, nor for the first shard (square); for sdpa on a GPU, torch's bottom-right causal bias
+        (its efficient kernels, nothing written out); otherwise the rows written out, additive (a boolean mask costs
+        CPU sdpa a copy of it as floats)."""
         if isinstance(mask, torch.Tensor) and mask.dim() == 4:
             return mask[:, :, shard.start : shard.end, : shard.end]
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
             return mask[:, : shard.end]
         if mask is not None:
             raise NotImplementedError(f"sequence parallelism takes tensor masks, not {type(mask).__name__}")
-        if self.attention.startswith("flash"):
+        if self.attention.startswith("flash") or (shard.start == 0 and self.attention == "sdpa"):
             return None
+        if self.attention == "sdpa" and hidden.is_cuda:
+            from torch.nn.attention.bias import causal_lower_right
+
+            return causal_lower_right(shard.end - shard.start, shard.end)
         queries = torch.arange(shard.start, shard.end, device=hidden.device)[:, None]
         allowed = torch.arange(shard.end, device=hidden.device)[None, :] <= queries
-        if self.attention == "eager":
-            return torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device).masked_fill(
-                ~allowed, torch.finfo(hidden.dtype).min
-            )[None, None]
-        return allowed[None, None]
+        blocked = torch.finfo(hidden.dtype).min
+        return torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device).masked_fill(~allowed, blocked)[
+            None, None
+        ]
 
     def _gathered(self, module, args, output):
         if self.call is None:
