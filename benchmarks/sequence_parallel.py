@@ -189,6 +189,13 @@ def predict(name: str, frames: int, size: int, frozen: bool, generations: int = 
 def budget(name: str, frozen: bool, gpus: int = 8, memory: float = 80e9, vllm_share: float = 0.4) -> float:
     """What a GPU has for a step: its memory, less vLLM's share and its ZeRO-3 part of the weights, gradients and
     AdamW state (16 bytes a trained parameter, 2 a frozen one) over the node's `gpus`."""
+    total, tower = parameters(name)
+    state = (total - tower) * 16 + tower * (2 if frozen else 16)
+    return memory * (1 - vllm_share) - state / gpus
+
+
+def parameters(name: str) -> tuple[int, int]:
+    """The parameters of a published shape, and of its vision tower (built on the meta device: no memory)."""
     import torch
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
 
@@ -198,10 +205,7 @@ def budget(name: str, frozen: bool, gpus: int = 8, memory: float = 80e9, vllm_sh
     config = tiny_config(build_tiny_tokenizer(), sizes=sizes, family=family)
     with torch.device("meta"):
         model = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING[type(config)](config)
-    total = sum(p.numel() for p in model.parameters())
-    tower = sum(p.numel() for p in model.model.visual.parameters())
-    state = (total - tower) * 16 + tower * (2 if frozen else 16)
-    return memory * (1 - vllm_share) - state / gpus
+    return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.model.visual.parameters())
 
 
 def largest_fit(name: str, size: int, frozen: bool, vllm_share: float) -> int:

@@ -55,8 +55,16 @@ SURFACE = (
         "GRPOTrainer",
         "_generate_single_turn",
         "overridden",
-        "vLLM requests carry each row's frames; agentic rounds stop at </action>",
+        "vLLM requests carry each row's frames; agentic rounds stop at </action>; a share of the rows a process "
+        "under sequence parallelism (`split`)",
         "generation without the video",
+    ),
+    Piece(
+        "GRPOTrainer",
+        "_get_train_sampler",
+        "overridden",
+        "sequence parallelism: TRL's sampler, each process's batch repeated for the processes of its group",
+        "the processes of a group training on different rows",
     ),
     Piece(
         "GRPOTrainer",

@@ -24,7 +24,11 @@ def test_the_tiny_check_measures_stock_against_shared_on_cpu(tmp_path):
     output = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert output.returncode == 0, output.stderr[-4000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    runs = {(r["shape"], r["mode"]): r for r in report["runs"]}
+    runs = {(r["shape"], r["mode"]): r for r in report["runs"] if not r.get("long")}
+    # the long setting last: the first shape on 16 frames, shared only, its peak above the 4 frames' (the control)
+    long = report["runs"][-1]
+    assert (long["shape"], long["frames"], long["mode"], long["long"]) == ("tiny-qwen2_5_vl", 16, "shared", True)
+    assert long["peak_gib"] > runs[("tiny-qwen2_5_vl", "shared")]["peak_gib"] and long["tokens"] > 4 * 256
     # the headline's shape first, shared before stock (it fits where stock may not)
     assert list(runs) == [(s, m) for s in ("tiny-qwen2_5_vl", "tiny-qwen3_vl") for m in ("shared", "stock")]
     for shape in ("tiny-qwen2_5_vl", "tiny-qwen3_vl"):
@@ -38,7 +42,8 @@ def test_the_tiny_check_measures_stock_against_shared_on_cpu(tmp_path):
         assert stock["step_s"] > 0 and shared["step_s"] > 0
     # Qwen3-VL writes each frame pair's time as text: its prompts are longer for the same visual tokens
     assert runs[("tiny-qwen3_vl", "stock")]["tokens"] > runs[("tiny-qwen2_5_vl", "stock")]["tokens"]
-    headline = output.stdout.strip().splitlines()[-1]
+    *_, headline, long_line = output.stdout.strip().splitlines()
+    assert long_line == f"long: tiny-qwen2_5_vl 16 frames, shared: {long['step_s']:.2f} s {long['peak_gib']:.2f} GiB"
     figures = re.fullmatch(
         r"GPU step: stock ([\d.]+)s ([\d.]+)GiB, shared ([\d.]+)s ([\d.]+)GiB \(([\d.]+)x, ([\d.]+)x\)", headline
     )
@@ -47,7 +52,7 @@ def test_the_tiny_check_measures_stock_against_shared_on_cpu(tmp_path):
     expected = [stock["step_s"], stock["peak_gib"], shared["step_s"], shared["peak_gib"]]
     expected += [stock["step_s"] / shared["step_s"], stock["peak_gib"] / shared["peak_gib"]]
     assert [float(x) for x in figures.groups()] == pytest.approx(expected, abs=0.006)
-    assert report["summary"][-1] == headline
+    assert report["summary"][-2:] == [headline, long_line]
 
 
 def test_a_run_past_its_budget_is_skipped_and_says_so(tmp_path, monkeypatch, capsys):
@@ -56,10 +61,11 @@ def test_a_run_past_its_budget_is_skipped_and_says_so(tmp_path, monkeypatch, cap
     monkeypatch.setenv("OUT", str(tmp_path))
     assert main(["--tiny", "--frames", "4", "--budget-s", "0"]) == 0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert [r["skipped"] for r in report["runs"]] == ["past the 0 s budget"] * 4
-    assert capsys.readouterr().out.strip().splitlines()[-1] == (
-        "GPU step: stock skipped, shared skipped (tiny-qwen2_5_vl, 4 frames)"
-    )
+    assert [r["skipped"] for r in report["runs"]] == ["past the 0 s budget"] * 5
+    assert capsys.readouterr().out.strip().splitlines()[-2:] == [
+        "GPU step: stock skipped, shared skipped (tiny-qwen2_5_vl, 4 frames)",
+        "long: tiny-qwen2_5_vl 16 frames, shared: skipped",
+    ]
 
 
 def test_the_wheel_list_carries_what_setup_cfg_pins():

@@ -96,3 +96,76 @@ def test_the_tiny_recipe_on_a_group_of_two_ends_where_one_process_ends(share_pre
     alone, split = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
     assert alone.keys() == split.keys()
     assert max(float((alone[k] - split[k]).abs().max()) for k in alone) <= 1e-5
+
+
+def test_a_shards_masks_give_the_whole_attentions_rows():
+    """The masks a shard's queries get where the model relies on the causal flag: the additive rows (CPU, eager),
+    torch's bottom-right causal bias (sdpa on a GPU) and none for the first shard each give the rows of the whole
+    sequence's causal attention; the control, sdpa's own causal flag on a later shard, does not."""
+    import torch
+    from torch.nn.attention.bias import causal_lower_right
+    from torch.nn.functional import scaled_dot_product_attention as attention
+
+    from rewatch_trl.sequence_parallel import SequenceGroup, SequenceParallel
+
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 10, 8, generator=generator) for _ in range(3))
+    whole = attention(q, k, v, is_causal=True)
+    parallel = SequenceParallel.__new__(SequenceParallel)
+    parallel.group, parallel.attention = SequenceGroup(), "sdpa"
+    for rank in range(2):
+        shard = Shard.of(10, 2, rank)
+        rows = slice(shard.start, shard.end)
+        keys, values = k[:, :, : shard.end], v[:, :, : shard.end]
+        mask = parallel._mask_rows(None, shard, q)
+        assert (mask is None) == (rank == 0)
+        got = attention(q[:, :, rows], keys, values, attn_mask=mask, is_causal=mask is None)
+        assert (got - whole[:, :, rows]).abs().max() <= 1e-6
+        bias = attention(q[:, :, rows], keys, values, attn_mask=causal_lower_right(shard.end - shard.start, shard.end))
+        assert (bias - whole[:, :, rows]).abs().max() <= 1e-6
+    flagged = attention(q[:, :, 5:], k, v, is_causal=True)  # top-left: the control
+    assert (flagged - whole[:, :, 5:]).abs().max() > 1e-2
+
+
+def test_what_sequence_parallelism_does_not_run_yet_is_refused_by_name():
+    from types import SimpleNamespace
+
+    from rewatch_trl.families import FAMILIES
+    from rewatch_trl.sequence_parallel import check_sequence_parallel
+
+    check_sequence_parallel(SimpleNamespace(use_vllm=False, rewatch_mode="imagined"))
+    with pytest.raises(NotImplementedError, match=r"use_vllm=True .*; temporal_contrast=True"):
+        check_sequence_parallel(SimpleNamespace(use_vllm=True, temporal_contrast=True))
+    with pytest.raises(NotImplementedError, match="rewatch_mode='agentic'"):
+        check_sequence_parallel(SimpleNamespace(rewatch_mode="agentic"))
+    for family in ("qwen3_5", "qwen3_vl_moe"):
+        with pytest.raises(NotImplementedError, match=f"sequence_parallel_size > 1 does not run {family}"):
+            FAMILIES[family].check("sequence_parallel")
+    FAMILIES["qwen3_vl"].check("sequence_parallel")
+
+
+def test_the_config_sizes_the_generation_batch_for_the_groups(monkeypatch):
+    """On 4 processes in groups of 2, the generation batch is that of 2 data-parallel processes; settings that
+    cannot split are refused, naming the keys."""
+    from transformers import TrainingArguments
+
+    from rewatch_trl.configs import GRPOConfig
+
+    monkeypatch.setattr(TrainingArguments, "world_size", property(lambda self: 4))
+    common = dict(output_dir="unused", use_cpu=True, bf16=False, report_to="none")
+    config = GRPOConfig(**common, per_device_train_batch_size=4, num_generations=4, sequence_parallel_size=2)
+    assert config.generation_batch_size == 4 * 2 and config.steps_per_generation == 1
+    with pytest.raises(ValueError, match=r"per_device_train_batch_size \* steps_per_generation \(2\)"):
+        GRPOConfig(**common, per_device_train_batch_size=2, num_generations=4, sequence_parallel_size=2)
+    with pytest.raises(ValueError, match=r"num_generations \(6\) must be a multiple of 4"):
+        GRPOConfig(**common, per_device_train_batch_size=6, num_generations=6, sequence_parallel_size=4)
+    with pytest.raises(ValueError, match=r"must divide the number of processes \(4\)"):
+        GRPOConfig(**common, per_device_train_batch_size=6, num_generations=6, sequence_parallel_size=3)
+    whole = GRPOConfig(
+        **common,
+        per_device_train_batch_size=6,
+        num_generations=6,
+        sequence_parallel_size=4,
+        sequence_parallel_generation="whole",
+    )
+    assert whole.generation_batch_size == 6

@@ -13,6 +13,9 @@ headline for the paper's setting (Qwen2.5-VL-7B, 192 frames):
 
     GPU step: stock 41.2s 77.0GiB, shared 14.1s 15.3GiB (2.92x, 5.03x)
 
+and last the long setting: Qwen2.5-VL-7B on 512 frames, shared only, its peak beside the bytes
+`benchmarks/sequence_parallel.py` predicts for it (the model behind its frames-that-fit table at SP 1 to 8).
+
 Every figure goes to `$OUT/gpu_check.json` (when `OUT` is set) after each run, so a run that the machine's time
 limit cuts short keeps what it measured; runs that would start after `--budget-s` seconds are skipped and say so.
 """
@@ -227,6 +230,9 @@ def measure(options) -> dict:
         ((shape, count) for shape in shapes for count in frames),
         key=lambda point: (point[1] != max(frames), shapes.index(point[0])),
     )
+    # the long setting, last: the paper's shape on far more frames, shared only (what sequence parallelism splits)
+    long_frames = options.long_frames or (16 if options.tiny else 512)
+    order.append((shapes[0], long_frames))
     report = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -244,8 +250,15 @@ def measure(options) -> dict:
             step_options = parse_options(__doc__, argv)
             step_options.measure_memory = options.tiny  # on CPU, the profiler's peak of the timed step
             world = None
-            for mode in ("shared", "stock"):  # shared first: it fits where stock may not
-                record = {"shape": shape, "frames": count, "mode": mode}
+            long = (shape, count) == order[-1]
+            for mode in ("shared",) if long else ("shared", "stock"):  # shared first: it fits where stock may not
+                record = {"shape": shape, "frames": count, "mode": mode} | ({"long": True} if long else {})
+                if long and not options.tiny:  # the bytes `benchmarks/sequence_parallel.py` predicts for it
+                    from sequence_parallel import parameters, predict
+
+                    # with one GPU's weights and gradients (bf16, SGD: no optimizer state)
+                    state = 4 * parameters(shape)[0]
+                    record["predicted_gib"] = (predict(shape, count, 1, False, generations, tokens) + state) / 2**30
                 if time.perf_counter() - start > options.budget_s:
                     record["skipped"] = f"past the {options.budget_s:.0f} s budget"
                 else:
@@ -288,8 +301,8 @@ def cell(record: dict | None) -> str:
 
 def summary(report: dict) -> list[str]:
     """The table (a row a shape and frame count) and, last, the headline line."""
-    runs = {(r["shape"], r["frames"], r["mode"]): r for r in report["runs"]}
-    points = list(dict.fromkeys((r["shape"], r["frames"]) for r in report["runs"]))
+    runs = {(r["shape"], r["frames"], r["mode"]): r for r in report["runs"] if not r.get("long")}
+    points = list(dict.fromkeys((r["shape"], r["frames"]) for r in report["runs"] if not r.get("long")))
     lines = [
         f"{report['device']}, torch {report['torch']}: one prompt, G = {report['generations']}, "
         f"{report['completion_tokens']} completion tokens, a step after one to warm up",
@@ -318,6 +331,9 @@ def summary(report: dict) -> list[str]:
         )
     else:
         lines.append(f"GPU step: stock {cell(stock)}, shared {cell(shared)} ({shape}, {frames} frames)")
+    for record in (r for r in report["runs"] if r.get("long")):
+        predicted = f" (predicted {record['predicted_gib']:.2f} GiB)" if "predicted_gib" in record else ""
+        lines.append(f"long: {record['shape']} {record['frames']} frames, shared: {cell(record)}{predicted}")
     return lines
 
 
@@ -328,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=Path, default=Path("/tmp/rewatch-gpu-site"), help="where they go")
     parser.add_argument("--tiny", action="store_true", help="the tiny models of the two families, on CPU")
     parser.add_argument("--frames", type=int, nargs="+", help="frame counts (default 64 192; --tiny: 4 8)")
+    parser.add_argument("--long-frames", type=int, help="the long setting's frames (default 512; --tiny: 16)")
     parser.add_argument("--generations", type=int, help="G (default 8; --tiny: 2)")
     parser.add_argument("--completion-tokens", type=int, help="max_completion_length (default 64; --tiny: 8)")
     parser.add_argument("--budget-s", type=float, default=420.0, help="start no run after this many seconds")
