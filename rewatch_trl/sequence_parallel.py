@@ -231,11 +231,11 @@ class SequenceParallel:
         self.attention = getattr(language_model.config, "_attn_implementation", "sdpa") or "sdpa"
         self.enabled = False
         self.call: Shard | None = None  # the shard of the language-model call under way
-        # a call's rotary cos → its shard: a checkpointed layer replayed in the backward finds its shard by its inputs
+        # a layer call's rotary cos → its shard: where checkpointing replays a layer's hooks in the backward
+        # (transformers before 5.24), the replay finds its shard by the inputs it is replayed with
         self._shards: dict[int, tuple[weakref.ref, Shard]] = {}
         language_model.register_forward_pre_hook(self._begin, with_kwargs=True)
         language_model.register_forward_hook(self._end, always_call=True)
-        language_model.rotary_emb.register_forward_hook(self._rotary)
         for index, layer in enumerate(language_model.layers):
             layer.register_forward_pre_hook(functools.partial(self._layer, index), with_kwargs=True)
             # a checkpointed layer keeps the cache it is handed (the gathering one): replayed in the backward, it
@@ -268,15 +268,14 @@ class SequenceParallel:
     def _end(self, module, args, output):
         self.call = None
 
-    def _rotary(self, module, args, output):
-        if self.call is not None:
-            key = id(output[0])
+    def _remember(self, cos: torch.Tensor, shard: Shard) -> None:
+        key = id(cos)
 
-            def forget(ref, key=key):
-                if self._shards.get(key, (None,))[0] is ref:
-                    del self._shards[key]
+        def forget(ref, key=key):
+            if self._shards.get(key, (None,))[0] is ref:
+                del self._shards[key]
 
-            self._shards[key] = (weakref.ref(output[0], forget), self.call)
+        self._shards[key] = (weakref.ref(cos, forget), shard)
 
     def _shard_of(self, cos: torch.Tensor) -> Shard | None:
         known = self._shards.get(id(cos))
@@ -284,7 +283,14 @@ class SequenceParallel:
 
     def _layer(self, index, layer, args, kwargs):
         embeddings = kwargs.get("position_embeddings")
-        shard = self._shard_of(embeddings[0]) if embeddings is not None else None
+        if embeddings is None:
+            return None
+        # the cos the layer is handed (ZeRO-3's hooks hand on other tensor objects than the rotary module returned)
+        shard = self.call
+        if shard is not None:
+            self._remember(embeddings[0], shard)
+        else:
+            shard = self._shard_of(embeddings[0])
         if shard is None:
             return None
         if index == 0:

@@ -59,11 +59,25 @@ def test_split_rows_equal_the_whole_model(family, share_prefix, family_world, tm
         assert split["exact"]["logps"] <= 1e-5 and split["exact"]["grads"] <= 1e-4
 
 
-@pytest.mark.parametrize("share_prefix", [True, False])
-def test_the_tiny_recipe_on_a_group_of_two_ends_where_one_process_ends(share_prefix, tiny_world, tmp_path, launcher):
-    """`--sequence_parallel_size 2 --sequence_parallel_generation whole` on 2 processes against the same recipe on 1
-    (a reference model too, beta 0.04; a reward that varies on the untrained model): the logged loss and grad norm
-    of each step within 1e-4 (relative), the tokens counted once, the saved weights within 1e-5."""
+one_process_runs = {}
+
+
+@pytest.mark.parametrize(
+    ("share_prefix", "config"),
+    [
+        (True, "accelerate_configs/cpu.yaml"),
+        (False, "accelerate_configs/cpu.yaml"),
+        (True, "tests/deepspeed/zero3_cpu.yaml"),
+        (True, "tests/deepspeed/zero2_cpu.yaml"),
+    ],
+)
+def test_the_tiny_recipe_on_a_group_of_two_ends_where_one_process_ends(
+    share_prefix, config, tiny_world, tmp_path, launcher
+):
+    """`--sequence_parallel_size 2 --sequence_parallel_generation whole` on 2 processes (DDP, ZeRO-3, ZeRO-2)
+    against the same recipe on 1 (a reference model too, beta 0.04; a reward that varies on the untrained model):
+    the logged loss and grad norm of each step within 1e-4 (relative), the tokens counted once, the saved weights
+    within 1e-5."""
     settings = dict(
         max_steps=3,
         save_strategy="no",
@@ -76,11 +90,19 @@ def test_the_tiny_recipe_on_a_group_of_two_ends_where_one_process_ends(share_pre
         reward_weights="1.0",
     )
     tests = {"PYTHONPATH": str(launcher.root / "tests")}
-    one, two = tmp_path / "one", tmp_path / "two"
-    launcher.run(launcher.command(tiny_world, one, 1, **settings), env=tests)
+    one, two = one_process_runs.get(share_prefix), tmp_path / "two"
+    if one is None:  # the run on 1 process, once for the module's tests of the same setting
+        one = one_process_runs[share_prefix] = tmp_path / "one"
+        launcher.run(launcher.command(tiny_world, one, 1, **settings), env=tests)
     launcher.run(
         launcher.command(
-            tiny_world, two, 2, sequence_parallel_size=2, sequence_parallel_generation="whole", **settings
+            tiny_world,
+            two,
+            2,
+            config=config,
+            sequence_parallel_size=2,
+            sequence_parallel_generation="whole",
+            **settings,
         ),
         env=tests,
     )
