@@ -105,7 +105,6 @@ class SequenceGroup:
 
 # What sequence parallelism does not run with yet, by config key: the value that switches it on, and why.
 NOT_YET = {
-    "use_vllm": (True, "vLLM's engines would sample the group's rows apart; generate with transformers"),
     "rewatch_mode": ("agentic", "the clip rounds are not split across the group yet"),
     "temporal_contrast": (True, "its shuffled rollouts are not split across the group yet"),
     "dynamic_sampling": (True, "its refill batches count the group's processes as data-parallel ones"),

@@ -126,7 +126,9 @@ class VideoGRPOTrainer(GRPOTrainer):
                     "rendered by the VideoCollator (tool calls and environments would need multi-turn video)"
                 )
         family = family_of(AutoConfig.from_pretrained(model) if isinstance(model, str) else model)
-        if getattr(args, "sequence_parallel_size", 1) > 1:
+        # sequence parallelism (`sequence_parallel.py`): groups of processes that split each prompt's passes
+        sequence_group = SequenceGroup.build(getattr(args, "sequence_parallel_size", 1))
+        if sequence_group.size > 1:
             family.check("sequence_parallel")
             check_sequence_parallel(args)
         engine = contextlib.nullcontext()
@@ -143,7 +145,9 @@ class VideoGRPOTrainer(GRPOTrainer):
                     engine_kwargs["dtype"],
                     dtype,
                 )
-            engine = engine_built_as(**engine_kwargs)
+            # `whole`: the engines of a group sample alike (TRL seeds each process's apart)
+            whole = sequence_group.size > 1 and args.sequence_parallel_generation == "whole"
+            engine = engine_built_as({"seed": sequence_group.data_rank} if whole else None, **engine_kwargs)
         if isinstance(args, RewatchSettings) and args.agentic:
             family.check("agentic")
         with engine:
@@ -198,8 +202,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         if getattr(self.args, "share_prompt_prefix", False):
             features = self._shared_features or [None] * len(models)
             self._shared_prefixes = [install_shared_prefix(m, f) for m, f in zip(models, features, strict=True)]
-        # sequence parallelism (`sequence_parallel.py`): the log-prob passes split across each group's processes
-        self.sequence_group = SequenceGroup.build(getattr(self.args, "sequence_parallel_size", 1))
+        self.sequence_group = sequence_group
         self._sequence_parallel = []
         if self.sequence_group.size > 1:
             self._sequence_parallel = [SequenceParallel(m, self.sequence_group) for m in models]

@@ -142,18 +142,18 @@ def engine_dtype(model, args) -> str:
 
 
 @contextlib.contextmanager
-def engine_built_as(**engine_kwargs):
+def engine_built_as(overrides: dict | None = None, **engine_kwargs):
     """Within the block, TRL's colocated `LLM(...)` is built with `engine_kwargs` too (the trainer's dtype, a family's
-    `vllm_kwargs`). TRL passes no dtype, and vLLM's "auto" makes an fp32 checkpoint bf16: its log-probs then
-    differ from an fp32 trainer's by bf16 rounding (2e-3 on the tiny recipe), which TRL's correction would take for a
-    policy mismatch."""
+    `vllm_kwargs`), and with `overrides` in place of TRL's own (the seed a sequence-parallel group shares). TRL
+    passes no dtype, and vLLM's "auto" makes an fp32 checkpoint bf16: its log-probs then differ from an fp32
+    trainer's by bf16 rounding (2e-3 on the tiny recipe), which TRL's correction would take for a policy mismatch."""
     import trl.generation.vllm_generation as generation
 
     build = generation.LLM
 
     @functools.wraps(build)
     def built_as(*args, **kwargs):
-        return build(*args, **(engine_kwargs | kwargs))
+        return build(*args, **(engine_kwargs | kwargs | (overrides or {})))
 
     generation.LLM = built_as
     try:
