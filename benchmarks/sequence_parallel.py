@@ -16,6 +16,7 @@ prompt prefix shared; the largest frame count that fits, at SP 1, 2, 4, 8, with 
 """
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -116,7 +117,7 @@ def worker(frames: int, out: Path) -> None:
 
     def log_probs():
         model.zero_grad()
-        with parallel.splitting() if parallel else _nothing():
+        with parallel.splitting() if parallel else contextlib.nullcontext():
             logits = model(**inputs, logits_to_keep=COMPLETION + 1).logits[:, :-1]
         logps = logits.log_softmax(-1).gather(-1, completion[..., None])[..., 0]
         (-logps.mean()).backward()
@@ -132,14 +133,6 @@ def worker(frames: int, out: Path) -> None:
     if size > 1:
         dist.barrier()
         dist.destroy_process_group()
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def measure(frames: int, sizes: list[int]) -> dict:

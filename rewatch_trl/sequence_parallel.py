@@ -118,6 +118,16 @@ def check_sequence_parallel(args) -> None:
         raise NotImplementedError(f"sequence_parallel_size > 1 does not run with {'; '.join(found)} yet")
 
 
+@contextlib.contextmanager
+def splitting(parallels: list["SequenceParallel"]):
+    """Within the block, the calls of every model of `parallels` (the policy's, the reference's) are split across
+    the group; none: nothing changes."""
+    with contextlib.ExitStack() as stack:
+        for parallel in parallels:
+            stack.enter_context(parallel.splitting())
+        yield
+
+
 def split_generation(group: SequenceGroup, rows: int, generate) -> tuple[list, list | None]:
     """`sequence_parallel_generation: split`: of a generation's `rows` (a prompt's G copies in a row, the same rows
     on every process of the group), this process samples every N-th from its rank on, `generate(indices)` giving

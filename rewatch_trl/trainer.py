@@ -13,7 +13,9 @@ multimodal path collects images only). Four small overrides wire the video throu
   to vLLM as one request for G completions: one prefill (`vllm_video.VideoLLM`).
 
 The G completions of a prompt share its video: one decode, one processor call, one vision-tower run per pass,
-and one prompt prefill in the log-prob passes (`sharing.py`, switched by the config's `share_*` options).
+and one prompt prefill in the log-prob passes (`sharing.py`, switched by the config's `share_*` options). With
+`sequence_parallel_size`, groups of processes hold the same rows and split each pass's frames and tokens among them
+(`sequence_parallel.py`: the sampler, the generation's share, the passes).
 
 What lives for one generation lives in one `GenerationBatch` (`generation_batch.py`), opened when the generation
 starts and gone once it is scored; a loss pass opens its own from TRL's batch. Everything else a run may do is a
@@ -66,6 +68,7 @@ from rewatch_trl.sequence_parallel import (
     SequenceParallel,
     check_sequence_parallel,
     split_generation,
+    splitting,
 )
 from rewatch_trl.sharing import (
     SharedRows,
@@ -310,11 +313,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         def generate(rows: list[int]):
             self.generation = generation.rows(rows)
             try:
-                fields = (
-                    self._generation_fields([multimodal_fields["mm_token_type_ids"][i] for i in rows])
-                    if (multimodal_fields)
-                    else multimodal_fields
-                )
+                types = multimodal_fields.get("mm_token_type_ids")  # none with vLLM, which takes the frames
+                fields = multimodal_fields if types is None else self._generation_fields([types[i] for i in rows])
                 share = [prompt_ids[i] for i in rows]
                 return self._generate_rows(share, images, fields, num_generations // group.size, *args, **kwargs)
             finally:
@@ -453,14 +453,31 @@ class VideoGRPOTrainer(GRPOTrainer):
             raise RuntimeError(f"{len(samples)} videos for {input_ids.size(0)} sequences")
         batch_size = batch_size or input_ids.size(0)
         logps, entropies, aux_losses = [], [], []
-        splitting = contextlib.ExitStack()
-        for parallel in self._sequence_parallel:
-            splitting.enter_context(parallel.splitting())
-        with splitting:
+        # sequence parallelism: each pass split across the processes of the group (`sequence_parallel.py`)
+        with splitting(self._sequence_parallel):
             for start in range(0, input_ids.size(0), batch_size):
-                chunk = self._video_chunk(
-                    model, input_ids, attention_mask, logits_to_keep, batch_size, start, **kwargs
+                rows = slice(start, start + batch_size)
+                # TRL's pass runs `model(**its_inputs)`: bind this chunk's videos to the call.
+                clips = None if self.generation.clips is None else self.generation.clips[rows]
+                video_model = functools.partial(
+                    model,
+                    **video_forward_kwargs(
+                        samples[rows], input_ids[rows], self._vision_config, bool(self._shared_features), clips
+                    ),
                 )
+                ids, mask = input_ids[rows], attention_mask[rows]
+                # TRL's head reads the hidden states of the last prompt token and the completion alone: with the
+                # prefix shared, the model is handed those ends, and the G copies of each prompt's states are never
+                # made; but a mixture of experts' load-balancing loss (TRL's `compute_aux_loss`) counts every token
+                # of every row
+                ends_only = self._shared_prefixes and not kwargs.get("compute_aux_loss")
+                whole_rows = (ids, mask) if ends_only and logits_to_keep + 1 < ids.size(1) else None
+                if whole_rows is not None:
+                    ids, mask = ids[:, -(logits_to_keep + 1) :], mask[:, -(logits_to_keep + 1) :]
+                with self.shared_rows(samples[rows], logits_to_keep, clips, whole_rows):
+                    chunk = super()._get_per_token_logps_and_entropies(
+                        video_model, ids, mask, logits_to_keep, batch_size, **kwargs
+                    )
                 logps.append(chunk[0])
                 entropies.append(chunk[1])
                 aux_losses.append(chunk[2])
@@ -469,28 +486,3 @@ class VideoGRPOTrainer(GRPOTrainer):
             None if entropies[0] is None else torch.cat(entropies),
             None if aux_losses[0] is None else torch.stack(aux_losses).mean(),
         )
-
-    def _video_chunk(self, model, input_ids, attention_mask, logits_to_keep, batch_size, start, **kwargs):
-        """TRL's log-prob pass over the rows `[start, start + batch_size)`, with their videos."""
-        samples = self.generation.samples
-        rows = slice(start, start + batch_size)
-        # TRL's pass runs `model(**its_inputs)`: bind this chunk's videos to the call.
-        clips = None if self.generation.clips is None else self.generation.clips[rows]
-        video_model = functools.partial(
-            model,
-            **video_forward_kwargs(
-                samples[rows], input_ids[rows], self._vision_config, bool(self._shared_features), clips
-            ),
-        )
-        ids, mask = input_ids[rows], attention_mask[rows]
-        # TRL's head reads the hidden states of the last prompt token and the completion alone: with the prefix
-        # shared, the model is handed those ends, and the G copies of each prompt's states are never made; but a
-        # mixture of experts' load-balancing loss (TRL's `compute_aux_loss`) counts every token of every row
-        ends_only = self._shared_prefixes and not kwargs.get("compute_aux_loss")
-        whole_rows = (ids, mask) if ends_only and logits_to_keep + 1 < ids.size(1) else None
-        if whole_rows is not None:
-            ids, mask = ids[:, -(logits_to_keep + 1) :], mask[:, -(logits_to_keep + 1) :]
-        with self.shared_rows(samples[rows], logits_to_keep, clips, whole_rows):
-            return super()._get_per_token_logps_and_entropies(
-                video_model, ids, mask, logits_to_keep, batch_size, **kwargs
-            )
