@@ -1,9 +1,10 @@
 """Sequence parallelism against the whole model, in one job of 2 processes:
-`accelerate launch --num_processes 2 tests/sequence_parallel_run.py WORLD.json OUT_DIR SHARE_PREFIX`.
+`accelerate launch --num_processes 2 tests/sequence_parallel_run.py WORLD.json OUT_DIR`.
 
 Both processes build the same trainer (`sequence_parallel_size` 2) and score the same batch with the same seed.
 Each then computes, on its own, the log-probs and gradients of the whole model (the reference), and with the group
-splitting each row (its gradients averaged over the group, as DDP does). Two controls plant what the checks must
+splitting each row (its gradients averaged over the group, as DDP does): with the prompt prefix shared and not,
+with gradient checkpointing and without. Two controls plant what the checks must
 catch: rank 1's rotary positions one token late, and the vision features of the other process's frames left out.
 Then `sequence_parallel_generation: split`, each process sampling its half of the rows from its own seed.
 Each process writes `OUT_DIR/process-<i>.json`: the largest differences, the shards' and frames' sizes, what split
@@ -68,7 +69,7 @@ def record(trainer, inputs) -> dict:
     }
 
 
-def main(world_file: Path, out: Path, share_prefix: bool):
+def main(world_file: Path, out: Path):
     from rewatch_trl.tiny import TinyWorld
 
     world = TinyWorld(
@@ -85,7 +86,7 @@ def main(world_file: Path, out: Path, share_prefix: bool):
         num_iterations=2,  # TRL's old-policy pass runs too, split
         sequence_parallel_size=2,
         sequence_parallel_generation="whole",
-        share_prompt_prefix=share_prefix,
+        share_prompt_prefix=True,
     )
     rank = trainer.sequence_group.rank
     parallel = trainer._sequence_parallel[0]
@@ -110,8 +111,13 @@ def main(world_file: Path, out: Path, share_prefix: bool):
     rows = [dataset[i] for i in (0, 2) for _ in range(G)]
     inputs = scored_batch(trainer, rows)
     result = {"exact": record(trainer, inputs), "shards": shards[:4], "frames": frames[:2]}
+    prefixes = trainer._shared_prefixes
+    trainer._shared_prefixes = []  # the prefix not shared: whole rows split
+    result["unshared"] = record(trainer, inputs)
     # as `train()` runs it: the layers checkpointed, replayed in the backward
     trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    result["checkpointed_unshared"] = record(trainer, inputs)
+    trainer._shared_prefixes = prefixes
     result["checkpointed"] = record(trainer, inputs)
     # the controls: rank 1's positions one token late; the other process's frames' features left out
     positions = parallel._positions
@@ -156,4 +162,4 @@ def main(world_file: Path, out: Path, share_prefix: bool):
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1")
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
