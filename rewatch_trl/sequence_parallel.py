@@ -29,7 +29,7 @@ gradient a D-process run without sequence parallelism computes (tests/test_seque
 Example:
 ```python
 >>> Shard.of(length=10, size=4, rank=1)
-Shard(start=3, end=5, length=10, sizes=(3, 2, 3, 2))
+Shard(start=2, end=5, length=10, sizes=(2, 3, 2, 3))
 ```
 """
 

@@ -27,6 +27,7 @@ MODULES = [
     "rewatch_trl.sharing_counts",
     "rewatch_trl.rollout_recorder",
     "rewatch_trl.data",
+    "rewatch_trl.sequence_parallel",
 ]
 
 
