@@ -141,9 +141,15 @@ def split_generation(group: SequenceGroup, rows: int, generate) -> tuple[list, l
     ```
     """
     mine = list(range(group.rank, rows, group.size))
-    completions, logprobs = generate(mine)
     if group.size == 1:
-        return completions, logprobs
+        return generate(mine)
+    # the processes of a group share one seed (the trainer's, a data-parallel group's): each samples its rows from
+    # its own, drawn from the shared one, which every process then has moved on alike
+    seed = int(torch.randint(2**62, (1,)))
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(seed + group.rank)
+        # an agentic round's active rows may be fewer than the group's processes
+        completions, logprobs = generate(mine) if mine else ([], None)
     shares = [None] * group.size
     dist.all_gather_object(shares, (mine, completions, logprobs), group=group.group)
     ordered_ids, ordered_logprobs = [None] * rows, [None] * rows
@@ -151,7 +157,8 @@ def split_generation(group: SequenceGroup, rows: int, generate) -> tuple[list, l
         for position, row in enumerate(indices):
             ordered_ids[row] = ids[position]
             ordered_logprobs[row] = None if logps is None else logps[position]
-    return ordered_ids, None if shares[0][2] is None else ordered_logprobs
+    sampled_logprobs = any(logps is not None for indices, _, logps in shares if indices)
+    return ordered_ids, ordered_logprobs if sampled_logprobs else None
 
 
 class GroupSampler(torch.utils.data.Sampler):

@@ -316,7 +316,9 @@ class VideoGRPOTrainer(GRPOTrainer):
                 types = multimodal_fields.get("mm_token_type_ids")  # none with vLLM, which takes the frames
                 fields = multimodal_fields if types is None else self._generation_fields([types[i] for i in rows])
                 share = [prompt_ids[i] for i in rows]
-                return self._generate_rows(share, images, fields, num_generations // group.size, *args, **kwargs)
+                # a prompt's G copies (or one row: an agentic round's, a shuffled rollout's), every N-th here
+                copies = max(1, num_generations // group.size)
+                return self._generate_rows(share, images, fields, copies, *args, **kwargs)
             finally:
                 self.generation = generation
 

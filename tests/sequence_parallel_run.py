@@ -135,7 +135,8 @@ def main(world_file: Path, out: Path):
     result["no_visual_gather"] = record(trainer, inputs)
     del parallel._visual_gather
     result["prefix_rows"] = sum(shared.prefix_rows for shared in trainer._shared_prefixes)
-    # `split`: each process samples half of each prompt's completions, from its own seed; the group's gathered
+    # `split`: each process samples half of each prompt's completions; the group's gathered. Its processes share
+    # one seed, as the trainer seeds them: each must still sample its half apart, and leave the seed shared
     trainer.args.sequence_parallel_generation = "split"
     generated, generate_rows = [], trainer._generate_rows
 
@@ -144,16 +145,18 @@ def main(world_file: Path, out: Path):
         return generate_rows(prompt_ids, *args, **kwargs)
 
     trainer._generate_rows = counted
-    torch.manual_seed(1 + rank)
+    torch.manual_seed(1)
     split_inputs = scored_batch(trainer, rows)
     ids = split_inputs["completion_ids"].tolist()
-    both = [None, None]
+    both, states = [None, None], [None, None]
     dist.all_gather_object(both, ids, group=trainer.sequence_group.group)
+    dist.all_gather_object(states, torch.get_rng_state().tolist(), group=trainer.sequence_group.group)
     result["split"] = {
         "generated_rows": generated,
         "rows": len(ids),
         "same_on_both": both[0] == both[1],
         "copies_differ": ids[0] != ids[1],
+        "seed_shared_after": states[0] == states[1],
         "exact": record(trainer, split_inputs),
     }
     (out / f"process-{trainer.accelerator.process_index}.json").write_text(json.dumps(result))

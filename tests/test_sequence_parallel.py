@@ -57,6 +57,7 @@ def test_split_rows_equal_the_whole_model(family, family_world, tmp_path, launch
         split = result["split"]
         assert split["generated_rows"] == [2] and split["rows"] == 4  # 2 prompts, G = 2: half of the rows sampled here
         assert split["same_on_both"] and split["copies_differ"]  # gathered alike; the G copies sampled apart
+        assert split["seed_shared_after"]  # what the group samples next, it samples alike
         assert split["exact"]["logps"] <= 1e-5 and split["exact"]["grads"] <= 1e-4
 
 
