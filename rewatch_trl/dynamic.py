@@ -123,7 +123,9 @@ class DynamicSampling(Feature):
         index, metrics = accelerator.process_index, trainer._metrics["train"]
         mine = slice(index * rows // G, (index + 1) * rows // G)
         zero = zero_variance_groups(totals, G)
-        metrics["dynamic/zero_variance_groups"].append(zero.sum().item())
+        # the processes of a sequence-parallel group hold the same groups: each is counted once
+        copies = trainer.sequence_group.size
+        metrics["dynamic/zero_variance_groups"].append(zero.sum().item() / copies)
         waiting = zero[mine].clone()
         rounds = 0
         logged, moves = [logged_rows(trainer._logs, zero.numel() * G)], []
@@ -143,18 +145,18 @@ class DynamicSampling(Feature):
             batch["num_items_in_batch"] = accelerator.gather(loss_mask.sum()).sum()
             log_trained_rows(trainer._logs, logged, gather_object(moves), G)
         metrics["dynamic/resample_rounds"].append(rounds)
-        metrics["dynamic/kept_zero_variance_groups"].append(zero.sum().item())
+        metrics["dynamic/kept_zero_variance_groups"].append(zero.sum().item() / copies)
         return batch
 
 
 def refill_rows(trainer, rows: int, round_: int) -> list[dict]:
-    """This process's `rows` of refill round `round_`: newly drawn prompts, each G times (TRL's layout)."""
-    G, accelerator = trainer.num_generations, trainer.accelerator
-    prompts = rows * accelerator.num_processes // G
+    """This process's `rows` of refill round `round_`: newly drawn prompts, each G times (TRL's layout); the
+    processes of a sequence-parallel group get the same ones, as the sampler gives them the same batch."""
+    G, group = trainer.num_generations, trainer.sequence_group
+    prompts = rows * group.data_size // G
     drawn = refill_prompts(len(trainer.train_dataset), prompts, trainer.state.global_step, round_, trainer.args.seed)
     every = [i for i in drawn for _ in range(G)]
-    index = accelerator.process_index
-    return [trainer.train_dataset[i] for i in every[index * rows : (index + 1) * rows]]
+    return [trainer.train_dataset[i] for i in every[group.data_rank * rows : (group.data_rank + 1) * rows]]
 
 
 def logged_rows(logs: dict, rows: int) -> dict:

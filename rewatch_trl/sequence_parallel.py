@@ -103,21 +103,6 @@ class SequenceGroup:
         return _Gather.apply(tensor, dim, sizes, self.group, self.rank)
 
 
-# What sequence parallelism does not run with yet, by config key: the value that switches it on, and why.
-NOT_YET = {
-    "rewatch_mode": ("agentic", "the clip rounds are not split across the group yet"),
-    "temporal_contrast": (True, "its shuffled rollouts are not split across the group yet"),
-    "dynamic_sampling": (True, "its refill batches count the group's processes as data-parallel ones"),
-}
-
-
-def check_sequence_parallel(args) -> None:
-    """An error naming each setting of `args` that sequence parallelism does not run with yet (`NOT_YET`)."""
-    found = [f"{key}={value!r} ({why})" for key, (value, why) in NOT_YET.items() if getattr(args, key, None) == value]
-    if found:
-        raise NotImplementedError(f"sequence_parallel_size > 1 does not run with {'; '.join(found)} yet")
-
-
 @contextlib.contextmanager
 def splitting(parallels: list["SequenceParallel"]):
     """Within the block, the calls of every model of `parallels` (the policy's, the reference's) are split across

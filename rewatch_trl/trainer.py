@@ -66,7 +66,6 @@ from rewatch_trl.sequence_parallel import (
     GroupSampler,
     SequenceGroup,
     SequenceParallel,
-    check_sequence_parallel,
     split_generation,
     splitting,
 )
@@ -133,7 +132,6 @@ class VideoGRPOTrainer(GRPOTrainer):
         sequence_group = SequenceGroup.build(getattr(args, "sequence_parallel_size", 1))
         if sequence_group.size > 1:
             family.check("sequence_parallel")
-            check_sequence_parallel(args)
         engine = contextlib.nullcontext()
         if getattr(args, "use_vllm", False):
             family.check("vllm")

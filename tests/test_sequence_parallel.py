@@ -107,18 +107,68 @@ def test_the_tiny_recipe_on_a_group_of_two_ends_where_one_process_ends(
         ),
         env=tests,
     )
-    steps = [[entry for entry in launcher.state(run)["log_history"] if "loss" in entry] for run in (one, two)]
-    assert len(steps[0]) == len(steps[1]) == 3
-    for alone, split in zip(*steps, strict=True):
-        assert alone["grad_norm"] > 0
+    assert_the_same_run(launcher, one, two, steps=3)
+
+
+def assert_the_same_run(launcher, one, two, steps: int, also: tuple[str, ...] = ()) -> list[dict]:
+    """Runs `one` (1 process) and `two` (a group of 2) logged `steps` steps alike: loss and grad norm within 1e-4
+    (relative), the tokens counted once, the metrics `also` equal; their saved weights within 1e-5. Returns the
+    steps of `two`."""
+    logged = [[entry for entry in launcher.state(run)["log_history"] if "loss" in entry] for run in (one, two)]
+    assert len(logged[0]) == len(logged[1]) == steps
+    assert any(alone["grad_norm"] > 0 for alone in logged[0])
+    for alone, split in zip(*logged, strict=True):
         for key in ("loss", "grad_norm"):
             assert split[key] == pytest.approx(alone[key], rel=1e-4, abs=1e-9), key
         assert split["num_tokens"] == alone["num_tokens"]
+        for key in also:
+            assert split[key] == pytest.approx(alone[key], rel=1e-5), key
     from safetensors.torch import load_file
 
     alone, split = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
     assert alone.keys() == split.keys()
     assert max(float((alone[k] - split[k]).abs().max()) for k in alone) <= 1e-5
+    return logged[1]
+
+
+@pytest.mark.parametrize("features", ["t_grpo_and_dynamic_sampling", "agentic_and_dynamic_sampling"])
+def test_the_features_on_a_group_of_two_end_where_one_process_ends(
+    features, tiny_world, sft_model, tmp_path, launcher
+):
+    """T-GRPO and dynamic sampling, and agentic re-watching (the clips' rounds) and dynamic sampling, on a group of 2
+    (`whole`) end where 1 process ends: the same steps, refills, shuffled rollouts and clips. Then the same on 2
+    processes with `split` (each round's and each shuffled rollout's rows shared out): it trains, on clips too."""
+    settings = dict(
+        model_name_or_path=sft_model,
+        save_strategy="no",
+        per_device_train_batch_size=8,
+        num_generations=4,
+        reward_funcs="varied_reward.characters_but_on_the_first_video",  # flat groups: refills
+        reward_weights="1.0",
+        dynamic_sampling="true",
+        max_resample_rounds=1,
+    )
+    if features == "agentic_and_dynamic_sampling":
+        settings |= dict(recipe="grpo_rewatch", max_completion_length=48)
+        also = ("dynamic/zero_variance_groups", "rewatch/clips_per_completion", "rewatch/clip_frames")
+    else:
+        settings |= dict(temporal_contrast="true", accuracy_reward="characters_but_on_the_first_video")
+        settings |= dict(max_completion_length=16)
+        also = ("dynamic/zero_variance_groups", "temporal/shuffled_accuracy", "temporal/bonus_fraction")
+    tests = {"PYTHONPATH": str(launcher.root / "tests")}
+    one, whole, split = tmp_path / "one", tmp_path / "whole", tmp_path / "split"
+    launcher.run(launcher.command(tiny_world, one, 1, **settings), env=tests)
+    grouped = dict(sequence_parallel_size=2, **settings)
+    launcher.run(launcher.command(tiny_world, whole, 2, sequence_parallel_generation="whole", **grouped), env=tests)
+    steps = assert_the_same_run(launcher, one, whole, steps=2, also=also)
+    assert sum(entry["dynamic/zero_variance_groups"] for entry in steps) > 0
+    launcher.run(launcher.command(tiny_world, split, 2, sequence_parallel_generation="split", **grouped), env=tests)
+    steps = [entry for entry in launcher.state(split)["log_history"] if "loss" in entry]
+    assert len(steps) == 2 and all(entry["grad_norm"] > 0 for entry in steps)
+    if features == "agentic_and_dynamic_sampling":
+        assert all(entry["rewatch/clips_per_completion"] > 0 for entry in steps)
+    else:
+        assert all(entry["temporal/shuffled_accuracy"] > 0 for entry in steps)
 
 
 def test_a_shards_masks_give_the_whole_attentions_rows():
@@ -150,17 +200,9 @@ def test_a_shards_masks_give_the_whole_attentions_rows():
     assert (flagged - whole[:, :, 5:]).abs().max() > 1e-2
 
 
-def test_what_sequence_parallelism_does_not_run_yet_is_refused_by_name():
-    from types import SimpleNamespace
-
+def test_the_families_sequence_parallelism_cannot_split_are_refused_by_name():
     from rewatch_trl.families import FAMILIES
-    from rewatch_trl.sequence_parallel import check_sequence_parallel
 
-    check_sequence_parallel(SimpleNamespace(use_vllm=True, rewatch_mode="imagined"))
-    with pytest.raises(NotImplementedError, match=r"temporal_contrast=True .*; dynamic_sampling=True"):
-        check_sequence_parallel(SimpleNamespace(temporal_contrast=True, dynamic_sampling=True))
-    with pytest.raises(NotImplementedError, match="rewatch_mode='agentic'"):
-        check_sequence_parallel(SimpleNamespace(rewatch_mode="agentic"))
     for family in ("qwen3_5", "qwen3_vl_moe"):
         with pytest.raises(NotImplementedError, match=f"sequence_parallel_size > 1 does not run {family}"):
             FAMILIES[family].check("sequence_parallel")
