@@ -80,7 +80,31 @@ class ScriptArguments(trl.ScriptArguments):
 
 
 @dataclass
-class GRPOConfig(RewatchSettings, trl.GRPOConfig):
+class SequenceParallelSettings:
+    """How many processes split each row's sequence (`sequence_parallel.py`): a part of the GRPO and SFT configs."""
+
+    sequence_parallel_size: int = field(
+        default=1,
+        metadata={
+            "help": "Processes that hold the same rows and split each row's sequence (its frames in the vision "
+            "tower, its tokens in the language model) in every pass: for videos longer than one GPU holds "
+            "(rewatch_trl/sequence_parallel.py). Must divide the number of processes."
+        },
+    )
+
+    def __post_init__(self):
+        size = self.sequence_parallel_size
+        if size < 1:
+            raise ValueError(f"sequence_parallel_size must be at least 1, got {size}")
+        super().__post_init__()
+        if size > 1 and self.world_size > 1 and self.world_size % size:
+            raise ValueError(
+                f"sequence_parallel_size ({size}) must divide the number of processes ({self.world_size})"
+            )
+
+
+@dataclass
+class GRPOConfig(RewatchSettings, SequenceParallelSettings, trl.GRPOConfig):
     """`trl.GRPOConfig` with the defaults a video run needs (the rewards read the dataset's columns), the sharing
     switches, and how the model re-watches (`RewatchSettings`: imagined, the paper's, or agentic)."""
 
@@ -156,14 +180,6 @@ class GRPOConfig(RewatchSettings, trl.GRPOConfig):
             "batch and reused by every pass."
         },
     )
-    sequence_parallel_size: int = field(
-        default=1,
-        metadata={
-            "help": "Processes that hold the same prompts and split each prompt's sequence (its frames in the vision "
-            "tower, its tokens in the language model) in every log-prob pass: for videos longer than one GPU holds "
-            "(rewatch_trl/sequence_parallel.py). Must divide the number of processes."
-        },
-    )
     sequence_parallel_generation: str = field(
         default="split",
         metadata={
@@ -175,19 +191,13 @@ class GRPOConfig(RewatchSettings, trl.GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        size = self.sequence_parallel_size
-        if size < 1:
-            raise ValueError(f"sequence_parallel_size must be at least 1, got {size}")
         if self.sequence_parallel_generation not in ("split", "whole"):
             raise ValueError(
                 f"sequence_parallel_generation must be 'split' or 'whole', got {self.sequence_parallel_generation!r}"
             )
+        size = self.sequence_parallel_size
         if size == 1 or self.world_size == 1:  # a single process (a recipe checked, not launched): the trainer refuses
             return
-        if self.world_size % size:
-            raise ValueError(
-                f"sequence_parallel_size ({size}) must divide the number of processes ({self.world_size})"
-            )
         # TRL sized the generation batch for world_size data-parallel processes; the groups are world_size / size
         self.generation_batch_size //= size
         rows = self.per_device_train_batch_size * self.steps_per_generation
@@ -204,7 +214,7 @@ class GRPOConfig(RewatchSettings, trl.GRPOConfig):
 
 
 @dataclass
-class SFTConfig(RewatchSettings, trl.SFTConfig):
+class SFTConfig(RewatchSettings, SequenceParallelSettings, trl.SFTConfig):
     """`trl.SFTConfig` for video conversations: our collator builds the batches; in agentic `rewatch_mode`, the
     traces show each action's clip as the agentic rollouts will."""
 

@@ -148,12 +148,16 @@ def split_generation(group: SequenceGroup, rows: int, generate) -> tuple[list, l
 
 class GroupSampler(torch.utils.data.Sampler):
     """TRL's index stream with each run of `rows` indices (one process's batch) repeated `times` over in a row:
-    accelerate deals batch k to process k mod W, so the `times` consecutive ranks of a group get the same rows.
+    accelerate deals batch k to process k mod W, so the `times` consecutive ranks of a group get the same rows. A
+    last run short of `rows` is filled from the stream's first indices, as accelerate fills the last batches of a
+    data-parallel run, so that no batch holds two groups' rows.
 
     Example:
     ```python
     >>> list(GroupSampler(range(4), rows=2, times=2))
     [0, 1, 0, 1, 2, 3, 2, 3]
+    >>> list(GroupSampler(range(3), rows=2, times=2))
+    [0, 1, 0, 1, 2, 0, 2, 0]
     ```
     """
 
@@ -161,18 +165,27 @@ class GroupSampler(torch.utils.data.Sampler):
         self.sampler, self.rows, self.times = sampler, rows, times
 
     def __iter__(self):
-        batch = []
+        batch, first = [], []
         for index in self.sampler:
             batch.append(index)
+            if len(first) < self.rows:
+                first.append(index)
             if len(batch) == self.rows:
                 for _ in range(self.times):
                     yield from batch
                 batch = []
-        for _ in range(self.times if batch else 0):
-            yield from batch
+        if batch:
+            batch += (first * self.rows)[: self.rows - len(batch)]
+            for _ in range(self.times):
+                yield from batch
 
     def __len__(self) -> int:
-        return len(self.sampler) * self.times
+        return -(-len(self.sampler) // self.rows) * self.rows * self.times
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch accelerate's data loader hands a seedable sampler, handed on."""
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
 
 
 class _Gather(torch.autograd.Function):

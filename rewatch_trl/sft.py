@@ -3,12 +3,15 @@
     accelerate launch --config_file accelerate_configs/zero3.yaml -m rewatch_trl.sft --config recipes/sft.yaml
 
 A row is a seed-format row plus its assistant target (`response`: a ReAct trace, a caption or a direct
-answer). The loss covers the assistant tokens only; the batches come from the `VideoCollator`.
+answer). The loss covers the assistant tokens only; the batches come from the `VideoCollator`. With
+`sequence_parallel_size: N`, groups of N processes split each row's frames and tokens (`VideoSFTTrainer`).
 """
 
 import logging
 import sys
 
+from accelerate.data_loader import SeedableRandomSampler
+from torch.utils.data import RandomSampler
 from transformers import set_seed
 from trl import ModelConfig, SFTTrainer, TrlParser, get_peft_config
 
@@ -18,6 +21,8 @@ from rewatch_trl.families import family_of
 from rewatch_trl.image import LoadedImage
 from rewatch_trl.prompts import VideoSettings
 from rewatch_trl.rewatch import RewatchSettings, check_clip_layout, shown_clips
+from rewatch_trl.sequence_parallel import GroupSampler, SequenceGroup, SequenceParallel
+from rewatch_trl.trl_surface import check_trl
 from rewatch_trl.video import DecodeError, UndecodableVideo, sample_clip, write_undecodable
 
 
@@ -90,6 +95,53 @@ class SFTVideoCollator:
         self._written |= {record["path"] for record in new}
 
 
+class VideoSFTTrainer(SFTTrainer):
+    """`SFTTrainer` whose training passes, with `sequence_parallel_size: N`, are split across groups of N processes
+    that hold the same rows (`sequence_parallel.py`: the sampler, the frames, the tokens; evaluation runs whole on
+    each process); with N = 1, TRL's own.
+
+    Example:
+    ```python
+    >>> trainer = VideoSFTTrainer(model=model, args=SFTConfig(..., sequence_parallel_size=2), ...)  # doctest: +SKIP
+    ```
+    """
+
+    def __init__(self, *args, **kwargs):
+        check_trl()
+        super().__init__(*args, **kwargs)
+        check_trl(self)
+        self.sequence_group = SequenceGroup.build(self.args.sequence_parallel_size)
+        self._sequence_parallel = None
+        if self.sequence_group.size > 1:
+            family_of(self.model).check("sequence_parallel")
+            self._sequence_parallel = SequenceParallel(self.model, self.sequence_group)
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if self.sequence_group.size == 1:
+            return sampler
+        if sampler is None:
+            raise ValueError("sequence_parallel_size > 1 deals each group the same rows: it needs a map-style dataset")
+        if type(sampler) is RandomSampler and self.args.accelerator_config.use_seedable_sampler:
+            # what accelerate makes of a plain random sampler, which it no longer sees inside the group sampler: one
+            # order on every process, that of a run without sequence parallelism
+            sampler = SeedableRandomSampler(
+                data_source=sampler.data_source, num_samples=sampler._num_samples, data_seed=self.args.data_seed
+            )
+        return GroupSampler(sampler, self._train_batch_size, self.sequence_group.size)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self._sequence_parallel is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        counted = self._total_train_tokens
+        with self._sequence_parallel.splitting():
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # TRL counted every process's tokens: the processes of a group hold the same ones
+        self._total_train_tokens = counted + (self._total_train_tokens - counted) // self.sequence_group.size
+        self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return result
+
+
 def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig, video_args: VideoSettings):
     from rewatch_trl.training import load_model, load_processor, load_train_dataset, train_and_save
 
@@ -105,7 +157,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     model = load_model(model_args)
     if training_args.agentic:  # a family not wired for re-watching is refused by name
         family_of(model).check("agentic")
-    trainer = SFTTrainer(
+    trainer = VideoSFTTrainer(
         model=model,
         args=training_args,
         train_dataset=dataset,

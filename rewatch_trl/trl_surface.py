@@ -1,7 +1,7 @@
 """The part of TRL this project leans on beyond its public API: each private `GRPOTrainer` method overridden, each
-private attribute read or written, why, and what a TRL that renames it would break. A maintainer checks this list at
-each TRL upgrade; the trainer checks it at start (`check_trl`), so a TRL outside the tested range gets one clear
-line naming that range instead of a traceback from deep inside a step.
+private attribute read or written (and `SFTTrainer`'s, for sequence parallelism), why, and what a TRL that renames
+it would break. A maintainer checks this list at each TRL upgrade; the trainers check it at start (`check_trl`), so a
+TRL outside the tested range gets one clear line naming that range instead of a traceback from deep inside a step.
 
 Example:
 ```python
@@ -28,10 +28,10 @@ TESTED_TRL = SpecifierSet(">=1.16.0,<1.17")
 
 @dataclass(frozen=True)
 class Piece:
-    """One private piece of TRL: `owner` (a class, `GRPOTrainer` or `VLLMGeneration`, or a module's dotted path),
-    `name`, how it is used (`overridden`, `called`, `read`, `written`), whether it exists on the class or only on an
-    instance after `__init__` (`instance`), whether only generation with vLLM uses it (`vllm`), and why; `breaks`
-    says what a rename would break."""
+    """One private piece of TRL: `owner` (a class, `GRPOTrainer`, `SFTTrainer` or `VLLMGeneration`, or a module's
+    dotted path), `name`, how it is used (`overridden`, `called`, `read`, `written`), whether it exists on the class
+    or only on an instance after `__init__` (`instance`), whether only generation with vLLM uses it (`vllm`), and
+    why; `breaks` says what a rename would break."""
 
     owner: str
     name: str
@@ -178,6 +178,22 @@ SURFACE = (
         "the weight sync",
         vllm=True,
     ),
+    # SFTTrainer's, with sequence parallelism (`sft.VideoSFTTrainer`)
+    Piece(
+        "SFTTrainer",
+        "_get_train_sampler",
+        "overridden",
+        "sequence parallelism: each process's batch repeated for the processes of its group",
+        "the processes of a group training on different rows",
+    ),
+    Piece(
+        "SFTTrainer",
+        "_total_train_tokens",
+        "written",
+        "sequence parallelism: the tokens of a group's rows counted once (TRL counts every process's)",
+        "`num_tokens` logged N times over",
+        instance=True,
+    ),
     Piece(
         "VLLMGeneration",
         "sync_weights",
@@ -204,6 +220,10 @@ def _owner(piece: Piece):
         from trl import GRPOTrainer
 
         return GRPOTrainer
+    if piece.owner == "SFTTrainer":
+        from trl import SFTTrainer
+
+        return SFTTrainer
     if piece.owner == "VLLMGeneration":
         return importlib.import_module("trl.generation.vllm_generation").VLLMGeneration
     return importlib.import_module(piece.owner)
@@ -211,16 +231,18 @@ def _owner(piece: Piece):
 
 def missing(trainer=None) -> list[str]:
     """The pieces of `SURFACE` this TRL lacks, as `owner.name`: those on classes and modules, and with `trainer` (a
-    constructed `GRPOTrainer`) those set on the instance; vLLM's pieces where vLLM is installed (or, with `trainer`,
-    where it generates with vLLM)."""
+    constructed `GRPOTrainer` or `SFTTrainer`) those its class sets on the instance; vLLM's pieces where vLLM is
+    installed (or, with `trainer`, where it generates with vLLM)."""
     from trl.import_utils import is_vllm_available
 
-    with_vllm = is_vllm_available() if trainer is None else trainer.use_vllm
+    with_vllm = is_vllm_available() if trainer is None else getattr(trainer, "use_vllm", False)
     absent = []
     for piece in SURFACE:
-        if (piece.instance and trainer is None) or (piece.vllm and not with_vllm):
+        if piece.vllm and not with_vllm:
             continue
-        if piece.instance and piece.owner == "GRPOTrainer":
+        if piece.instance:
+            if trainer is None or not isinstance(trainer, _owner(piece)):
+                continue
             where = trainer
         else:
             try:

@@ -171,6 +171,17 @@ def test_the_features_on_a_group_of_two_end_where_one_process_ends(
         assert all(entry["temporal/shuffled_accuracy"] > 0 for entry in steps)
 
 
+def test_the_tiny_sft_recipe_on_a_group_of_two_ends_where_one_process_ends(tiny_world, tmp_path, launcher):
+    """SFT with `--sequence_parallel_size 2` on 2 processes against 1: each step's loss and grad norm within 1e-4
+    (relative), the tokens counted once, the saved weights within 1e-5; the group's processes trained on the same
+    rows, each on half of every row's frames and tokens."""
+    settings = dict(max_steps=3, logging_steps=1, save_strategy="no", per_device_train_batch_size=4)
+    one, two = tmp_path / "one", tmp_path / "two"
+    launcher.run(launcher.command(tiny_world, one, 1, stage="sft", **settings))
+    launcher.run(launcher.command(tiny_world, two, 2, stage="sft", sequence_parallel_size=2, **settings))
+    assert_the_same_run(launcher, one, two, steps=3)
+
+
 def test_a_shards_masks_give_the_whole_attentions_rows():
     """The masks a shard's queries get where the model relies on the causal flag: the additive rows (CPU, eager),
     torch's bottom-right causal bias (sdpa on a GPU) and none for the first shard each give the rows of the whole

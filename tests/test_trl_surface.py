@@ -38,7 +38,7 @@ def test_install_requires_are_ranges_the_installed_stack_satisfies():
 
 def test_the_installed_trl_has_every_piece():
     assert trl_surface.missing() == []
-    names = [piece.name for piece in trl_surface.SURFACE]
+    names = [(piece.owner, piece.name) for piece in trl_surface.SURFACE]
     assert len(names) == len(set(names))
 
 
