@@ -180,6 +180,29 @@ class GRPOConfig(RewatchSettings, SequenceParallelSettings, trl.GRPOConfig):
             "batch and reused by every pass."
         },
     )
+    vllm_weight_sync: str = field(
+        default="nccl",
+        metadata={
+            "help": "vllm_mode 'server': how the weights reach the server after each step. `nccl`: TRL's NCCL "
+            "transfer (GPUs); `reload`: written to `vllm_weights_dir` (a path the server can read) and reloaded in "
+            "place by its workers (rewatch_trl/vllm_server.py): works where NCCL does not, and re-syncs a restarted "
+            "server.",
+            "choices": ["nccl", "reload"],
+        },
+    )
+    vllm_weights_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "`vllm_weight_sync: reload`: where the weights are written (default: output_dir/vllm-weights)."
+        },
+    )
+    vllm_server_wait: float = field(
+        default=600.0,
+        metadata={
+            "help": "vllm_mode 'server': seconds a request waits (retrying, and saying so) for a server that stopped "
+            "answering before the run stops."
+        },
+    )
     sequence_parallel_generation: str = field(
         default="split",
         metadata={
@@ -191,6 +214,10 @@ class GRPOConfig(RewatchSettings, SequenceParallelSettings, trl.GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.vllm_weight_sync not in ("nccl", "reload"):
+            raise ValueError(f"vllm_weight_sync must be 'nccl' or 'reload', got {self.vllm_weight_sync!r}")
+        if self.vllm_weights_dir is None:
+            self.vllm_weights_dir = f"{self.output_dir}/vllm-weights"
         if self.sequence_parallel_generation not in ("split", "whole"):
             raise ValueError(
                 f"sequence_parallel_generation must be 'split' or 'whole', got {self.sequence_parallel_generation!r}"

@@ -88,6 +88,7 @@ from rewatch_trl.video import (
     check_shared_memory,
     decoded_video_bytes,
 )
+from rewatch_trl.vllm_server import client_built_as, serve_videos, server_serving
 from rewatch_trl.vllm_video import VideoLLM, engine_built_as, engine_dtype, reload_weights
 
 
@@ -133,7 +134,11 @@ class VideoGRPOTrainer(GRPOTrainer):
         if sequence_group.size > 1:
             family.check("sequence_parallel")
         engine = contextlib.nullcontext()
-        if getattr(args, "use_vllm", False):
+        server = getattr(args, "use_vllm", False) and args.vllm_mode == "server"
+        if server:
+            family.check("vllm")
+            engine = client_built_as(args.vllm_weight_sync)
+        elif getattr(args, "use_vllm", False):
             family.check("vllm")
             # the colocated engine samples in the trainer's dtype (TRL builds it in vLLM's "auto")
             dtype = engine_dtype(model, args)
@@ -170,11 +175,13 @@ class VideoGRPOTrainer(GRPOTrainer):
         )
         self._vision_config = self.model.config
         seconds_dtype = None
-        if self.use_vllm:
-            if self.vllm_generation.mode != "colocate" or self.vllm_generation.tensor_parallel_size != 1:
-                raise NotImplementedError(
-                    "video generation with vLLM needs vllm_mode='colocate' and vllm_tensor_parallel_size=1"
-                )
+        if server:
+            if self.args.agentic:
+                raise NotImplementedError("rewatch_mode='agentic' with vllm_mode='server': use vllm_mode='colocate'")
+            seconds_dtype = serve_videos(self, family.published_transposed)
+        elif self.use_vllm:
+            if self.vllm_generation.tensor_parallel_size != 1:
+                raise NotImplementedError("video generation with vLLM colocated needs vllm_tensor_parallel_size=1")
             self.vllm_generation.llm = VideoLLM(self.vllm_generation.llm, self._vision_config)
             self.vllm_generation.sync_weights = functools.partial(
                 reload_weights, self.vllm_generation, family.published_transposed
@@ -325,7 +332,12 @@ class VideoGRPOTrainer(GRPOTrainer):
     def _generate_rows(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
         # the rows of this generation are the prompts `_tokenize_prompts` just encoded, with their videos
         generation = self.generation
-        serving = self.vllm_generation.llm.serving(generation.videos) if self.use_vllm else contextlib.nullcontext()
+        if not self.use_vllm:
+            serving = contextlib.nullcontext()
+        elif self.vllm_generation.mode == "server":
+            serving = server_serving(self, prompt_ids, generation.samples, num_generations)
+        else:
+            serving = self.vllm_generation.llm.serving(generation.videos)
         with self.shared_rows(generation.samples, clips=generation.clips), serving:
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs

@@ -203,6 +203,25 @@ SURFACE = (
         vllm=True,
     ),
     Piece(
+        "VLLMGeneration",
+        "vllm_client",
+        "written",
+        "server mode: the main process's client wrapped to send each prompt with its videos' tensors "
+        "(`vllm_server.VideoServerClient`)",
+        "server generation without the video",
+        instance=True,
+        vllm=True,
+    ),
+    Piece(
+        "trl.generation.vllm_client",
+        "VLLMClient",
+        "written",
+        "server mode with `vllm_weight_sync: reload`: its `init_communicator` (NCCL, CUDA only) skipped while the "
+        "trainer builds it",
+        "server mode without NCCL (CPU)",
+        vllm=True,
+    ),
+    Piece(
         "trl.generation.vllm_generation",
         "LLM",
         "written",

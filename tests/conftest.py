@@ -1,9 +1,12 @@
 import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -334,3 +337,52 @@ def refusing_hub():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield requests, url
     server.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class VLLMServer:
+    """vLLM's OpenAI server (`python -m vllm.entrypoints.openai.api_server`, its CPU build) with `arguments` on a free
+    port of 127.0.0.1, in its own process group (a kill takes the engine core with it); `env`: added to the
+    environment. Killable and startable again on the same port."""
+
+    def __init__(self, arguments: list[str], log_path, env: dict | None = None):
+        self.arguments, self.log_path, self.env, self.port = arguments, log_path, env or {}, free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout: float = 300.0):
+        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *self.arguments]
+        command += ["--host", "127.0.0.1", "--port", str(self.port)]
+        with open(self.log_path, "a") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ | self.env
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the vLLM server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(1.0)
+        self.kill()
+        raise RuntimeError(f"the vLLM server did not come up in {timeout:.0f} s:\n{self.log_tail()}")
+
+    def kill(self):
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=60)
+        self.process = None
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text()[-4000:]

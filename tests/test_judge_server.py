@@ -3,16 +3,11 @@ verdicts, the server killed in the middle of a batch and while down, then starte
 failure is counted, and nothing is scored wrong: a row the judge could not score is None, a row it scored has the
 verdicts of the server that was never killed."""
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 
 import pytest
+from conftest import VLLMServer
 
 from rewatch_trl import rewards as R
 from rewatch_trl.judge import JudgeClient
@@ -23,56 +18,12 @@ pytestmark = pytest.mark.vllm
 VERDICTS = {"structured_outputs": {"choice": ["yes", "no"]}}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Server:
-    """`python -m vllm.entrypoints.openai.api_server` on the tiny model, as a user starts a judge; killable."""
-
-    def __init__(self, model: str, log_path):
-        self.model, self.log_path, self.port = model, log_path, free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self, timeout: float = 300.0):
-        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model]
-        command += ["--served-model-name", "judge", "--port", str(self.port), "--max-model-len", "2048"]
-        command += ["--enforce-eager", "--max-num-seqs", "16"]
-        # its own process group: a kill takes the engine core with the API server
-        with open(self.log_path, "a") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the vLLM server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(1.0)
-        self.kill()
-        raise RuntimeError(f"the vLLM server did not come up in {timeout:.0f} s:\n{self.log_tail()}")
-
-    def kill(self):
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=60)
-        self.process = None
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text()[-4000:]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_world, tmp_path_factory):
-    served = Server(str(tiny_world.root), tmp_path_factory.mktemp("judge-server") / "server.log")
+    # as a user starts a judge
+    arguments = ["--model", str(tiny_world.root), "--served-model-name", "judge", "--max-model-len", "2048"]
+    arguments += ["--enforce-eager", "--max-num-seqs", "16"]
+    served = VLLMServer(arguments, tmp_path_factory.mktemp("judge-server") / "server.log")
     served.start()
     yield served
     served.kill()

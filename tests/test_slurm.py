@@ -54,3 +54,48 @@ def test_slurm_script_rejects_bad_arguments(tmp_path):
     ]:
         out = subprocess.run(["bash", "slurm/train.slurm", *args], cwd=ROOT, env=env, capture_output=True, text=True)
         assert out.returncode == 2 and message in out.stderr
+
+
+def test_the_server_script_serves_on_the_first_node_and_trains_on_the_others(tmp_path):
+    """slurm/train_with_server.slurm on 3 nodes: `trl vllm-serve` on the first, with the recipe's model across its 8
+    GPUs; one accelerate launch on each of the 2 others, sampling from the first node's server."""
+    fake(tmp_path, "scontrol", "echo node-a; echo node-b; echo node-c")
+    # the server's srun says what it would run; the trainers' runs the per-node command as two nodes would
+    body = 'if [[ "$*" == *vllm-serve* ]]; then echo "server $*"; else for r in 0 1; do SLURM_PROCID=$r "${@: -3}"; done; fi'
+    fake(tmp_path, "srun", body)
+    fake(tmp_path, "accelerate", 'echo "accelerate $*"')
+    env = os.environ | {"PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_NNODES": "3", "SLURM_JOB_NODELIST": "n"}
+    out = subprocess.run(
+        ["bash", "slurm/train_with_server.slurm", "recipes/grpo.yaml", "zero3"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    (served,) = [line.split() for line in lines if line.startswith("server")]
+    assert served[served.index("--nodelist=node-a") + 1 :][:4] == [
+        "trl",
+        "vllm-serve",
+        "--model",
+        "runs/rewatch-sft",
+    ]
+    assert served[served.index("--tensor_parallel_size") + 1] == "8" and served[served.index("--port") + 1] == "8000"
+    trainers = [line.split() for line in lines if line.startswith("accelerate")]
+    assert len(trainers) == 2
+    for rank, words in enumerate(trainers):
+        assert words[words.index("--machine_rank") + 1] == str(rank)
+        assert words[words.index("--num_processes") + 1] == "16"
+        assert words[words.index("--main_process_ip") + 1] == "node-b"
+        assert words[words.index("--vllm_mode") + 1] == "server"
+        assert words[words.index("--vllm_server_host") + 1] == "node-a"
+        assert words[words.index("--vllm_server_port") + 1] == "8000"
+    one_node = subprocess.run(
+        ["bash", "slurm/train_with_server.slurm", "recipes/grpo.yaml"],
+        cwd=ROOT,
+        env=env | {"SLURM_NNODES": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert one_node.returncode == 2 and "needs 2 nodes or more" in one_node.stderr
