@@ -386,3 +386,16 @@ class VLLMServer:
 
     def log_tail(self) -> str:
         return self.log_path.read_text()[-4000:]
+
+
+# A launched GRPO run of the untrained tiny model whose advantages (and gradients) are not all 0: 2 prompts of G = 4
+# a process, 16 completion tokens, a reward that differs between any two texts (`varied_reward.py`: tests/ on the
+# run's PYTHONPATH). Tests add their own keys.
+VARIED_RUN = dict(
+    save_strategy="no",
+    per_device_train_batch_size=8,
+    num_generations=4,
+    max_completion_length=16,
+    reward_funcs="varied_reward.characters",
+    reward_weights="1.0",
+)

@@ -4,6 +4,7 @@ process computes on the whole row."""
 import json
 
 import pytest
+from conftest import VARIED_RUN
 
 from rewatch_trl.sequence_parallel import GroupSampler, Shard
 
@@ -79,17 +80,7 @@ def test_the_tiny_recipe_on_a_group_of_two_ends_where_one_process_ends(
     against the same recipe on 1 (a reference model too, beta 0.04; a reward that varies on the untrained model):
     the logged loss and grad norm of each step within 1e-4 (relative), the tokens counted once, the saved weights
     within 1e-5."""
-    settings = dict(
-        max_steps=3,
-        save_strategy="no",
-        share_prompt_prefix=str(share_prefix).lower(),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=16,
-        beta=0.04,
-        reward_funcs="varied_reward.characters",
-        reward_weights="1.0",
-    )
+    settings = VARIED_RUN | dict(max_steps=3, share_prompt_prefix=str(share_prefix).lower(), beta=0.04)
     tests = {"PYTHONPATH": str(launcher.root / "tests")}
     one, two = one_process_runs.get(share_prefix), tmp_path / "two"
     if one is None:  # the run on 1 process, once for the module's tests of the same setting
@@ -152,9 +143,9 @@ def test_the_features_on_a_group_of_two_end_where_one_process_ends(
     if features == "agentic_and_dynamic_sampling":
         settings |= dict(recipe="grpo_rewatch", max_completion_length=48)
         also = ("dynamic/zero_variance_groups", "rewatch/clips_per_completion", "rewatch/clip_frames")
-    else:
+    else:  # a prompt a step: synthetic_000.mp4's is flat at step 2
         settings |= dict(temporal_contrast="true", accuracy_reward="characters_but_on_the_first_video")
-        settings |= dict(max_completion_length=16)
+        settings |= dict(max_completion_length=16, per_device_train_batch_size=4)
         also = ("dynamic/zero_variance_groups", "temporal/shuffled_accuracy", "temporal/bonus_fraction")
     tests = {"PYTHONPATH": str(launcher.root / "tests")}
     one, whole, split = tmp_path / "one", tmp_path / "whole", tmp_path / "split"
@@ -253,18 +244,7 @@ def test_the_tiny_recipe_with_vllm_on_a_group_of_two(tiny_world, tmp_path, launc
     """With vLLM colocated: `whole` on a group of 2 ends where 1 process ends (each process's engine seeded by its
     group: the same completions), the sampler's log-probs within 1e-5 of the trainer's on every step; `split` (each
     engine sampling G / 2 of a prompt's completions, gathered) trains with them as close."""
-    settings = dict(
-        max_steps=2,
-        save_strategy="no",
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=16,
-        reward_funcs="varied_reward.characters",
-        reward_weights="1.0",
-        use_vllm="true",
-        vllm_mode="colocate",
-        vllm_max_model_length=1024,
-    )
+    settings = VARIED_RUN | dict(max_steps=2, use_vllm="true", vllm_mode="colocate", vllm_max_model_length=1024)
     tests = {"PYTHONPATH": str(launcher.root / "tests")}
     one, whole, split = tmp_path / "one", tmp_path / "whole", tmp_path / "split"
     launcher.run(launcher.command(tiny_world, one, 1, **settings), env=tests, timeout=600)

@@ -15,6 +15,11 @@ def fake(bin_dir: Path, name: str, body: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
+def script(arguments: list[str], env: dict) -> subprocess.CompletedProcess:
+    """`bash slurm/<arguments>` in the repository, its output captured."""
+    return subprocess.run(["bash", *arguments], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
 def test_slurm_script_launches_each_node_with_its_rank(tmp_path):
     fake(tmp_path, "scontrol", "echo node-a; echo node-b")
     # srun runs the per-node command twice, as two nodes would, with their own SLURM_PROCID
@@ -25,13 +30,7 @@ def test_slurm_script_launches_each_node_with_its_rank(tmp_path):
         "SLURM_NNODES": "2",
         "SLURM_JOB_NODELIST": "node-[a-b]",
     }
-    out = subprocess.run(
-        ["bash", "slurm/train.slurm", "grpo", "recipes/grpo.yaml", "zero3"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    out = script(["slurm/train.slurm", "grpo", "recipes/grpo.yaml", "zero3"], env)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 2
@@ -52,7 +51,7 @@ def test_slurm_script_rejects_bad_arguments(tmp_path):
         (["grpo", "recipes/nope.yaml"], "recipe not found"),
         (["grpo", "recipes/grpo.yaml", "zero9"], "no accelerate_configs/zero9.yaml"),
     ]:
-        out = subprocess.run(["bash", "slurm/train.slurm", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+        out = script(["slurm/train.slurm", *args], env)
         assert out.returncode == 2 and message in out.stderr
 
 
@@ -65,13 +64,7 @@ def test_the_server_script_serves_on_the_first_node_and_trains_on_the_others(tmp
     fake(tmp_path, "srun", body)
     fake(tmp_path, "accelerate", 'echo "accelerate $*"')
     env = os.environ | {"PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_NNODES": "3", "SLURM_JOB_NODELIST": "n"}
-    out = subprocess.run(
-        ["bash", "slurm/train_with_server.slurm", "recipes/grpo.yaml", "zero3"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    out = script(["slurm/train_with_server.slurm", "recipes/grpo.yaml", "zero3"], env)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     (served,) = [line.split() for line in lines if line.startswith("server")]
@@ -91,11 +84,5 @@ def test_the_server_script_serves_on_the_first_node_and_trains_on_the_others(tmp
         assert words[words.index("--vllm_mode") + 1] == "server"
         assert words[words.index("--vllm_server_host") + 1] == "node-a"
         assert words[words.index("--vllm_server_port") + 1] == "8000"
-    one_node = subprocess.run(
-        ["bash", "slurm/train_with_server.slurm", "recipes/grpo.yaml"],
-        cwd=ROOT,
-        env=env | {"SLURM_NNODES": "1"},
-        capture_output=True,
-        text=True,
-    )
+    one_node = script(["slurm/train_with_server.slurm", "recipes/grpo.yaml"], env | {"SLURM_NNODES": "1"})
     assert one_node.returncode == 2 and "needs 2 nodes or more" in one_node.stderr

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import VLLMServer
+from conftest import VARIED_RUN, VLLMServer
 
 
 pytestmark = pytest.mark.vllm
@@ -47,14 +47,9 @@ def server(request, family_world, tmp_path_factory):
 
 def server_settings(server, **overrides) -> dict:
     return (
-        dict(
+        VARIED_RUN
+        | dict(
             max_steps=3,
-            save_strategy="no",
-            per_device_train_batch_size=8,
-            num_generations=4,
-            max_completion_length=16,
-            reward_funcs="varied_reward.characters",
-            reward_weights="1.0",
             use_vllm="true",
             vllm_mode="server",
             vllm_server_host="127.0.0.1",
@@ -135,7 +130,7 @@ def test_the_tiny_recipe_samples_on_a_trl_server_with_the_trainers_log_probs(ser
 
 @pytest.mark.parametrize("server", ["qwen2_5_vl"], indirect=True)  # the restart does not depend on the family
 def test_a_server_killed_and_restarted_mid_run_the_run_ends_at_its_planned_step(server, tmp_path, launcher):
-    """The tiny recipe's 4 steps on the server, killed after the run's first generation and started again 5 s later:
+    """The tiny recipe's 4 steps on the server, killed after the run's first generation and started again 2 s later:
     the trainer waits (and says so), re-syncs the restarted server's weights before it samples, and ends at its
     planned step with every step's sampled log-probs within 1e-5 of the trainer's, the weights trained."""
     out = tmp_path / "run"
@@ -149,7 +144,7 @@ def test_a_server_killed_and_restarted_mid_run_the_run_ends_at_its_planned_step(
                 return
             time.sleep(0.5)
         server.kill()
-        time.sleep(5)
+        time.sleep(2)
         server.start()
 
     restarter = threading.Thread(target=restart)
