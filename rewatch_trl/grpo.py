@@ -80,10 +80,10 @@ def parse_args(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    from rewatch_trl.training import RunStopped
+    from rewatch_trl.training import RunStopped, leave_together
 
     try:
-        main(*parse_args(sys.argv[1:]))
+        leave_together(main(*parse_args(sys.argv[1:])))
     except RunStopped as stopped:
         logger.error("%s", stopped)
         sys.exit(3)

@@ -179,4 +179,6 @@ def parse_args(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main(*parse_args(sys.argv[1:]))
+    from rewatch_trl.training import leave_together
+
+    leave_together(main(*parse_args(sys.argv[1:])))

@@ -256,3 +256,12 @@ def train_and_save(trainer, processor, script_args: ScriptArguments) -> None:
                 trainer.push_to_hub(dataset_name=script_args.dataset_name, tags=["rewatch-trl"])
         except HubError as error:  # the run is done and saved: the push alone can be done again (`hf upload`)
             logger.error("%s", error)
+
+
+def leave_together(trainer) -> None:
+    """The end of a launched run: every process waits for the others, then the process groups (the sequence-parallel
+    ones too) are destroyed. A process that exits with its gloo groups alive tears their threads down at interpreter
+    exit, which aborts it ("terminate called without an active exception") while another process may still be
+    saving."""
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()

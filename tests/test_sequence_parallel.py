@@ -80,7 +80,7 @@ def test_the_tiny_recipe_on_a_group_of_two_ends_where_one_process_ends(
     against the same recipe on 1 (a reference model too, beta 0.04; a reward that varies on the untrained model):
     the logged loss and grad norm of each step within 1e-4 (relative), the tokens counted once, the saved weights
     within 1e-5."""
-    settings = VARIED_RUN | dict(max_steps=3, share_prompt_prefix=str(share_prefix).lower(), beta=0.04)
+    settings = VARIED_RUN | dict(max_steps=2, share_prompt_prefix=str(share_prefix).lower(), beta=0.04)
     tests = {"PYTHONPATH": str(launcher.root / "tests")}
     one, two = one_process_runs.get(share_prefix), tmp_path / "two"
     if one is None:  # the run on 1 process, once for the module's tests of the same setting
@@ -98,7 +98,7 @@ def test_the_tiny_recipe_on_a_group_of_two_ends_where_one_process_ends(
         ),
         env=tests,
     )
-    assert_the_same_run(launcher, one, two, steps=3)
+    assert_the_same_run(launcher, one, two, steps=2)
 
 
 def assert_the_same_run(launcher, one, two, steps: int, also: tuple[str, ...] = ()) -> list[dict]:
