@@ -64,6 +64,8 @@ class AgenticRollouts(Feature):
             if trainer.use_vllm
             else contextlib.nullcontext()
         )
+        # the row that pads a round of rounds kept in step (`in_step`)
+        self.filler = (prompt_ids[0], [videos[0]], [samples[0]])
         with engine:
             completions = self.rewatcher.rollout(
                 prompt_ids,
@@ -72,6 +74,7 @@ class AgenticRollouts(Feature):
                 self.generation_round,
                 trainer.max_completion_length,
                 trainer.accelerator.device,
+                self.anywhere if self.in_step() else bool,
             )
         generation.samples, generation.videos = samples, None
         generation.clips = [completion.clips for completion in completions]
@@ -112,10 +115,38 @@ class AgenticRollouts(Feature):
         trainer.vllm_generation.sync_weights()
         trainer._last_loaded_step = trainer.state.global_step
 
+    def in_step(self) -> bool:
+        """Whether the processes' rounds are collectives, to be run by every process together: TRL's server
+        generation gathers every process's prompts (and hands each its share by an equal count), and a tensor
+        parallel group's processes share one engine (each gathers the group's prompts)."""
+        trainer = self.trainer
+        if not trainer.use_vllm or trainer.accelerator.num_processes == 1:
+            return False
+        return trainer.vllm_generation.mode == "server" or trainer.vllm_generation.tensor_parallel_size > 1
+
+    def anywhere(self, has: bool) -> bool:
+        """Whether any process `has` it."""
+        flags = self.trainer.accelerator.gather(torch.tensor([has], device=self.trainer.accelerator.device))
+        return bool(flags.any())
+
     def generation_round(self, sequences, videos, samples, stop, max_tokens):
-        """One generation round of an agentic rollout (`rewatch.Generate`), through `_generate_single_turn`."""
+        """One generation round of an agentic rollout (`rewatch.Generate`), through `_generate_single_turn`. Rounds
+        kept in step (`in_step`) have every process send as many rows as the process with most (its own padded
+        with its rollout's first row, whose completions are dropped) and the most tokens any of them needs."""
         trainer = self.trainer
         generation = trainer.generation
+        rows = len(sequences)
+        if self.in_step():
+            needs = torch.tensor([rows, max_tokens], device=trainer.accelerator.device)
+            most = trainer.accelerator.gather(needs).view(-1, 2).max(dim=0).values.tolist()
+            ids, shown, inputs = self.filler
+            padding = most[0] - rows
+            sequences, videos, samples = (
+                sequences + [ids] * padding,
+                videos + [shown] * padding,
+                samples + [inputs] * padding,
+            )
+            max_tokens = most[1]
         generation.samples = [row[0] for row in samples]
         generation.clips = [row[1:] for row in samples]
         generation.videos = videos
@@ -127,13 +158,19 @@ class AgenticRollouts(Feature):
                 completion_ids, logprobs = trainer._generate_single_turn(sequences, None, fields, 1)
         finally:
             generation.clips = None
-        return list(zip(completion_ids, logprobs or [None] * len(completion_ids), strict=True))
+        return list(zip(completion_ids, logprobs or [None] * len(completion_ids), strict=True))[:rows]
 
     @contextlib.contextmanager
     def round_limits(self, stop: list[str] | None, max_tokens: int):
         """A generation round ends at a stop string and after `max_tokens`: vLLM's sampling parameters, or the
         policy's `generate` (TRL calls it with the generation config alone; stop strings need the tokenizer)."""
         trainer = self.trainer
+        if trainer.use_vllm and trainer.vllm_generation.mode == "server":
+            # the main process's client samples for every process
+            client = trainer.vllm_generation.vllm_client if trainer.accelerator.is_main_process else None
+            with client.limits(stop, max_tokens) if client is not None else contextlib.nullcontext():
+                yield
+            return
         if trainer.use_vllm:
             with trainer.vllm_generation.llm.limits(stop, max_tokens):
                 yield

@@ -223,6 +223,13 @@ class GRPOConfig(RewatchSettings, SequenceParallelSettings, trl.GRPOConfig):
                 f"sequence_parallel_generation must be 'split' or 'whole', got {self.sequence_parallel_generation!r}"
             )
         size = self.sequence_parallel_size
+        if size > 1 and self.use_vllm and (self.vllm_mode == "server" or self.vllm_tensor_parallel_size > 1):
+            # not run: a group's processes would each send the group's rows to one engine (SP's `whole` or `split`
+            # against TRL's gathering of every process's, or every tensor parallel rank's, prompts)
+            raise ValueError(
+                "sequence_parallel_size > 1 generates with vllm_mode='colocate' and vllm_tensor_parallel_size=1; got "
+                f"vllm_mode={self.vllm_mode!r}, vllm_tensor_parallel_size={self.vllm_tensor_parallel_size}"
+            )
         if size == 1 or self.world_size == 1:  # a single process (a recipe checked, not launched): the trainer refuses
             return
         # TRL sized the generation batch for world_size data-parallel processes; the groups are world_size / size

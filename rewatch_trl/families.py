@@ -111,6 +111,7 @@ class Family:
 # The paths a family may not run yet, and what each is called in an error.
 PATHS = {
     "vllm": "VideoGRPOTrainer with use_vllm",
+    "vllm_server": "vllm_mode='server'",
     "agentic": "rewatch_mode='agentic'",
     "share_video_features": "share_video_features",
     "share_prompt_prefix": "share_prompt_prefix",
@@ -201,6 +202,9 @@ FAMILIES = {
             not_yet={
                 "sequence_parallel": "its load-balancing loss reads every token's router logits, of which a shard "
                 "holds its own",
+                "vllm_server": "its engine needs `norm_topk_prob` overridden (`vllm_hf_overrides`), which a server "
+                "started by `trl vllm-serve` lacks, and the CPU build's experts re-packed after each in-place reload, "
+                "which the server's `reload_weights` skips",
             },
         ),
         Family(
@@ -212,6 +216,8 @@ FAMILIES = {
                 "state, not keys and values (the vision sharing is kept)",
                 "sequence_parallel": "its Gated DeltaNet layers carry a recurrent state along the sequence, which a "
                 "shard cannot start from without the shards before it",
+                "vllm_server": "not run against a server: the CPU build computes its Gated DeltaNet layers in bf16 "
+                "only, and server mode's checks are fp32 log-probs",
             },
             # vLLM's CPU kernels of its Gated DeltaNet layers take bf16 only (fp32: `causal_conv1d_fwd_kernel_impl not
             # implemented for 'Float'`); the GPU recipes are bf16 anyway

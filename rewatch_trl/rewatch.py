@@ -283,17 +283,20 @@ class Rewatcher:
         generate: Generate,
         max_tokens: int,
         device=None,
+        anywhere: Callable[[bool], bool] = bool,
     ) -> list[Completion]:
         """One completion per prompt (`prompt_ids[i]` holds `videos[i]`, processor inputs `samples[i]`), at most
-        `max_tokens` tokens each, inserted ones included."""
+        `max_tokens` tokens each, inserted ones included. `anywhere(has)`: whether any of the processes whose rounds
+        run together has rows (`has`): a process whose completions are done goes on calling `generate` with none
+        while another's are not (one engine serves them all: a vLLM server, a tensor parallel group)."""
         completions = [Completion() for _ in prompt_ids]
         self._clips = {}
-        while active := [i for i, c in enumerate(completions) if not c.done]:
+        while anywhere(bool(active := [i for i, c in enumerate(completions) if not c.done])):
             # a completion with actions left stops at `</action>`; one without goes on to its end
             left = [completions[i].actions_served < self.settings.max_rewatches for i in active]
             for stops in (True, False):
                 rows = [i for i, has_left in zip(active, left, strict=True) if has_left == stops]
-                if not rows:
+                if not anywhere(bool(rows)):
                     continue
                 budgets = {i: max_tokens - len(completions[i].ids) for i in rows}
                 outputs = generate(
@@ -301,7 +304,7 @@ class Rewatcher:
                     [[videos[i], *completions[i].clip_videos] for i in rows],
                     [[samples[i], *completions[i].clips] for i in rows],
                     [ACTION_END] if stops else None,
-                    max(budgets.values()),
+                    max(budgets.values(), default=0),
                 )
                 for i, (new_ids, logprobs) in zip(rows, outputs, strict=True):
                     completion = completions[i]

@@ -88,7 +88,7 @@ from rewatch_trl.video import (
     check_shared_memory,
     decoded_video_bytes,
 )
-from rewatch_trl.vllm_server import client_built_as, serve_videos, server_serving
+from rewatch_trl.vllm_server import client_built_as, serve_videos
 from rewatch_trl.vllm_video import VideoLLM, engine_built_as, engine_dtype, reload_weights
 
 
@@ -137,6 +137,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         server = getattr(args, "use_vllm", False) and args.vllm_mode == "server"
         if server:
             family.check("vllm")
+            family.check("vllm_server")
             engine = client_built_as(args.vllm_weight_sync)
         elif getattr(args, "use_vllm", False):
             family.check("vllm")
@@ -176,13 +177,12 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._vision_config = self.model.config
         seconds_dtype = None
         if server:
-            if self.args.agentic:
-                raise NotImplementedError("rewatch_mode='agentic' with vllm_mode='server': use vllm_mode='colocate'")
-            seconds_dtype = serve_videos(self, family.published_transposed)
+            self.server_videos = serve_videos(self, family.published_transposed)
+            seconds_dtype = self.server_videos.dtype
         elif self.use_vllm:
-            if self.vllm_generation.tensor_parallel_size != 1:
-                raise NotImplementedError("video generation with vLLM colocated needs vllm_tensor_parallel_size=1")
-            self.vllm_generation.llm = VideoLLM(self.vllm_generation.llm, self._vision_config)
+            tensor_parallel = self.vllm_generation.tensor_parallel_size > 1
+            group = self.vllm_generation.tp_group if tensor_parallel else None
+            self.vllm_generation.llm = VideoLLM(self.vllm_generation.llm, self._vision_config, group)
             self.vllm_generation.sync_weights = functools.partial(
                 reload_weights, self.vllm_generation, family.published_transposed
             )
@@ -335,7 +335,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         if not self.use_vllm:
             serving = contextlib.nullcontext()
         elif self.vllm_generation.mode == "server":
-            serving = server_serving(self, prompt_ids, generation.samples, num_generations)
+            serving = self.server_videos.serving(
+                self, prompt_ids, generation.samples, num_generations, generation.clips
+            )
         else:
             serving = self.vllm_generation.llm.serving(generation.videos)
         with self.shared_rows(generation.samples, clips=generation.clips), serving:

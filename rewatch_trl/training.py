@@ -262,6 +262,10 @@ def leave_together(trainer) -> None:
     """The end of a launched run: every process waits for the others, then the process groups (the sequence-parallel
     ones too) are destroyed. A process that exits with its gloo groups alive tears their threads down at interpreter
     exit, which aborts it ("terminate called without an active exception") while another process may still be
-    saving."""
+    saving. A colocated vLLM engine is shut down first: its teardown destroys its own groups (and the default one),
+    which it would otherwise find destroyed at exit ("Invalid process group specified")."""
     trainer.accelerator.wait_for_everyone()
+    engine = getattr(getattr(trainer, "vllm_generation", None), "llm", None)
+    if engine is not None:
+        engine.llm_engine.engine_core.shutdown()
     trainer.accelerator.end_training()

@@ -213,6 +213,16 @@ SURFACE = (
         vllm=True,
     ),
     Piece(
+        "VLLMGeneration",
+        "tp_group",
+        "read",
+        "colocated tensor parallelism: the group whose processes gather their prompts for one engine; their videos "
+        "are gathered in it alike (`VideoLLM.serving`)",
+        "tensor parallel generation without the group's videos",
+        instance=True,
+        vllm=True,
+    ),
+    Piece(
         "trl.generation.vllm_client",
         "VLLMClient",
         "written",

@@ -27,6 +27,7 @@ import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 
@@ -98,10 +99,10 @@ def _frame_pairs(sample: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor
     pixels_key, grid_key = MODALITIES["video"]
     if grid_key not in sample:
         return [sample]
-    (t, h, w), pixels = sample[grid_key][0].tolist(), sample[pixels_key]
+    (_, h, w), pixels = sample[grid_key][0].tolist(), sample[pixels_key]
     grid = torch.tensor([[1, h, w]], dtype=sample[grid_key].dtype)
     image_pixels, image_grid = MODALITIES["image"]
-    return [{image_pixels: part, image_grid: grid} for part in torch.split(pixels, h * w)][:t]
+    return [{image_pixels: part, image_grid: grid} for part in torch.split(pixels, h * w)]
 
 
 def _raw(sample: dict[str, torch.Tensor], processor) -> dict[str, torch.Tensor]:
@@ -146,6 +147,19 @@ class VideoServerClient:
     def __init__(self, client, logit_bias: dict[int, float], wait: float = 600.0, on_restart=None):
         self.client, self.logit_bias, self.wait, self.on_restart = client, logit_bias, wait, on_restart
         self.features: list[dict] | None = None
+        self.sampling: dict = {}
+
+    @contextlib.contextmanager
+    def limits(self, stop: list[str] | None, max_tokens: int):
+        """Within the block, generation also ends at the `stop` strings (kept in the output) and after `max_tokens`
+        (an agentic rollout's round, `rewatch.py`), as `VideoLLM.limits` has the colocated engine do."""
+        self.sampling = {"max_tokens": max_tokens}
+        if stop:
+            self.sampling |= {"stop": list(stop), "include_stop_str_in_output": True}
+        try:
+            yield self
+        finally:
+            self.sampling = {}
 
     @contextlib.contextmanager
     def serving(self, features: list[dict]):
@@ -158,12 +172,10 @@ class VideoServerClient:
 
     def generate(self, prompts, features=None, n=1, generation_kwargs=None, **sampling):
         if self.features is None:
-            return self.client.generate(
-                prompts, features=features, n=n, generation_kwargs=generation_kwargs, **sampling
-            )
+            raise RuntimeError("the vLLM server client generates within `serving`: for rows whose videos it holds")
         if len(self.features) != len(prompts):
             raise RuntimeError(f"{len(self.features)} videos' features for {len(prompts)} prompts")
-        params = {"n": n, **sampling, **(generation_kwargs or {})}
+        params = {"n": n, **sampling, **(generation_kwargs or {}), **self.sampling}
         structured = params.pop("structured_outputs_regex", None)
         if structured is not None:
             params["structured_outputs"] = {"regex": structured}
@@ -299,10 +311,48 @@ def client_built_as(weight_sync: str):
         VLLMClient.init_communicator = joins
 
 
-def serve_videos(trainer, transposed: tuple[str, ...] = ()):
+@dataclass
+class ServerVideos:
+    """How the rows' videos reach the server: the model's `config` (its placeholder ids), the `processor` whose
+    normalization is undone for a server that normalizes pixels itself (None: the processor's pixels as they are), and
+    the `dtype` the server computes in (it reads `second_per_grid_ts` in it; None where the server does not say)."""
+
+    config: object
+    processor: object | None = None
+    dtype: torch.dtype | None = None
+
+    def serving(
+        self,
+        trainer,
+        prompt_ids: list[list[int]],
+        samples: list[dict],
+        num_generations: int,
+        clips: list[list[dict]] | None = None,
+    ):
+        """The context within which TRL's server generation of these rows (`prompt_ids`, the processor's tensors of
+        each row's video `samples`, and of the `clips` an agentic round's row was shown) sends their videos: every
+        process's rows' features gathered to the main process's client, one a prompt (TRL sends a prompt's G copies
+        as one request)."""
+        from accelerate.utils import gather_object
+
+        encoded, features = {}, []
+        for row, (ids, sample) in enumerate(zip(prompt_ids, samples, strict=True)):
+            shown = clips[row] if clips is not None else []
+            if shown:
+                features.append(video_features(ids, [sample, *shown], self.config, self.processor))
+                continue
+            if id(sample) not in encoded:  # a prompt's G copies share one sample: encoded once
+                encoded[id(sample)] = video_features(ids, [sample], self.config, self.processor)
+            features.append(encoded[id(sample)])
+        everything = gather_object(features)
+        if not trainer.accelerator.is_main_process:
+            return contextlib.nullcontext()
+        return trainer.vllm_generation.vllm_client.serving(everything[::num_generations])
+
+
+def serve_videos(trainer, transposed: tuple[str, ...] = ()) -> ServerVideos:
     """Set `trainer`'s server generation up for videos: the main process's client wrapped (`VideoServerClient`), the
-    weight sync by `vllm_weight_sync`. Returns the dtype the server computes in (it reads `second_per_grid_ts` in
-    it), or None where the server does not say."""
+    weight sync by `vllm_weight_sync`. Returns how the rows' videos are sent (`ServerVideos`)."""
     from accelerate.utils import broadcast_object_list
 
     from rewatch_trl.suppression import suppression_logit_bias
@@ -325,10 +375,13 @@ def serve_videos(trainer, transposed: tuple[str, ...] = ()):
         # model those); one that does not, the processor's normalized ones
         found[1] = bool((model.get("multimodal_config") or {}).get("mm_device_do_normalize"))
     broadcast_object_list(found, from_process=0)
-    trainer.server_normalizes = found[1]
     if reload:
         generation.sync_weights = functools.partial(write_and_reload, generation, args.vllm_weights_dir, transposed)
-    return getattr(torch, found[0]) if found[0] else None
+    return ServerVideos(
+        trainer._vision_config,
+        trainer.processing_class if found[1] else None,
+        getattr(torch, found[0]) if found[0] else None,
+    )
 
 
 def _cannot_resync() -> None:
@@ -336,22 +389,3 @@ def _cannot_resync() -> None:
         "the vLLM server was restarted: it holds the checkpoint's weights, and TRL's NCCL weight transfer cannot "
         "join it again; with vllm_weight_sync: reload (a path both can read) a restarted server is re-synced"
     )
-
-
-def server_serving(trainer, prompt_ids: list[list[int]], samples: list[dict], num_generations: int):
-    """The context within which TRL's server generation of these rows (`prompt_ids`, the processor's tensors of
-    each row's video `samples`) sends their videos: every process's rows' features gathered to the main process's
-    client, one a prompt (TRL sends a prompt's G copies as one request)."""
-    from accelerate.utils import gather_object
-
-    config, encoded = trainer._vision_config, {}
-    processor = trainer.processing_class if trainer.server_normalizes else None
-    features = []
-    for ids, sample in zip(prompt_ids, samples, strict=True):
-        if id(sample) not in encoded:  # a prompt's G copies share one sample: encoded once
-            encoded[id(sample)] = video_features(ids, [sample], config, processor)
-        features.append(encoded[id(sample)])
-    everything = gather_object(features)
-    if not trainer.accelerator.is_main_process:
-        return contextlib.nullcontext()
-    return trainer.vllm_generation.vllm_client.serving(everything[::num_generations])

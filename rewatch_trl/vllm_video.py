@@ -223,11 +223,12 @@ class VideoLLM:
     `videos` of those rows: it adds each row's video, suppresses the vision tokens, and sends the G copies of a
     prompt as one request for G completions (`same_prompt_rows`), handing back one output per row. Resetting the
     prefix cache (as TRL does after a weight sync) resets the encoder cache too. Anything else (weight loading,
-    sleep) goes to the `LLM` itself.
+    sleep) goes to the `LLM` itself. `group`: TRL's tensor parallel group (`VLLMGeneration.tp_group`), whose
+    processes share one engine.
     """
 
-    def __init__(self, llm, config):
-        self.llm = llm
+    def __init__(self, llm, config, group=None):
+        self.llm, self.group = llm, group
         self.video_ids = (
             config.video_token_id,
             config.vision_start_token_id,
@@ -240,7 +241,15 @@ class VideoLLM:
 
     @contextlib.contextmanager
     def serving(self, videos: list[SampledVideo | list[SampledVideo]]):
-        """Within the block, `generate` (as TRL calls it, without videos) is for rows holding `videos`."""
+        """Within the block, `generate` (as TRL calls it, without videos) is for rows holding `videos`. With a tensor
+        parallel `group`, TRL's `generate` gathers the group's prompts, in rank order, for one request to the engine
+        its processes share: their videos are gathered alike."""
+        if self.group is not None:
+            import torch.distributed as dist
+
+            gathered = [None] * dist.get_world_size(group=self.group)
+            dist.all_gather_object(gathered, videos, group=self.group)
+            videos = [video for share in gathered for video in share]
         self.videos = videos
         try:
             yield self

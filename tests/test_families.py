@@ -259,3 +259,11 @@ def test_infer_on_vllm_answers_an_moe_as_transformers_does(family_world):
         del served
     assert answers[True] == expected
     assert answers[False] != expected
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl_moe", "qwen3_5"])
+def test_server_mode_refuses_the_families_it_has_not_run_by_name(family, family_world, tmp_path, make_trainer):
+    """The trainer refuses `vllm_mode: server` for the families not run against a server, naming the family and
+    why, before it reaches for the server."""
+    with pytest.raises(NotImplementedError, match=f"vllm_mode='server' does not run {family} models yet: "):
+        make_trainer(family_world(family), tmp_path, use_vllm=True, vllm_mode="server", vllm_server_port=1)

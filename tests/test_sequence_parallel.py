@@ -237,6 +237,10 @@ def test_the_config_sizes_the_generation_batch_for_the_groups(monkeypatch):
         sequence_parallel_generation="whole",
     )
     assert whole.generation_batch_size == 6
+    # one engine for several processes' rows, which a group's processes each hold: not run, refused by key
+    for engine in (dict(vllm_mode="server"), dict(vllm_mode="colocate", vllm_tensor_parallel_size=2)):
+        with pytest.raises(ValueError, match="sequence_parallel_size > 1 generates with vllm_mode='colocate' and vll"):
+            GRPOConfig(**common, per_device_train_batch_size=4, sequence_parallel_size=2, use_vllm=True, **engine)
 
 
 @pytest.mark.vllm

@@ -65,11 +65,11 @@ def logged_steps(launcher, out) -> list[dict]:
 
 
 def test_the_servers_prompt_ids_and_positions_are_the_trainers(server):
-    """One prompt of the family's world sent as a run sends it (`video_features`): the server echoes the trainer's
-    prompt ids, and its log-prob of every prompt token is the trainer's forward's within 1e-5 (text, video and the
-    text after it: the positions and the vision features alike). Controls: the processor's normalized pixels (what
-    the server would normalize again), and for Qwen2.5-VL the video's seconds a grid doubled (its temporal
-    positions), each move them by more than 1e-3."""
+    """A video prompt and an image prompt of the family's world sent as a run sends them (`video_features`): the
+    server echoes the trainer's prompt ids, and its log-prob of every prompt token is the trainer's forward's within
+    1e-5 (text, pixels and the text after them: the positions and the vision features alike). Controls: the
+    processor's normalized pixels (what the server would normalize again), and for Qwen2.5-VL the video's seconds a
+    grid doubled (its temporal positions), each move them by more than 1e-3."""
     import requests
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -84,31 +84,34 @@ def test_the_servers_prompt_ids_and_positions_are_the_trainers(server):
     use_original_rope(model, torch.float32)
     collator = VideoCollator(processor, world.video_settings, world.video_dir)
     video = sorted(world.video_dir.glob("*.mp4"))[0].name
-    messages = [[{"role": "user", "content": [{"type": "video", "video": video}, {"type": "text", "text": "Why?"}]}]]
-    batch, _ = collator.encode_messages(messages)
-    ids, sample = batch["input_ids"][0].tolist(), split_video_inputs(batch)[0]
-    with torch.no_grad():
-        logits = model(**batch).logits[0].float()
-    trainer = torch.log_softmax(logits, -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    image = str(sorted((world.root / "images").glob("*.png"))[0])
+    for kind, media in (("video", video), ("image", image)):
+        content = [{"type": kind, kind: media}, {"type": "text", "text": "Why?"}]
+        batch, _ = collator.encode_messages([[{"role": "user", "content": content}]])
+        ids, sample = batch["input_ids"][0].tolist(), split_video_inputs(batch)[0]
+        assert (kind == "image") == ("image_grid_thw" in sample)
+        with torch.no_grad():
+            logits = model(**batch).logits[0].float()
+        trainer = torch.log_softmax(logits, -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
 
-    def served(sample, processor=processor) -> torch.Tensor:
-        body = {
-            "token_ids": ids,
-            "features": video_features(ids, [sample], model.config, processor),
-            "sampling_params": {"max_tokens": 1, "prompt_logprobs": 0},
-            "return_token_ids": True,
-        }
-        response = requests.post(f"http://127.0.0.1:{server.port}/inference/v1/generate", json=body, timeout=120)
-        response.raise_for_status()
-        answer = response.json()
-        assert answer["prompt_token_ids"] == ids
-        return torch.tensor([next(iter(p.values()))["logprob"] for p in answer["prompt_logprobs"][1:]])
+        def served(sample, processor=processor, ids=ids) -> torch.Tensor:
+            body = {
+                "token_ids": ids,
+                "features": video_features(ids, [sample], model.config, processor),
+                "sampling_params": {"max_tokens": 1, "prompt_logprobs": 0},
+                "return_token_ids": True,
+            }
+            response = requests.post(f"http://127.0.0.1:{server.port}/inference/v1/generate", json=body, timeout=120)
+            response.raise_for_status()
+            answer = response.json()
+            assert answer["prompt_token_ids"] == ids
+            return torch.tensor([next(iter(p.values()))["logprob"] for p in answer["prompt_logprobs"][1:]])
 
-    assert (served(sample) - trainer).abs().max() <= 1e-5
-    assert (served(sample, processor=None) - trainer).abs().max() > 1e-3
-    if "second_per_grid_ts" in sample:
-        late = {**sample, "second_per_grid_ts": sample["second_per_grid_ts"] * 2}
-        assert (served(late) - trainer).abs().max() > 1e-3
+        assert (served(sample) - trainer).abs().max() <= 1e-5, kind
+        assert (served(sample, processor=None) - trainer).abs().max() > 1e-3, kind
+        if "second_per_grid_ts" in sample:
+            late = {**sample, "second_per_grid_ts": sample["second_per_grid_ts"] * 2}
+            assert (served(late) - trainer).abs().max() > 1e-3
 
 
 # Qwen2.5-VL's run is the restart test's: the same checks, the server restarted in the middle of it
@@ -158,3 +161,22 @@ def test_a_server_killed_and_restarted_mid_run_the_run_ends_at_its_planned_step(
         assert entry["sampling/sampling_logp_difference/max"] <= 1e-5, entry
         assert entry["grad_norm"] > 0
     assert "does not answer" in result.stderr and "answers again" in result.stderr
+
+
+@pytest.mark.parametrize("server", ["qwen2_5_vl"], indirect=True)
+def test_agentic_rounds_of_two_processes_sample_on_the_server(server, sft_model, tmp_path, launcher):
+    """The agentic recipe on 2 processes against the server, after the SFT cold start: each round's rows go with
+    their videos and the clips they were shown, every process runs every round (TRL's server generation is a
+    collective, and hands each process its share by an equal count: a process with fewer rows, or none, pads them),
+    so the run ends at its planned step; completions re-watch, and every step's sampled log-probs (clips' rounds
+    included) are the trainer's within 1e-5."""
+    out = tmp_path / "run"
+    tests = {"PYTHONPATH": str(launcher.root / "tests")}
+    settings = server_settings(server, max_steps=2, model_name_or_path=sft_model, max_completion_length=48)
+    command = launcher.command(server.world, out, 2, recipe="grpo_rewatch", **settings)
+    launcher.run(command, env=tests, timeout=600)
+    steps = logged_steps(launcher, out)
+    assert len(steps) == 2
+    for entry in steps:
+        assert entry["sampling/sampling_logp_difference/max"] <= 1e-5, entry
+        assert entry["rewatch/clips_per_completion"] > 0 and entry["grad_norm"] > 0

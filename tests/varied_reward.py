@@ -23,3 +23,24 @@ def characters_but_on_the_first_video(completions, videos, **kwargs) -> list[flo
 def right_on_open_questions(completions, multiple_choice, **kwargs) -> list[float]:
     """1.0 on the open-ended rows, 0.0 on the multiple-choice ones: an accuracy that marks some answers wrong."""
     return [0.0 if mc else 1.0 for mc in multiple_choice]
+
+
+def characters_noting_the_engine(completions, videos, **kwargs) -> list[float]:
+    """`characters`, each call noted as a line of `$ENGINE_NOTES/rank<R>.jsonl`: the process's rank, the size of the
+    colocated vLLM engine's tensor parallel group in it, and the videos of its rows."""
+    import json
+    import os
+    from pathlib import Path
+
+    import torch.distributed as dist
+    from vllm.distributed import parallel_state
+
+    rank = dist.get_rank()
+    note = {
+        "rank": rank,
+        "tensor_parallel": parallel_state.get_tensor_model_parallel_world_size(),
+        "videos": sorted({str(video) for video in videos}),
+    }
+    with open(Path(os.environ["ENGINE_NOTES"]) / f"rank{rank}.jsonl", "a") as notes:
+        notes.write(json.dumps(note) + "\n")
+    return characters(completions)
