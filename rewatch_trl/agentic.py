@@ -64,7 +64,7 @@ class AgenticRollouts(Feature):
             if trainer.use_vllm
             else contextlib.nullcontext()
         )
-        # the row that pads a round of rounds kept in step (`in_step`)
+        # what pads a round kept in step (`in_step`): the rollout's first row
         self.filler = (prompt_ids[0], [videos[0]], [samples[0]])
         with engine:
             completions = self.rewatcher.rollout(

@@ -133,7 +133,7 @@ def test_the_tiny_recipe_samples_on_a_trl_server_with_the_trainers_log_probs(ser
 
 @pytest.mark.parametrize("server", ["qwen2_5_vl"], indirect=True)  # the restart does not depend on the family
 def test_a_server_killed_and_restarted_mid_run_the_run_ends_at_its_planned_step(server, tmp_path, launcher):
-    """The tiny recipe's 4 steps on the server, killed after the run's first generation and started again 2 s later:
+    """The tiny recipe's 3 steps on the server, killed after the run's first generation and started again 2 s later:
     the trainer waits (and says so), re-syncs the restarted server's weights before it samples, and ends at its
     planned step with every step's sampled log-probs within 1e-5 of the trainer's, the weights trained."""
     out = tmp_path / "run"
@@ -152,11 +152,10 @@ def test_a_server_killed_and_restarted_mid_run_the_run_ends_at_its_planned_step(
 
     restarter = threading.Thread(target=restart)
     restarter.start()
-    settings = server_settings(server, max_steps=4)
-    result = launcher.run(launcher.command(server.world, out, 1, **settings), env=tests, timeout=900)
+    result = launcher.run(launcher.command(server.world, out, 1, **server_settings(server)), env=tests, timeout=900)
     restarter.join()
     steps = logged_steps(launcher, out)
-    assert len(steps) == 4 and json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+    assert len(steps) == 3 and json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
     for entry in steps:
         assert entry["sampling/sampling_logp_difference/max"] <= 1e-5, entry
         assert entry["grad_norm"] > 0
