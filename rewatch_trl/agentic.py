@@ -74,7 +74,7 @@ class AgenticRollouts(Feature):
                 self.generation_round,
                 trainer.max_completion_length,
                 trainer.accelerator.device,
-                self.anywhere if self.in_step() else bool,
+                anywhere=self.anywhere if self.in_step() else bool,
             )
         generation.samples, generation.videos = samples, None
         generation.clips = [completion.clips for completion in completions]

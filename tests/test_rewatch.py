@@ -822,7 +822,7 @@ def test_agentic_rounds_keep_a_sleeping_engine_awake(tiny_world, tmp_path, monke
 
     engine.llm.generate = counted
 
-    def rollout(prompt_ids, videos, samples, generate, max_tokens, device=None):
+    def rollout(prompt_ids, videos, samples, generate, max_tokens, device=None, anywhere=bool):
         """Three rounds, each continuing the sequences so far (as the re-watch loop continues after a clip)."""
         completions = [Completion() for _ in prompt_ids]
         for _ in range(3):
