@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from rewatch_trl.sharing import MODALITIES
+from rewatch_trl.vllm_video import RoundLimits
 
 
 logger = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def video_features(ids: list[int], samples: list[dict[str, torch.Tensor]], confi
     return features
 
 
-class VideoServerClient:
+class VideoServerClient(RoundLimits):
     """TRL's `VLLMClient` (the main process's) whose `generate` sends each prompt with its videos' `features` (set by
     `serving`) to the tokens-in endpoint, the vision tokens suppressed; a weight sync resets the server's encoder
     cache with its prefix cache. A request that fails (the server gone) is retried, said, until `wait` seconds have
@@ -147,19 +148,6 @@ class VideoServerClient:
     def __init__(self, client, logit_bias: dict[int, float], wait: float = 600.0, on_restart=None):
         self.client, self.logit_bias, self.wait, self.on_restart = client, logit_bias, wait, on_restart
         self.features: list[dict] | None = None
-        self.sampling: dict = {}
-
-    @contextlib.contextmanager
-    def limits(self, stop: list[str] | None, max_tokens: int):
-        """Within the block, generation also ends at the `stop` strings (kept in the output) and after `max_tokens`
-        (an agentic rollout's round, `rewatch.py`), as `VideoLLM.limits` has the colocated engine do."""
-        self.sampling = {"max_tokens": max_tokens}
-        if stop:
-            self.sampling |= {"stop": list(stop), "include_stop_str_in_output": True}
-        try:
-            yield self
-        finally:
-            self.sampling = {}
 
     @contextlib.contextmanager
     def serving(self, features: list[dict]):

@@ -218,7 +218,27 @@ def awake_across_calls(generation, sync):
         generation._llm_weights_sleeping = True
 
 
-class VideoLLM:
+class RoundLimits:
+    """`limits`: what ends an agentic rollout's generation round (`rewatch.py`) besides the engine's own limits, as
+    vLLM sampling parameters (`self.sampling`, empty outside the block), for the colocated engine (`VideoLLM`) and
+    the server's client (`vllm_server.VideoServerClient`) alike."""
+
+    sampling: dict = {}  # replaced, never mutated
+
+    @contextlib.contextmanager
+    def limits(self, stop: list[str] | None, max_tokens: int):
+        """Within the block, generation also ends at the `stop` strings (kept in the output) and after
+        `max_tokens`."""
+        self.sampling = {"max_tokens": max_tokens}
+        if stop:
+            self.sampling |= {"stop": list(stop), "include_stop_str_in_output": True}
+        try:
+            yield self
+        finally:
+            self.sampling = {}
+
+
+class VideoLLM(RoundLimits):
     """A vLLM `LLM` whose `generate` takes TRL's requests (one per row, a prompt's G copies in a row) and the
     `videos` of those rows: it adds each row's video, suppresses the vision tokens, and sends the G copies of a
     prompt as one request for G completions (`same_prompt_rows`), handing back one output per row. Resetting the
@@ -237,7 +257,6 @@ class VideoLLM:
         )
         self.logit_bias = suppression_logit_bias(config)
         self.videos: list[SampledVideo | list[SampledVideo]] | None = None
-        self.sampling: dict = {}
 
     @contextlib.contextmanager
     def serving(self, videos: list[SampledVideo | list[SampledVideo]]):
@@ -255,18 +274,6 @@ class VideoLLM:
             yield self
         finally:
             self.videos = None
-
-    @contextlib.contextmanager
-    def limits(self, stop: list[str] | None, max_tokens: int):
-        """Within the block, generation also ends at the `stop` strings (kept in the output) and after `max_tokens`
-        (an agentic rollout's round, `rewatch.py`)."""
-        self.sampling = {"max_tokens": max_tokens}
-        if stop:
-            self.sampling |= {"stop": list(stop), "include_stop_str_in_output": True}
-        try:
-            yield self
-        finally:
-            self.sampling = {}
 
     def generate(self, prompts, sampling_params=None, videos: list[SampledVideo] | None = None, **kwargs):
         videos = self.videos if videos is None else videos
