@@ -114,27 +114,45 @@ def _raw(sample: dict[str, torch.Tensor], processor) -> dict[str, torch.Tensor]:
     return {**sample, pixels_key: raw_pixels(sample[pixels_key], normalizer)}
 
 
-def video_features(ids: list[int], samples: list[dict[str, torch.Tensor]], config, processor=None) -> dict:
+def _encoded_items(sample: dict[str, torch.Tensor], processor, pairs: bool) -> list[tuple[str, str, dict]]:
+    """(modality, content hash, vLLM's serialized kwargs item) of each item `sample` goes as: itself, or with `pairs`
+    its frame pairs (`_frame_pairs`); with `processor`, its pixels as the frames' uint8 values (`raw_pixels`)."""
+    from vllm.entrypoints.scale_out.token_in_token_out.mm_serde import encode_mm_kwargs_item
+
+    if processor is not None:
+        sample = _raw(sample, processor)
+    encoded = []
+    for piece in _frame_pairs(sample) if pairs else [sample]:
+        modality, item = _item(piece)
+        encoded.append((modality, _content_hash(piece), encode_mm_kwargs_item(item)))
+    return encoded
+
+
+def video_features(
+    ids: list[int], samples: list[dict[str, torch.Tensor]], config, processor=None, encoded: dict | None = None
+) -> dict:
     """vLLM's `MultiModalFeatures` of a prompt's videos and images (`samples`, in their order in `ids`, which hold
     each one's expanded placeholder run): the processor's tensors serialized, placed at the runs. With `processor`
     (the trainer's), the pixels go as the frames' uint8 values (`raw_pixels`), for a server that normalizes them
-    itself."""
-    from vllm.entrypoints.scale_out.token_in_token_out.mm_serde import encode_mm_kwargs_item
-
+    itself. `encoded`: the items already serialized, by sample (`id`), for the prompts of one generation that share
+    a video (a prompt's G rows; an agentic round's rows and their clips)."""
     runs = placeholder_runs(ids, {config.video_token_id, config.image_token_id})
-    if processor is not None:
-        samples = [_raw(sample, processor) for sample in samples]
-    if len(runs) > len(samples):
-        # the Qwen3 families give each frame pair its own run, its timestamp's text before it
-        samples = [pair for sample in samples for pair in _frame_pairs(sample)]
-    if len(runs) != len(samples):
-        raise ValueError(f"a prompt holds {len(runs)} video or image placeholder runs for {len(samples)} videos")
+    # the Qwen3 families give each frame pair its own run, its timestamp's text before it
+    pairs = len(runs) > len(samples)
+    encoded = {} if encoded is None else encoded
+    items = []
+    for sample in samples:
+        key = (id(sample), pairs)
+        if key not in encoded:
+            encoded[key] = _encoded_items(sample, processor, pairs)
+        items += encoded[key]
+    if len(runs) != len(items):
+        raise ValueError(f"a prompt holds {len(runs)} video or image placeholder runs for {len(items)} videos")
     features = {"mm_hashes": {}, "mm_placeholders": {}, "kwargs_data": {}}
-    for (offset, length), sample in zip(runs, samples, strict=True):
-        modality, item = _item(sample)
-        features["mm_hashes"].setdefault(modality, []).append(_content_hash(sample))
+    for (offset, length), (modality, digest, item) in zip(runs, items, strict=True):
+        features["mm_hashes"].setdefault(modality, []).append(digest)
         features["mm_placeholders"].setdefault(modality, []).append({"offset": offset, "length": length})
-        features["kwargs_data"].setdefault(modality, []).append(encode_mm_kwargs_item(item))
+        features["kwargs_data"].setdefault(modality, []).append(item)
     return features
 
 
@@ -323,15 +341,11 @@ class ServerVideos:
         as one request)."""
         from accelerate.utils import gather_object
 
-        encoded, features = {}, []
-        for row, (ids, sample) in enumerate(zip(prompt_ids, samples, strict=True)):
-            shown = clips[row] if clips is not None else []
-            if shown:
-                features.append(video_features(ids, [sample, *shown], self.config, self.processor))
-                continue
-            if id(sample) not in encoded:  # a prompt's G copies share one sample: encoded once
-                encoded[id(sample)] = video_features(ids, [sample], self.config, self.processor)
-            features.append(encoded[id(sample)])
+        encoded = {}  # each video (or clip) serialized once, however many rows show it
+        features = [
+            video_features(ids, [sample, *(clips[row] if clips else [])], self.config, self.processor, encoded)
+            for row, (ids, sample) in enumerate(zip(prompt_ids, samples, strict=True))
+        ]
         everything = gather_object(features)
         if not trainer.accelerator.is_main_process:
             return contextlib.nullcontext()
